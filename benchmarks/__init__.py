@@ -1,0 +1,1 @@
+"""Benchmarks: offline quality (`benchmarks.offline`) and serving speed (`benchmarks.serving`)."""

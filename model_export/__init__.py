@@ -1,0 +1,1 @@
+"""Offline half of mailrec: data, protocols, MAIL co-training, evaluation and ONNX export."""

@@ -1,0 +1,191 @@
+"""`python -m model_export {download,train,export,evaluate}`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger("model_export")
+
+
+def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("train", help="co-train the towers on a dataset and write RUN_DIR")
+    p.add_argument(
+        "--dataset", default="ml-100k", choices=["ml-100k", "book-crossing", "synthetic"]
+    )
+    p.add_argument("--data-dir", default=None, help="folder with the dataset (or MAILREC_DATA_DIR)")
+    p.add_argument("--protocol", default="mail", choices=["mail", "strict"])
+    p.add_argument("--model", default="mail", choices=["mail", "control", "oracle"])
+    p.add_argument("--ranker", default="base", choices=["base", "din"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True, help="run directory to write")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--align", choices=["mmd", "mse"], default=None, help="ZST alignment loss")
+    p.add_argument(
+        "--fill",
+        choices=["hard", "blend"],
+        default="hard",
+        help="virtual behavior for empty histories only (paper) or blended by count",
+    )
+    p.add_argument(
+        "--fill-inference-only",
+        action="store_true",
+        help="virtual behavior only at inference (the official code), not in training",
+    )
+    p.add_argument("--behavior-len", type=int, default=32)
+    p.add_argument(
+        "--behavior",
+        choices=["all", "clicks"],
+        default="all",
+        help="behavior = every earlier rated item, or only earlier clicks",
+    )
+    p.add_argument(
+        "--onboarding-noise",
+        type=float,
+        default=None,
+        help="add declared genres from each user's first interactions, with this noise",
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="JSON with 'model' and 'train' sections overriding the defaults",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _train(args: argparse.Namespace) -> int:
+    from model_export.model import ModelConfig, RankerConfig, ZeroShotConfig
+    from model_export.pipeline import RunSpec, run
+    from model_export.train import TrainConfig
+
+    overrides = json.loads(args.config.read_text()) if args.config else {}
+    model_cfg = ModelConfig.from_dict({"model": args.model, **overrides.get("model", {})})
+    model_cfg.model = args.model
+    model_cfg.ranker = model_cfg.ranker or RankerConfig()
+    model_cfg.ranker.kind = args.ranker
+    model_cfg.fill = args.fill
+    model_cfg.fill_train = not args.fill_inference_only
+    if args.model == "mail":
+        model_cfg.zero_shot = model_cfg.zero_shot or ZeroShotConfig()
+        if args.align:
+            model_cfg.zero_shot.align = args.align
+    else:
+        model_cfg.zero_shot = None
+    tcfg = TrainConfig(
+        **{**overrides.get("train", {}), "seed": args.seed, "progress": not args.quiet}
+    )
+    for name in ("epochs", "batch_size", "lr"):
+        if getattr(args, name) is not None:
+            setattr(tcfg, name, getattr(args, name))
+    spec = RunSpec(
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        protocol=args.protocol,
+        seed=args.seed,
+        behavior_len=args.behavior_len,
+        behavior=args.behavior,
+        onboarding_noise=args.onboarding_noise,
+        model=model_cfg,
+        train=tcfg,
+    )
+    _, report = run(spec, args.out)
+    test = report["test"]
+    print(f"wrote {args.out} ({report['train_seconds']:.1f}s training)")
+    for group in ("new", "old", "all"):
+        m = test[group]
+        print(
+            f"  {group:>3}: AUC {m['auc']:.4f}  GAUC {m['gauc']:.4f}  "
+            f"logloss {m['logloss']:.4f}  ({m['samples']} samples)"
+        )
+    if "diagnostics" in report:
+        print(f"  virtual-behavior R^2 (new users): {report['diagnostics']['virtual_r2_new']:.4f}")
+    return 0
+
+
+def _add_download(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("download", help="fetch MovieLens 100K into a local cache and verify it")
+    p.add_argument(
+        "--cache", type=Path, default=None, help="cache folder (default ~/.cache/mailrec)"
+    )
+    p.add_argument("--source", default=None, help="URL or local path of ml-100k.zip")
+
+
+def _download(args: argparse.Namespace) -> int:
+    from model_export.data import ML100K_URL, download_movielens
+
+    path = download_movielens(args.cache, args.source or ML100K_URL)
+    print(f"MovieLens 100K verified in {path}")
+    print(f"use: --data-dir {path.parent}")
+    return 0
+
+
+def _add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("export", help="export RUN_DIR to a verified ONNX bundle")
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from model_export.export import export_bundle
+
+    manifest = export_bundle(args.run, args.out)
+    print(f"wrote bundle {args.out} (model version {manifest['model_version']})")
+    parity = manifest["parity"]
+    print(
+        f"  parity vs torch: scores {parity['scores_max_abs_diff']:.2e}, "
+        f"virtual behavior {parity['virtual_max_abs_diff']:.2e}"
+    )
+    return 0
+
+
+def _add_evaluate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("evaluate", help="recompute test metrics through onnxruntime alone")
+    p.add_argument("--bundle", type=Path, required=True)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--quiet", action="store_true")
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from model_export.evaluate import compare, evaluate_bundle
+
+    result = evaluate_bundle(args.bundle, args.data_dir, progress=not args.quiet)
+    worst = compare(result)
+    for group in ("new", "old", "all"):
+        m = result["test"][group]
+        print(f"  {group:>3}: AUC {m['auc']:.4f}  GAUC {m['gauc']:.4f}  logloss {m['logloss']:.4f}")
+    print(f"largest difference from the run's metrics.json: {worst:.2e}")
+    return 0 if worst <= 1e-4 else 1
+
+
+COMMANDS = {"train": _train, "download": _download, "export": _export, "evaluate": _evaluate}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m model_export", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_download, _add_train, _add_export, _add_evaluate):
+        add(sub)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from model_export.data import DataError
+    from service.contract import ContractError
+
+    try:
+        return COMMANDS[args.command](args)
+    except (DataError, ContractError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,170 @@
+"""From raw interactions and a split to the integer arrays the towers train on.
+
+Vocabularies are fitted on training rows only (each user or item counted once), so an unseen value
+is OOV exactly as it will be online. Every id goes through `service.contract` (`Schema`,
+`Catalog`, `behavior_rows`): the same code encodes live requests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from model_export.data import FieldPlan, Interactions
+from model_export.protocol import TEST, TRAIN, VAL, Split, chronological_order
+from service.contract import Catalog, FieldSpec, IntArray, Schema, build_vocab
+
+
+@dataclass
+class EncodedData:
+    """One row per sample interaction (behavior-only rows are folded into `behavior`)."""
+
+    schema: Schema
+    catalog: Catalog
+    user_ids: list[str]  # raw id of each user row
+    user_attrs: IntArray  # (U, A)
+    user: IntArray  # (n,) row into user_attrs
+    item: IntArray  # (n,) catalog row of the target
+    context: IntArray  # (n, C)
+    behavior: IntArray  # (n, L) real behavior: catalog rows, most recent first
+    label: npt.NDArray[np.float32]  # (n,)
+    part: npt.NDArray[np.int8]  # (n,) TRAIN / VAL / TEST
+    is_new: npt.NDArray[np.bool_]  # (n,)
+    source: npt.NDArray[np.int64]  # (n,) index of the interaction in the raw data
+
+    def __len__(self) -> int:
+        return len(self.label)
+
+    def rows(self, part: int) -> npt.NDArray[np.int64]:
+        return np.flatnonzero(self.part == part)
+
+    def model_behavior(self, fill_new_users: bool) -> IntArray:
+        """Behavior as the model sees it: deleted (all PAD) for new users unless the oracle."""
+        if fill_new_users:
+            return self.behavior
+        out = self.behavior.copy()
+        out[self.is_new] = 0
+        return out
+
+
+def fit_field(field_plan: FieldPlan, values: Sequence[object]) -> FieldSpec:
+    spec = field_plan.spec
+    tokens = [t for v in values if v is not None for t in dict.fromkeys(spec.tokens(v))]
+    return FieldSpec(
+        spec.name,
+        spec.source,
+        spec.transform,
+        spec.slots,
+        build_vocab(tokens, field_plan.min_count),
+    )
+
+
+def fit_schema(
+    data: Interactions, split: Split, behavior_len: int, virtual_slots: int, d_embed: int
+) -> Schema:
+    train = split.part == TRAIN
+    users = sorted(set(data.user[train].tolist()))
+    items = sorted(set(data.item[train].tolist()))
+    ts = data.timestamp[train] if data.timestamp is not None else []
+    user_raw = [{"user_id": u, **data.users.get(u, {})} for u in users]
+    item_raw = [{"item_id": i, **data.items.get(i, {})} for i in items]
+    return Schema(
+        user_fields=tuple(
+            fit_field(p, [r.get(p.spec.source) for r in user_raw]) for p in data.user_plan
+        ),
+        item_fields=tuple(
+            fit_field(p, [r.get(p.spec.source) for r in item_raw]) for p in data.item_plan
+        ),
+        context_fields=tuple(
+            fit_field(p, [int(t) for t in ts] if p.spec.source == "timestamp" else [])
+            for p in data.context_plan
+        ),
+        behavior_len=behavior_len,
+        virtual_slots=virtual_slots,
+        d_embed=d_embed,
+    )
+
+
+def behavior_matrix(
+    data: Interactions,
+    catalog: Catalog,
+    samples: npt.NDArray[np.int64],
+    length: int,
+    seed: int,
+    clicks_only: bool = False,
+) -> IntArray:
+    """For each sample, the user's most recent items strictly before its time (most recent first).
+
+    `clicks_only` keeps the sample interactions that were clicks (and every behavior-only one):
+    what the service knows of a user, whose history grows by their clicks. Without timestamps,
+    behavior is the user's behavior-only interactions (their implicit history) in a seeded order,
+    never a sample, so a label cannot leak through it.
+    """
+    order = chronological_order(data, seed)
+    if data.timestamp is None:
+        order = order[~data.is_sample[order]]
+    elif clicks_only:
+        order = order[~data.is_sample[order] | (data.label[order] == 1)]
+    users = data.user[order]
+    rows = catalog.rows(data.item[order].tolist())
+    first = {u: i for i, u in reversed(list(enumerate(users.tolist())))}
+    count = dict(zip(*np.unique(users, return_counts=True), strict=True))
+    start = np.array([first.get(u, 0) for u in data.user[samples]], np.int64)
+    if data.timestamp is None:
+        stop = start + np.array([count.get(u, 0) for u in data.user[samples]], np.int64)
+    else:
+        # position of the first of the user's interactions at or after the sample's time
+        names, codes = np.unique(users, return_inverse=True)
+        key = codes.astype(np.int64) << 34 | data.timestamp[order]  # sorted: (user, time)
+        probe = np.searchsorted(names, data.user[samples]).astype(np.int64) << 34
+        stop = np.searchsorted(key, probe | data.timestamp[samples], side="left").astype(np.int64)
+    pos = stop[:, None] - 1 - np.arange(length)[None, :]  # (n, L) most recent first
+    valid = pos >= start[:, None]
+    out = np.where(valid, rows[np.clip(pos, 0, max(len(rows) - 1, 0))], 0)
+    return out.astype(np.int64)
+
+
+def encode_data(
+    data: Interactions,
+    split: Split,
+    behavior_len: int = 32,
+    virtual_slots: int = 1,
+    d_embed: int = 32,
+    clicks_only: bool = False,
+) -> EncodedData:
+    schema = fit_schema(data, split, behavior_len, virtual_slots, d_embed)
+    catalog = Catalog.build(schema, data.items, data.titles)
+    samples = np.flatnonzero(np.isin(split.part, (TRAIN, VAL, TEST)))
+    user_ids = sorted(set(data.user[samples].tolist()))
+    user_row = {u: r for r, u in enumerate(user_ids)}
+    user_attrs = np.stack(
+        [schema.encode_user({"user_id": u, **data.users.get(u, {})}) for u in user_ids]
+    )
+    if data.timestamp is not None:
+        context = np.stack(
+            [schema.encode_context({"timestamp": int(t)}) for t in data.timestamp[samples]]
+        )
+    else:
+        context = np.tile(schema.encode_context({}), (len(samples), 1))
+    return EncodedData(
+        schema=schema,
+        catalog=catalog,
+        user_ids=user_ids,
+        user_attrs=user_attrs,
+        user=np.array([user_row[u] for u in data.user[samples]], np.int64),
+        item=catalog.rows(data.item[samples].tolist()),
+        context=context.astype(np.int64),
+        behavior=behavior_matrix(
+            data, catalog, samples, behavior_len, split.config.seed, clicks_only
+        ),
+        label=data.label[samples].astype(np.float32),
+        part=split.part[samples],
+        is_new=np.isin(data.user[samples], list(split.new_users)),
+        source=samples.astype(np.int64),
+    )
+
+
+__all__ = ["TEST", "TRAIN", "VAL", "EncodedData", "encode_data", "fit_schema", "behavior_matrix"]

@@ -1,0 +1,433 @@
+"""The two towers of MAIL and the embeddings they share.
+
+* `FeatureEmbeddings`: one table per field (PAD row 0 stays zero), and the item representation
+  (sum of an item's field embeddings; bags mean-pooled), the same for targets and behavior items.
+* Ranking towers (`BaseDNN`, `DINRanker`): any embedding-based CTR model. Each declares the
+  behavior representation it consumes, `behavior_target()`, with `virtual_slots` vectors; the
+  zero-shot tower reconstructs exactly that, so a new user's virtual behavior drops in unchanged.
+* `ZeroShotTower`: dual residual auto-encoders (attributes, behavior), both decoders on both codes
+  (Eq. 3-4), alignment by Gaussian MMD or paired MSE (Eq. 5-6); virtual behavior = D2(E1(a))
+  (Eq. 8).
+  It never names a ranker: the same class serves every tower.
+
+Every tower takes user-side tensors with batch U and item-side tensors with batch N, where U == N
+(training: one target per sample) or U == 1 (serving: one user against N candidates). Broadcasting
+does the rest, so the exported graph is the trained module, without tiling the user N times.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from service.contract import Schema
+
+NEG = -1e9  # logit of a masked position
+
+
+@dataclass
+class RankerConfig:
+    kind: str = "base"  # "base" (BaseDNN) | "din" (DIN-style target attention)
+    hidden: tuple[int, ...] = (256, 128)
+    dropout: float = 0.2
+    d_attention: int = 64  # width of the attention MLPs (Eq. 1-2 pooling, DIN's activation unit)
+    virtual_slots: int = 0  # 0: the tower's default (base: 1 pooled vector; din: 4 recent items)
+
+
+@dataclass
+class ZeroShotConfig:
+    d_hidden: int = 128  # width of the aligned codes p, q
+    width: int = 256  # first layer of each encoder/decoder (the paper's 1024 at our scale)
+    dropout: float = 0.2
+    d_attention: int = 64
+    align: str = "mmd"  # "mmd" (paper, Eq. 5-6) | "mse" (official code, paired)
+    mmd_sigma: float = 1.0
+    w_a: float = 1.0  # weight of L_a (Eq. 3)
+    w_v: float = 1.0  # weight of L_v (Eq. 4)
+    w_d: float = 1.0  # weight of L_d (alignment)
+    cross: bool = True  # both decoders on both codes; False = each decoder on its own code
+    variant: str = "full"  # "full" | "none": a linear attributes -> behavior map, no ZST loss
+
+
+# --- shared pieces ------------------------------------------------------------------------------
+
+
+class AttentionPool(nn.Module):
+    """Self-attention pooling of Eq. 1-2: alpha = softmax(z^T tanh(W x + b)) over valid slots."""
+
+    def __init__(self, d: int, d_attention: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(d, d_attention)
+        self.z = nn.Linear(d_attention, 1, bias=False)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        # x (B, S, d), mask (B, S) bool -> (B, d); all-masked rows pool to zeros
+        logits = self.z(torch.tanh(self.proj(x))).squeeze(-1)  # (B, S)
+        alpha = torch.softmax(logits.masked_fill(~mask, NEG), dim=-1) * mask
+        return torch.einsum("bs,bsd->bd", alpha, x)
+
+
+def mlp(sizes: list[int], dropout: float) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for d_in, d_out in zip(sizes, sizes[1:], strict=False):
+        layers += [
+            nn.Dropout(dropout),
+            nn.Linear(d_in, d_out),
+            nn.BatchNorm1d(d_out),
+            nn.LeakyReLU(),
+        ]
+    return nn.Sequential(*layers)
+
+
+class FeatureEmbeddings(nn.Module):
+    """Per-field tables for the user, item and context groups, and the catalog of item features."""
+
+    def __init__(self, schema: Schema, catalog_features: Tensor) -> None:
+        super().__init__()
+        d = schema.d_embed
+        self.d = d
+
+        def tables(fields: Any) -> nn.ModuleList:
+            return nn.ModuleList(nn.Embedding(f.cardinality, d, padding_idx=0) for f in fields)
+
+        self.user = tables(schema.user_fields)
+        self.item = tables(schema.item_fields)
+        self.context = tables(schema.context_fields)
+        self.user_slices = _slices(f.slots for f in schema.user_fields)
+        self.item_slices = _slices(f.slots for f in schema.item_fields)
+        self.context_slices = _slices(f.slots for f in schema.context_fields)
+        self.catalog: Tensor
+        self.register_buffer("catalog", catalog_features.long(), persistent=True)  # (I+1, M)
+        for table in (*self.user, *self.item, *self.context):
+            nn.init.normal_(table.weight, std=0.05)
+            with torch.no_grad():
+                table.weight[:2].zero_()  # PAD stays zero; OOV starts neutral
+
+    @staticmethod
+    def _fields(tables: nn.ModuleList, slices: list[slice], ids: Tensor) -> tuple[Tensor, Tensor]:
+        # ids (B, S) -> embeddings (B, S, d), mask (B, S)
+        emb = torch.cat([t(ids[:, s]) for t, s in zip(tables, slices, strict=True)], dim=1)
+        return emb, ids > 0
+
+    def user_fields(self, ids: Tensor) -> tuple[Tensor, Tensor]:
+        return self._fields(self.user, self.user_slices, ids)
+
+    def context_fields(self, ids: Tensor) -> tuple[Tensor, Tensor]:
+        return self._fields(self.context, self.context_slices, ids)
+
+    def items(self, rows: Tensor) -> Tensor:
+        """Catalog rows (any shape) -> item representations (..., d); row 0 -> zeros."""
+        feats = self.catalog[rows.reshape(-1)]  # (R, M)
+        parts = []
+        for table, s in zip(self.item, self.item_slices, strict=True):
+            ids = feats[:, s]  # (R, slots)
+            emb = table(ids)  # (R, slots, d)
+            count = (ids > 0).sum(1, keepdim=True).clamp(min=1)
+            parts.append(emb.sum(1) / count)  # bags are mean-pooled
+        return torch.stack(parts, 0).sum(0).reshape(*rows.shape, self.d)
+
+
+def _slices(widths: Any) -> list[slice]:
+    out, start = [], 0
+    for w in widths:
+        out.append(slice(start, start + w))
+        start += w
+    return out
+
+
+class UserInputs(NamedTuple):
+    """User-side inputs of a ranking tower, batch U (N in training, 1 in serving)."""
+
+    attrs: Tensor  # (U, A) ids
+    context: Tensor  # (U, C) ids
+    behavior: Tensor  # (U, L) catalog rows, most recent first
+    virtual: Tensor  # (U, K, d) virtual behavior (zeros when unused)
+    gate: Tensor  # (U, 1) weight of the virtual behavior
+
+
+# --- ranking towers -----------------------------------------------------------------------------
+
+
+class Ranker(nn.Module):
+    """A ranking tower: scores (user, target item) pairs from the shared embeddings."""
+
+    default_slots = 1
+
+    def __init__(self, cfg: RankerConfig, emb: FeatureEmbeddings) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.emb = emb
+        self.virtual_slots = cfg.virtual_slots or self.default_slots
+
+    def behavior_target(self, behavior: Tensor) -> tuple[Tensor, Tensor]:
+        """What the tower consumes as behavior: (U, K, d) vectors and their (U, K) mask."""
+        raise NotImplementedError
+
+    def forward(self, user: UserInputs, items: Tensor) -> Tensor:
+        """Logits (N,) for user batch U in {N, 1} and target catalog rows (N,)."""
+        raise NotImplementedError
+
+    def _groups(self, user: UserInputs) -> tuple[Tensor, Tensor]:
+        attrs, _ = self.emb.user_fields(user.attrs)
+        ctx, _ = self.emb.context_fields(user.context)
+        return attrs.sum(1), ctx.sum(1)  # sum-pooled groups (Eq. 11): (U, d) each
+
+
+class BaseDNN(Ranker):
+    """The paper's BaseDNN: sum-pooled groups, attention-pooled behavior, BN MLP (Eq. 11-13)."""
+
+    default_slots = 1
+
+    def __init__(self, cfg: RankerConfig, emb: FeatureEmbeddings) -> None:
+        super().__init__(cfg, emb)
+        d = emb.d
+        self.pool = AttentionPool(d, cfg.d_attention)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.user_proj = nn.Linear(3 * d, cfg.hidden[0])  # first layer, split user | item so the
+        self.item_proj = nn.Linear(d, cfg.hidden[0], bias=False)  # user side runs once per call
+        self.bn = nn.BatchNorm1d(cfg.hidden[0])
+        self.top = mlp(list(cfg.hidden), cfg.dropout)
+        self.out = nn.Linear(cfg.hidden[-1], 1)
+
+    def behavior_target(self, behavior: Tensor) -> tuple[Tensor, Tensor]:
+        seq = self.emb.items(behavior)  # (U, L, d)
+        pooled = self.pool(seq, behavior > 0)  # (U, d)
+        return pooled[:, None, :], (behavior > 0).any(1, keepdim=True)
+
+    def forward(self, user: UserInputs, items: Tensor) -> Tensor:
+        z_a, z_c = self._groups(user)
+        real, _ = self.behavior_target(user.behavior)
+        z_v = (1 - user.gate) * real[:, 0] + user.gate * user.virtual[:, 0]  # (U, d)
+        z_t = self.emb.items(items)  # (N, d)
+        h = self.user_proj(self.drop(torch.cat([z_a, z_v, z_c], -1))) + self.item_proj(
+            self.drop(z_t)
+        )
+        h = F.leaky_relu(self.bn(h))  # (N, H0)
+        return self.out(self.top(h)).squeeze(-1)
+
+
+class DINRanker(Ranker):
+    """DIN-style tower: target attention over the behavior sequence (and the virtual items)."""
+
+    default_slots = 4
+
+    def __init__(self, cfg: RankerConfig, emb: FeatureEmbeddings) -> None:
+        super().__init__(cfg, emb)
+        d, h = emb.d, cfg.d_attention
+        # activation unit MLP([e, t, e - t, e * t]) with its first layer split by term:
+        # W [e, t, e-t, e*t] = (W1 + W3) e + (W2 - W3) t + W4 (e*t), so e and t project once
+        self.att_key = nn.Linear(d, h)
+        self.att_query = nn.Linear(d, h, bias=False)
+        self.att_prod = nn.Linear(d, h, bias=False)
+        self.att_out = nn.Sequential(nn.LeakyReLU(), nn.Linear(h, 1))
+        self.head = mlp([4 * d, *cfg.hidden], cfg.dropout)
+        self.out = nn.Linear(cfg.hidden[-1], 1)
+
+    def behavior_target(self, behavior: Tensor) -> tuple[Tensor, Tensor]:
+        k = self.virtual_slots
+        recent = behavior[:, :k]  # the K most recent items, the code's reading of Eq. 8
+        return self.emb.items(recent), recent > 0
+
+    def _attend(self, seq: Tensor, mask: Tensor, target: Tensor) -> Tensor:
+        # seq (U, S, d), mask (U, S), target (N, d) -> (N, d)
+        logits = self.att_key(seq) + self.att_query(target)[:, None, :]  # (N, S, h)
+        logits = logits + self.att_prod(seq * target[:, None, :])
+        logits = self.att_out(logits).squeeze(-1)  # (N, S)
+        alpha = torch.softmax(logits.masked_fill(~mask, NEG), -1) * mask  # (N, S)
+        return torch.einsum("ns,nsd->nd", alpha, seq.expand(alpha.shape[0], -1, -1))
+
+    def forward(self, user: UserInputs, items: Tensor) -> Tensor:
+        z_a, z_c = self._groups(user)
+        z_t = self.emb.items(items)  # (N, d)
+        real = self._attend(self.emb.items(user.behavior), user.behavior > 0, z_t)
+        virtual_mask = torch.ones_like(user.virtual[..., 0], dtype=torch.bool)  # (U, K)
+        virtual = self._attend(user.virtual, virtual_mask, z_t)
+        z_v = (1 - user.gate) * real + user.gate * virtual  # (N, d)
+        n = z_t.shape[0]
+        z = torch.cat([z_a.expand(n, -1), z_v, z_c.expand(n, -1), z_t], -1)  # (N, 4d)
+        return self.out(self.head(z)).squeeze(-1)
+
+
+RANKERS: dict[str, type[Ranker]] = {"base": BaseDNN, "din": DINRanker}
+
+
+# --- zero-shot tower ----------------------------------------------------------------------------
+
+
+class ResidualMLP(nn.Module):
+    """Eq. 15-16: three dense layers, the input concatenated back before layers 2 and 3."""
+
+    def __init__(self, d_in: int, width: int, d_out: int, dropout: float, out_act: bool) -> None:
+        super().__init__()
+        self.l1 = nn.Linear(d_in, width)
+        self.l2 = nn.Linear(width + d_in, width // 2)
+        self.l3 = nn.Linear(width // 2 + d_in, d_out)
+        self.drop = nn.Dropout(dropout)
+        self.out_act = out_act
+
+    def forward(self, x: Tensor) -> Tensor:
+        z1 = F.leaky_relu(self.l1(self.drop(x)))
+        z2 = F.leaky_relu(self.l2(self.drop(torch.cat([z1, x], -1))))
+        y = self.l3(torch.cat([z2, x], -1))
+        return F.leaky_relu(y) if self.out_act else y  # encoders: LeakyReLU; decoders: linear
+
+
+class ZstLosses(NamedTuple):
+    l_a: Tensor  # Eq. 3, reconstruction from the attribute code p
+    l_v: Tensor  # Eq. 4, reconstruction from the behavior code q
+    l_d: Tensor  # Eq. 5-6, alignment of p and q
+
+    def total(self, cfg: ZeroShotConfig) -> Tensor:
+        return cfg.w_a * self.l_a + cfg.w_v * self.l_v + cfg.w_d * self.l_d
+
+
+def gaussian_mmd(p: Tensor, q: Tensor, sigma: float) -> Tensor:
+    """Biased MMD^2 estimate with k(x, y) = exp(-|x - y|^2 / 2 sigma^2) (1/n^2 on every term)."""
+
+    def k(x: Tensor, y: Tensor) -> Tensor:
+        return torch.exp(-torch.cdist(x, y).pow(2) / (2 * sigma**2)).mean()
+
+    return k(p, p) + k(q, q) - 2 * k(p, q)
+
+
+def masked_mse(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    # pred, target (B, S, d); mask (B, S): mean squared error over valid slots
+    err = (pred - target).pow(2).sum(-1) * mask
+    return err.sum() / (mask.sum().clamp(min=1) * pred.shape[-1])
+
+
+class ZeroShotTower(nn.Module):
+    """Maps user attributes to virtual behavior; knows shapes only, never a ranking tower.
+
+    Its inputs are embeddings the ranking tower owns; callers pass them detached, so the ZST loss
+    never updates them (the paper's two optimizers).
+    """
+
+    def __init__(self, cfg: ZeroShotConfig, attr_slots: int, behavior_slots: int, d: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.attr_slots, self.behavior_slots, self.d = attr_slots, behavior_slots, d
+        if cfg.variant == "none":  # MAIL-None ablation: a linear map, trained through L_rt only
+            self.linear = nn.Linear(attr_slots * d, behavior_slots * d)
+            return
+        w, h, p = cfg.width, cfg.d_hidden, cfg.dropout
+        self.attr_pool = AttentionPool(d, cfg.d_attention)
+        self.behavior_pool = AttentionPool(d, cfg.d_attention)
+        self.enc_a = ResidualMLP(d, w, h, p, out_act=True)  # E1
+        self.enc_v = ResidualMLP(d, w, h, p, out_act=True)  # E2
+        self.dec_a = ResidualMLP(h, w, attr_slots * d, p, out_act=False)  # D1
+        self.dec_v = ResidualMLP(h, w, behavior_slots * d, p, out_act=False)  # D2
+
+    def virtual_behavior(self, attrs: Tensor, mask: Tensor) -> Tensor:
+        # attrs (B, A, d), mask (B, A) -> virtual behavior (B, K, d) = D2(E1(h^a))
+        b = attrs.shape[0]
+        if self.cfg.variant == "none":
+            return self.linear((attrs * mask[..., None]).reshape(b, -1)).reshape(b, -1, self.d)
+        p = self.enc_a(self.attr_pool(attrs, mask))
+        return self.dec_v(p).reshape(b, self.behavior_slots, self.d)
+
+    def losses(
+        self, attrs: Tensor, attr_mask: Tensor, behavior: Tensor, beh_mask: Tensor
+    ) -> ZstLosses:
+        # attrs (B, A, d); behavior (B, K, d): both targets, detached by the caller
+        if self.cfg.variant == "none":
+            zero = attrs.new_zeros(())
+            return ZstLosses(zero, zero, zero)
+        b = attrs.shape[0]
+        p = self.enc_a(self.attr_pool(attrs, attr_mask))  # (B, h)
+        q = self.enc_v(self.behavior_pool(behavior, beh_mask))  # (B, h)
+
+        def rec_a(code: Tensor) -> Tensor:
+            return masked_mse(self.dec_a(code).reshape(b, -1, self.d), attrs, attr_mask)
+
+        def rec_v(code: Tensor) -> Tensor:
+            return masked_mse(self.dec_v(code).reshape(b, -1, self.d), behavior, beh_mask)
+
+        if self.cfg.cross:
+            l_a, l_v = rec_a(p) + rec_v(p), rec_a(q) + rec_v(q)
+        else:  # MAIL-Single style: each code reconstructs its own modality only
+            l_a, l_v = rec_a(p), rec_v(q)
+        if self.cfg.align == "mmd":
+            l_d = gaussian_mmd(p, q, self.cfg.mmd_sigma)
+        elif self.cfg.align == "mse":
+            l_d = (p - q).pow(2).mean()
+        elif self.cfg.align == "off":
+            l_d = p.new_zeros(())
+        else:
+            raise ValueError(f"unknown alignment {self.cfg.align!r}")
+        return ZstLosses(l_a, l_v, l_d)
+
+
+# --- the whole model ----------------------------------------------------------------------------
+
+
+@dataclass
+class ModelConfig:
+    model: str = "mail"  # "mail" | "control" | "oracle"
+    ranker: RankerConfig | None = None
+    zero_shot: ZeroShotConfig | None = None
+    fill_train: bool = True  # new users get virtual behavior in training too (paper's reading)
+    fill: str = "hard"  # at inference: "hard" switch on empty behavior | "blend" | "off"
+    blend_tau: float = 3.0  # blend: gate = tau / (tau + n_history)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        ranker = d.get("ranker")
+        zst = d.get("zero_shot")
+        return cls(
+            model=d["model"],
+            ranker=RankerConfig(**{**ranker, "hidden": tuple(ranker["hidden"])})
+            if ranker
+            else None,
+            zero_shot=ZeroShotConfig(**zst) if zst else None,
+            fill_train=d.get("fill_train", True),
+            fill=d.get("fill", "hard"),
+            blend_tau=d.get("blend_tau", 3.0),
+        )
+
+
+class MailModel(nn.Module):
+    """Shared embeddings + a ranking tower + (for `mail`) a zero-shot tower."""
+
+    def __init__(self, cfg: ModelConfig, schema: Schema, catalog_features: Tensor) -> None:
+        super().__init__()
+        self.cfg = cfg
+        rcfg = cfg.ranker or RankerConfig()
+        self.emb = FeatureEmbeddings(schema, catalog_features)
+        self.ranker = RANKERS[rcfg.kind](rcfg, self.emb)
+        if schema.virtual_slots != self.ranker.virtual_slots:
+            raise ValueError(
+                f"schema has {schema.virtual_slots} virtual slots, "
+                f"ranker wants {self.ranker.virtual_slots}"
+            )
+        self.zst: ZeroShotTower | None = None
+        if cfg.model == "mail":
+            self.zst = ZeroShotTower(
+                cfg.zero_shot or ZeroShotConfig(),
+                schema.user_slots,
+                self.ranker.virtual_slots,
+                schema.d_embed,
+            )
+
+    @property
+    def virtual_slots(self) -> int:
+        return self.ranker.virtual_slots
+
+    def virtual_behavior(self, attrs: Tensor) -> Tensor:
+        """(B, A) attribute ids -> (B, K, d); zeros without a zero-shot tower."""
+        b = attrs.shape[0]
+        if self.zst is None:
+            return torch.zeros(b, self.virtual_slots, self.emb.d)
+        emb, mask = self.emb.user_fields(attrs)
+        return self.zst.virtual_behavior(emb, mask)
+
+    def ranker_parameters(self) -> list[nn.Parameter]:
+        zst = {id(p) for p in self.zst.parameters()} if self.zst is not None else set()
+        return [p for p in self.parameters() if id(p) not in zst]

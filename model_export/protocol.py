@@ -1,0 +1,161 @@
+"""Evaluation protocols: which users are new, and which interactions train, validate and test.
+
+* `mail` (the paper's): per user, the last 20% of their samples (in time) are test and a
+  validation slice is cut from the end of the rest. A seeded 40% of users are new: their behavior
+  is deleted from every sample (train and test); their samples stay in training.
+* `strict` (beyond the paper): the same split, but new users never appear in training at all:
+  their training samples are dropped and their user id is out of vocabulary at test. Their
+  validation slice stays, for early stopping and tuning only.
+
+The split is deterministic under its seed, and `split_record()` writes it with raw ids so anyone
+can rebuild and check it without this code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from model_export.data import Interactions, plan
+
+PROTOCOLS = ("mail", "strict")
+TRAIN, VAL, TEST, UNUSED = 0, 1, 2, -1
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    protocol: str = "mail"
+    seed: int = 0
+    new_fraction: float = 0.4
+    test_fraction: float = 0.2
+    val_fraction: float = 0.1  # of each user's non-test samples, from their end
+
+
+@dataclass
+class Split:
+    config: SplitConfig
+    new_users: frozenset[str]
+    part: npt.NDArray[np.int8]  # per interaction: TRAIN, VAL, TEST or UNUSED (behavior-only rows)
+
+    def mask(self, part: int) -> npt.NDArray[np.bool_]:
+        return self.part == part
+
+
+def chronological_order(data: Interactions, seed: int) -> npt.NDArray[np.int64]:
+    """Interaction indices sorted by (user, time, item); without time, a seeded shuffle per user."""
+    if data.timestamp is not None:
+        return np.lexsort((data.item, data.timestamp, data.user)).astype(np.int64)
+    noise = np.random.default_rng(seed).random(len(data))
+    return np.lexsort((noise, data.user)).astype(np.int64)
+
+
+def make_split(data: Interactions, config: SplitConfig) -> Split:
+    if config.protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {config.protocol!r}; choose from {PROTOCOLS}")
+    rng = np.random.default_rng(config.seed)
+    sample_users = np.unique(data.user[data.is_sample])
+    n_new = int(round(config.new_fraction * len(sample_users)))
+    new_users = frozenset(rng.permutation(sample_users)[:n_new].tolist())
+
+    part = np.full(len(data), UNUSED, np.int8)
+    order = chronological_order(data, config.seed)
+    order = order[data.is_sample[order]]
+    users = data.user[order]
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+    ends = np.r_[starts[1:], len(order)]
+    for start, end in zip(starts, ends, strict=True):
+        n = end - start
+        n_test = max(1, int(round(config.test_fraction * n)))
+        n_val = max(1, int(round(config.val_fraction * (n - n_test)))) if n - n_test > 1 else 0
+        idx = order[start:end]
+        part[idx[: n - n_test - n_val]] = TRAIN
+        part[idx[n - n_test - n_val : n - n_test]] = VAL
+        part[idx[n - n_test :]] = TEST
+        if config.protocol == "strict" and users[start] in new_users:
+            part[idx[: n - n_test - n_val]] = UNUSED
+    return Split(config, new_users, part)
+
+
+def split_record(data: Interactions, split: Split) -> dict[str, Any]:
+    """The split with raw ids: new users and every test sample (user, item, label, timestamp)."""
+    test = np.flatnonzero(split.part == TEST)
+    ts = data.timestamp
+    record: dict[str, Any] = {
+        "dataset": data.name,
+        "protocol": split.config.protocol,
+        "seed": split.config.seed,
+        "new_fraction": split.config.new_fraction,
+        "test_fraction": split.config.test_fraction,
+        "val_fraction": split.config.val_fraction,
+        "label": data.notes.get("label"),
+        "new_users": sorted(split.new_users, key=_natural),
+        "counts": {
+            "users": int(len(np.unique(data.user[data.is_sample]))),
+            "new_users": len(split.new_users),
+            "train": int((split.part == TRAIN).sum()),
+            "val": int((split.part == VAL).sum()),
+            "test": int(len(test)),
+        },
+        "test": {
+            "user": data.user[test].tolist(),
+            "item": data.item[test].tolist(),
+            "label": data.label[test].astype(int).tolist(),
+            "timestamp": ts[test].tolist() if ts is not None else None,
+        },
+    }
+    derived = data.notes.get("derived_user_attributes")
+    if isinstance(derived, Mapping):
+        record["derived_user_attributes"] = dict(derived)
+    return record
+
+
+def _natural(key: str) -> tuple[int, str]:
+    return (int(key), key) if key.isdigit() else (1 << 62, key)
+
+
+# --- onboarding signal (semi-synthetic; DESIGN.md section 4) --------------------------------------
+
+
+def add_declared_genres(
+    data: Interactions, n_first: int = 5, top: int = 3, noise: float = 0.0, seed: int = 0
+) -> Interactions:
+    """A signup answer, "genres you like", built from each user's first `n_first` samples.
+
+    Those interactions stop being samples (never trained or tested on) but stay as behavior.
+    Each declared genre is replaced, with probability `noise`, by a uniformly drawn genre: 0 is the
+    clean signal, 1 pure noise. Needs item attribute "genres" (MovieLens).
+    """
+    if data.timestamp is None or not any(p.spec.name == "genres" for p in data.item_plan):
+        raise ValueError(f"{data.name} has no timed genre data for declared genres")
+    rng = np.random.default_rng(seed)
+    genres = sorted({g for a in data.items.values() for g in a.get("genres", [])})  # type: ignore[attr-defined]
+    is_sample = data.is_sample.copy()
+    declared: dict[str, list[str]] = {}
+    order = chronological_order(data, seed)
+    order = order[data.is_sample[order]]
+    users = data.user[order]
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+    for start, end in zip(starts, np.r_[starts[1:], len(order)], strict=True):
+        first = order[start : min(end, start + n_first)]
+        is_sample[first] = False
+        counts: dict[str, int] = {}
+        for item in data.item[first]:
+            for g in data.items[str(item)].get("genres", []):  # type: ignore[attr-defined]
+                counts[g] = counts.get(g, 0) + 1
+        picked = sorted(counts, key=lambda g: (-counts[g], g))[:top]
+        declared[str(users[start])] = [
+            str(rng.choice(genres)) if rng.random() < noise else g for g in picked
+        ]
+    notes = {
+        **data.notes,
+        "onboarding": {"n_first": n_first, "top": top, "noise": noise, "seed": seed},
+        "derived_user_attributes": {"genres": declared},
+    }
+    out = data.with_user_attribute("genres", declared, plan("genres", "genres", "tags", slots=top))
+    out.is_sample = is_sample
+    out.notes = notes
+    return out

@@ -1,0 +1,395 @@
+"""Co-training of the ranking tower and the zero-shot tower, evaluation, and checkpoints.
+
+Two optimizers step on every batch (the paper's G_A and G_B): one on L_rt for the embeddings and
+the ranking tower, one on L_zst = L_a + L_v + L_d for the zero-shot tower only. Every edge between
+the towers is cut (`detach`): the ZST reads embeddings and the ranker's behavior representation
+but never updates them, and the ranker reads virtual behavior as an input.
+
+Cold = empty behavior (the paper's flag, Eq. 9). With `fill_train` the virtual behavior takes its
+place in training as at inference; otherwise only at inference (the official code).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from model_export import metrics
+from model_export.features import EncodedData
+from model_export.model import MailModel, ModelConfig, UserInputs, ZstLosses
+from model_export.protocol import TEST, TRAIN, VAL
+from service.contract import blend_gate
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "model.pt"
+METRICS = "metrics.json"
+LOSS_NAMES = ("L_rt", "L_a", "L_v", "L_d")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 12
+    batch_size: int = 512
+    lr: float = 1e-3  # G_B: embeddings + ranking tower
+    lr_zst: float = 5e-4  # G_A: zero-shot tower (the official code's 0.5 x lr)
+    weight_decay: float = 0.0
+    embed_l2: float = 1e-5  # L2 on the embeddings looked up in a batch
+    patience: int = 2  # epochs without a better validation AUC before stopping
+    seed: int = 0
+    threads: int = 2
+    progress: bool = True
+
+
+@dataclass
+class History:
+    epochs: list[dict[str, float]] = field(default_factory=list)  # per epoch: mean losses + val
+    batches: list[dict[str, float]] = field(default_factory=list)  # per batch losses (plots)
+    best_epoch: int = -1
+    seconds: float = 0.0
+
+
+def _gates(model: MailModel, behavior: Tensor, training: bool) -> Tensor:
+    """(B, 1) weight of the virtual behavior for each row, from its real history length."""
+    cfg = model.cfg
+    if model.zst is None or (training and not cfg.fill_train):
+        return torch.zeros(behavior.shape[0], 1)
+    counts = (behavior > 0).sum(1).tolist()
+    mode = cfg.fill
+    if training and mode == "off":
+        mode = "hard"
+    return torch.tensor([[blend_gate(n, mode, cfg.blend_tau)] for n in counts], dtype=torch.float32)
+
+
+def user_inputs(
+    model: MailModel, attrs: Tensor, context: Tensor, behavior: Tensor, training: bool
+) -> UserInputs:
+    """Ranker inputs for a batch, virtual behavior filled for cold rows."""
+    gate = _gates(model, behavior, training)
+    virtual = torch.zeros(attrs.shape[0], model.virtual_slots, model.emb.d)
+    cold = gate[:, 0] > 0
+    if model.zst is not None and bool(cold.any()):
+        zst = model.zst
+        emb, mask = model.emb.user_fields(attrs[cold])
+        if zst.cfg.variant == "none":  # MAIL-None learns its linear map through L_rt alone
+            virtual[cold] = zst.virtual_behavior(emb.detach(), mask)
+        else:
+            was_training = zst.training
+            zst.eval()  # deterministic, as at inference
+            with torch.no_grad():
+                virtual[cold] = zst.virtual_behavior(emb, mask)
+            zst.train(was_training)
+    return UserInputs(attrs, context, behavior, virtual, gate)
+
+
+class Batches:
+    """Index batches over rows of the encoded data, as tensors."""
+
+    def __init__(self, data: EncodedData, fill_new_users: bool) -> None:
+        self.data = data
+        self.attrs = torch.from_numpy(data.user_attrs[data.user])
+        self.context = torch.from_numpy(data.context)
+        self.behavior = torch.from_numpy(data.model_behavior(fill_new_users))
+        self.item = torch.from_numpy(data.item)
+        self.label = torch.from_numpy(data.label)
+        self.is_new = torch.from_numpy(data.is_new)
+
+    def iterate(
+        self, rows: npt.NDArray[np.int64], batch_size: int, rng: np.random.Generator | None = None
+    ) -> Iterator[tuple[Tensor, ...]]:
+        order = rng.permutation(rows) if rng is not None else rows
+        for start in range(0, len(order), batch_size):
+            idx = torch.from_numpy(order[start : start + batch_size])
+            yield (
+                self.attrs[idx],
+                self.context[idx],
+                self.behavior[idx],
+                self.item[idx],
+                self.label[idx],
+                self.is_new[idx],
+            )
+
+
+def zst_step_losses(
+    model: MailModel, attrs: Tensor, behavior: Tensor, is_new: Tensor
+) -> ZstLosses | None:
+    """L_a, L_v, L_d on old users with real behavior; inputs and targets detached."""
+    if model.zst is None or model.zst.cfg.variant == "none":
+        return None
+    rows = ~is_new & (behavior > 0).any(1)
+    if int(rows.sum()) < 2:
+        return None
+    with torch.no_grad():
+        emb, mask = model.emb.user_fields(attrs[rows])
+        target, target_mask = model.ranker.behavior_target(behavior[rows])
+    return model.zst.losses(emb.detach(), mask, target.detach(), target_mask)
+
+
+def predict(
+    model: MailModel, batches: Batches, rows: npt.NDArray[np.int64], batch_size: int = 4096
+) -> npt.NDArray[np.float64]:
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for attrs, ctx, beh, item, _, _ in batches.iterate(rows, batch_size):
+            logits = model.ranker(user_inputs(model, attrs, ctx, beh, training=False), item)
+            out.append(torch.sigmoid(logits).double().numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def evaluate_rows(
+    model: MailModel, batches: Batches, rows: npt.NDArray[np.int64]
+) -> dict[str, Any]:
+    data = batches.data
+    scores = predict(model, batches, rows)
+    return metrics.by_group(data.user[rows], data.label[rows], scores, data.is_new[rows])
+
+
+def train(data: EncodedData, cfg: ModelConfig, tcfg: TrainConfig) -> tuple[MailModel, History]:
+    torch.manual_seed(tcfg.seed)
+    torch.set_num_threads(tcfg.threads)
+    rng = np.random.default_rng(tcfg.seed)
+    model = MailModel(cfg, data.schema, torch.from_numpy(data.catalog.features))
+    batches = Batches(data, fill_new_users=cfg.model == "oracle")
+    opt_rt = torch.optim.Adam(model.ranker_parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    opt_zst = (
+        torch.optim.Adam(model.zst.parameters(), lr=tcfg.lr_zst, weight_decay=tcfg.weight_decay)
+        if model.zst is not None
+        else None
+    )
+    train_rows, val_rows = data.rows(TRAIN), data.rows(VAL)
+    history = History()
+    best_auc, best_state, stale = -math.inf, copy.deepcopy(model.state_dict()), 0
+    started = time.perf_counter()
+    from tqdm import tqdm
+
+    for epoch in range(1, tcfg.epochs + 1):
+        model.train()
+        sums = dict.fromkeys(LOSS_NAMES, 0.0)
+        n_batches = math.ceil(len(train_rows) / tcfg.batch_size)
+        bar = tqdm(
+            batches.iterate(train_rows, tcfg.batch_size, rng),
+            total=n_batches,
+            desc=f"epoch {epoch}/{tcfg.epochs}",
+            disable=not tcfg.progress,
+            leave=False,
+        )
+        for attrs, ctx, beh, item, label, is_new in bar:
+            user = user_inputs(model, attrs, ctx, beh, training=True)
+            logits = model.ranker(user, item)
+            l_rt = F.binary_cross_entropy_with_logits(logits, label)
+            loss = l_rt + tcfg.embed_l2 * _embedding_l2(model, attrs, ctx, beh, item)
+            zl = zst_step_losses(model, attrs, beh, is_new)
+            if zl is not None:
+                assert model.zst is not None
+                loss = loss + zl.total(model.zst.cfg)
+            opt_rt.zero_grad(set_to_none=True)
+            if opt_zst is not None:
+                opt_zst.zero_grad(set_to_none=True)
+            loss.backward()
+            opt_rt.step()
+            if opt_zst is not None:
+                opt_zst.step()
+            values = {"L_rt": float(l_rt.detach())}
+            if zl is not None:
+                values.update(
+                    L_a=float(zl.l_a.detach()),
+                    L_v=float(zl.l_v.detach()),
+                    L_d=float(zl.l_d.detach()),
+                )
+            history.batches.append(values)
+            for k, v in values.items():
+                sums[k] += v
+            bar.set_postfix({k: f"{v:.4f}" for k, v in values.items()})
+        means = {k: v / max(n_batches, 1) for k, v in sums.items()}
+        val = evaluate_rows(model, batches, val_rows)
+        record = {
+            "epoch": epoch,
+            **means,
+            "val_auc": val["all"]["auc"],
+            "val_auc_new": val["new"]["auc"],
+        }
+        history.epochs.append(record)
+        log.info(
+            "epoch %d  L_rt %.4f  L_a %.4f  L_v %.4f  L_d %.4f  val AUC %.4f (new %.4f)",
+            epoch,
+            means["L_rt"],
+            means["L_a"],
+            means["L_v"],
+            means["L_d"],
+            val["all"]["auc"],
+            val["new"]["auc"],
+        )
+        if val["all"]["auc"] > best_auc + 1e-5:
+            best_auc, best_state, stale = val["all"]["auc"], copy.deepcopy(model.state_dict()), 0
+            history.best_epoch = epoch
+        else:
+            stale += 1
+            if stale >= tcfg.patience:
+                break
+    model.load_state_dict(best_state)
+    model.eval()
+    history.seconds = time.perf_counter() - started
+    return model, history
+
+
+def _embedding_l2(
+    model: MailModel, attrs: Tensor, ctx: Tensor, beh: Tensor, item: Tensor
+) -> Tensor:
+    """Mean squared norm of the embeddings this batch used (the usual sparse L2 of CTR models)."""
+    a, _ = model.emb.user_fields(attrs)
+    c, _ = model.emb.context_fields(ctx)
+    t = model.emb.items(item)
+    return a.pow(2).sum(-1).mean() + c.pow(2).sum(-1).mean() + t.pow(2).sum(-1).mean()
+
+
+def virtual_r2(
+    model: MailModel, batches: Batches, rows: npt.NDArray[np.int64], mean: Tensor
+) -> float:
+    """R^2 of virtual against real behavior (the ranker's representation) over valid slots.
+
+    The baseline is `mean`, old users' mean training behavior: R^2 > 0 means the zero-shot tower
+    predicts a user's behavior better than filling in the average user's.
+    """
+    if model.zst is None or len(rows) == 0:
+        return float("nan")
+    data = batches.data
+    sse = sst = 0.0
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(rows), 4096):
+            idx = torch.from_numpy(rows[start : start + 4096])
+            real_beh = torch.from_numpy(data.behavior[idx.numpy()])  # real behavior, never fed
+            target, mask = model.ranker.behavior_target(real_beh)
+            virtual = model.virtual_behavior(batches.attrs[idx])
+            m = mask[..., None].float()
+            sse += float(((virtual - target).pow(2) * m).sum())
+            sst += float(((mean - target).pow(2) * m).sum())
+    return 1.0 - sse / sst if sst > 0 else float("nan")
+
+
+def mean_behavior(model: MailModel, batches: Batches, rows: npt.NDArray[np.int64]) -> Tensor:
+    """Old users' mean behavior representation over training rows: (K, d)."""
+    data = batches.data
+    keep = rows[~data.is_new[rows]]
+    total = torch.zeros(model.virtual_slots, model.emb.d)
+    count = torch.zeros(model.virtual_slots, 1)
+    with torch.no_grad():
+        for start in range(0, len(keep), 4096):
+            beh = torch.from_numpy(data.behavior[keep[start : start + 4096]])
+            target, mask = model.ranker.behavior_target(beh)
+            total += (target * mask[..., None]).sum(0)
+            count += mask.sum(0)[:, None]
+    return total / count.clamp(min=1)
+
+
+def full_report(model: MailModel, data: EncodedData, history: History) -> dict[str, Any]:
+    """metrics.json: test metrics by user group, validation, diagnostics and losses."""
+    batches = Batches(data, fill_new_users=model.cfg.model == "oracle")
+    test_rows, val_rows, train_rows = data.rows(TEST), data.rows(VAL), data.rows(TRAIN)
+    report: dict[str, Any] = {
+        "test": evaluate_rows(model, batches, test_rows),
+        "val": evaluate_rows(model, batches, val_rows),
+        "train_seconds": round(history.seconds, 2),
+        "best_epoch": history.best_epoch,
+        "epochs": history.epochs,
+    }
+    if model.zst is not None:
+        mean = mean_behavior(model, batches, train_rows)
+        new_test = test_rows[data.is_new[test_rows]]
+        old_test = test_rows[~data.is_new[test_rows]]
+        report["diagnostics"] = {
+            "virtual_r2_new": virtual_r2(model, batches, new_test, mean),
+            "virtual_r2_old": virtual_r2(model, batches, old_test, mean),
+            "note": "R^2 of virtual vs real behavior on test rows; 0 = no better than the mean "
+            "behavior of old users (what mean-fill would give)",
+        }
+    return report
+
+
+def save_run(
+    out: Path,
+    model: MailModel,
+    data: EncodedData,
+    tcfg: TrainConfig,
+    report: dict[str, Any],
+    split_record: dict[str, Any],
+    run_info: dict[str, Any],
+) -> None:
+    """RUN_DIR: model.pt (rebuildable from itself alone), split.json, metrics.json, config.json."""
+    out.mkdir(parents=True, exist_ok=True)
+    parity_rows = _parity_rows(data)
+    torch.save(
+        {
+            "config": model.cfg.to_dict(),
+            "train_config": asdict(tcfg),
+            "schema": data.schema.to_dict(),
+            "catalog": {
+                "ids": data.catalog.ids,
+                "titles": data.catalog.titles,
+                "features": data.catalog.features,
+            },
+            "state_dict": model.state_dict(),
+            "run": run_info,
+            "parity": {
+                "user_attrs": data.user_attrs[data.user[parity_rows]],
+                "context": data.context[parity_rows],
+                "behavior": data.model_behavior(model.cfg.model == "oracle")[parity_rows],
+                "item": data.item[parity_rows],
+            },
+            "metrics": report["test"],
+        },
+        out / CHECKPOINT,
+    )
+    (out / "split.json").write_text(json.dumps(split_record))
+    (out / METRICS).write_text(json.dumps(_finite(report), indent=2))
+    (out / "config.json").write_text(
+        json.dumps({"model": model.cfg.to_dict(), "train": asdict(tcfg), "run": run_info}, indent=2)
+    )
+
+
+def _parity_rows(data: EncodedData, n: int = 64) -> npt.NDArray[np.int64]:
+    """Real test rows for export's parity check: cold and warm users both."""
+    test = data.rows(TEST)
+    cold = test[(data.behavior[test] > 0).sum(1) == 0]
+    cold = np.r_[cold, test[data.is_new[test]]]
+    warm = test[~data.is_new[test]]
+    return np.unique(np.r_[cold[: n // 2], warm[: n // 2]]).astype(np.int64)
+
+
+def _finite(obj: Any) -> Any:
+    """JSON has no NaN: write undefined metrics as null."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def load_checkpoint(run_dir: Path) -> tuple[MailModel, dict[str, Any]]:
+    """Rebuild the model from its checkpoint alone (config, schema, catalog, weights)."""
+    from service.contract import Schema
+
+    ckpt = torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=False)
+    schema = Schema.from_dict(ckpt["schema"])
+    model = MailModel(
+        ModelConfig.from_dict(ckpt["config"]), schema, torch.as_tensor(ckpt["catalog"]["features"])
+    )
+    model.load_state_dict(ckpt["state_dict"])
+    model.eval()
+    return model, ckpt

@@ -1,0 +1,1 @@
+"""Online half of mailrec: the FastAPI recommendation service (onnxruntime, no torch)."""

@@ -1,0 +1,191 @@
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from model_export.evaluate import compare, evaluate_bundle
+from service.contract import (
+    MANIFEST,
+    RANKER_FILE,
+    ZERO_SHOT_FILE,
+    BundleError,
+    content_version,
+    load_bundle,
+    sha256_file,
+)
+from service.inference import SessionOptions, Towers
+from tests.conftest import REPO
+
+BundleFactory = Callable[..., Path]
+
+
+@pytest.mark.parametrize("model", ["mail", "control"])
+@pytest.mark.parametrize("ranker", ["base", "din"])
+def test_export_parity(tiny_bundle: BundleFactory, model: str, ranker: str) -> None:
+    bundle = load_bundle(tiny_bundle(model, ranker))
+    parity = bundle.manifest["parity"]
+    assert parity["scores_max_abs_diff"] <= 1e-5
+    assert parity["virtual_max_abs_diff"] <= 1e-4
+    assert (
+        parity["rows"] > 0
+        and 10_000 in parity["candidate_counts"]
+        and 1 in parity["candidate_counts"]
+    )
+    assert (bundle.zero_shot_path is not None) == (model == "mail")
+    if model == "control":
+        assert "no zero-shot tower" in bundle.manifest["zero_shot_absent_reason"]
+    assert bundle.manifest["ranker"] == ranker
+    towers = Towers(bundle, SessionOptions(device="cpu"))
+    towers.warm_up()
+    towers.check_golden()
+
+
+def test_ranker_scores_the_whole_catalog_and_more_in_one_call(tiny_bundle: BundleFactory) -> None:
+    bundle = load_bundle(tiny_bundle("mail", "din"))
+    towers = Towers(bundle)
+    schema = bundle.schema
+    from service.contract import encode
+
+    enc = encode(
+        schema, bundle.catalog, "new-user", {"segment": "s1"}, [], {"timestamp": 1_000_000_000}
+    )
+    virtual = towers.virtual_behavior(enc.user_attrs)
+    for n in (1, len(bundle.catalog), 12_000):
+        cands = (np.arange(n) % len(bundle.catalog) + 1).astype(np.int64)
+        scores = towers.score(enc, virtual, 1.0, cands)
+        assert scores.shape == (n,) and np.isfinite(scores).all()
+    one = towers.score(enc, virtual, 1.0, np.array([5], np.int64))
+    many = towers.score(enc, virtual, 1.0, np.arange(1, 50, dtype=np.int64))
+    assert one[0] == pytest.approx(many[4], abs=1e-6)
+
+
+def test_evaluate_reproduces_the_run_metrics(tiny_bundle: BundleFactory) -> None:
+    result = evaluate_bundle(tiny_bundle("mail", "base"), None, progress=False)
+    assert compare(result) <= 1e-4
+
+
+def test_evaluate_on_real_data_matches_within_1e4(data_dir: Path, tmp_path: Path) -> None:
+    from model_export.cli import main
+
+    run_dir, bundle_dir = tmp_path / "run", tmp_path / "bundle"
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                "ml-100k",
+                "--data-dir",
+                str(data_dir),
+                "--model",
+                "mail",
+                "--ranker",
+                "din",
+                "--epochs",
+                "1",
+                "--out",
+                str(run_dir),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert main(["export", "--run", str(run_dir), "--out", str(bundle_dir)]) == 0
+    assert (
+        main(["evaluate", "--bundle", str(bundle_dir), "--data-dir", str(data_dir), "--quiet"]) == 0
+    )
+
+
+def _copy(bundle: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "bundle"
+    shutil.copytree(bundle, out)
+    return out
+
+
+def _rewrite_manifest(root: Path, change: Callable[[dict], None]) -> None:  # type: ignore[type-arg]
+    manifest = json.loads((root / MANIFEST).read_text())
+    change(manifest)
+    (root / MANIFEST).write_text(json.dumps(manifest))
+
+
+def test_missing_file_is_refused(tiny_bundle: BundleFactory, tmp_path: Path) -> None:
+    root = _copy(tiny_bundle("mail", "base"), tmp_path)
+    (root / ZERO_SHOT_FILE).unlink()
+    with pytest.raises(BundleError, match="missing file zero_shot.onnx"):
+        load_bundle(root)
+
+
+def test_checksum_mismatch_is_refused(tiny_bundle: BundleFactory, tmp_path: Path) -> None:
+    root = _copy(tiny_bundle("mail", "base"), tmp_path)
+    data = bytearray((root / RANKER_FILE).read_bytes())
+    data[-1] ^= 0xFF
+    (root / RANKER_FILE).write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="checksum mismatch for ranker.onnx"):
+        load_bundle(root)
+
+
+def test_unknown_format_version_is_refused(tiny_bundle: BundleFactory, tmp_path: Path) -> None:
+    root = _copy(tiny_bundle("control", "base"), tmp_path)
+    _rewrite_manifest(root, lambda m: m.update(format_version=99))
+    with pytest.raises(BundleError, match="format version 99, this service reads 1"):
+        load_bundle(root)
+
+
+def test_onnx_signature_that_differs_from_the_manifest_is_refused(
+    tiny_bundle: BundleFactory, tmp_path: Path
+) -> None:
+    """A ranker.onnx with consistent checksums but the wrong graph: the zero-shot tower's."""
+    root = _copy(tiny_bundle("mail", "base"), tmp_path)
+    shutil.copyfile(root / ZERO_SHOT_FILE, root / RANKER_FILE)
+
+    def fix_sums(m: dict) -> None:  # type: ignore[type-arg]
+        m["files"][RANKER_FILE] = sha256_file(root / RANKER_FILE)
+        m["model_version"] = content_version(m["files"])
+
+    _rewrite_manifest(root, fix_sums)
+    with pytest.raises(BundleError, match=r"ranker.onnx inputs are \[\('user_attrs'"):
+        load_bundle(root)
+
+
+def test_tampered_model_version_is_refused(tiny_bundle: BundleFactory, tmp_path: Path) -> None:
+    root = _copy(tiny_bundle("control", "din"), tmp_path)
+    _rewrite_manifest(root, lambda m: m.update(model_version="0123456789ab"))
+    with pytest.raises(BundleError, match="does not match the file checksums"):
+        load_bundle(root)
+
+
+def test_export_replaces_a_bundle_atomically(tiny_run: Callable[..., Path], tmp_path: Path) -> None:
+    from model_export.export import export_bundle
+
+    out = tmp_path / "bundles" / "mail"
+    first = export_bundle(tiny_run("mail", "base"), out)
+    second = export_bundle(tiny_run("control", "base"), out)
+    assert load_bundle(out).version == second["model_version"] != first["model_version"]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["mail"]  # no temporary leftovers
+
+
+def test_model_version_is_a_content_hash(tiny_run: Callable[..., Path], tmp_path: Path) -> None:
+    from model_export.export import export_bundle
+
+    a = export_bundle(tiny_run("mail", "base"), tmp_path / "a")
+    b = export_bundle(tiny_run("mail", "base"), tmp_path / "b")
+    assert a["model_version"] == b["model_version"]  # same weights, same version
+    assert a["model_version"] == content_version(a["files"])
+
+
+def test_service_never_imports_torch_or_model_export() -> None:
+    code = (
+        "import sys, service, service.contract, service.inference\n"
+        "import importlib.util\n"
+        "mods = [m for m in ('service.main',) if importlib.util.find_spec(m)]\n"
+        "for m in mods: __import__(m)\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'model_export'))\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
