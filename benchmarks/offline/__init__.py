@@ -1,0 +1,1 @@
+"""Offline quality benchmark: cold-start methods under one split and one ranking tower each."""

@@ -1,0 +1,138 @@
+"""Run a grid of training runs (dataset x protocol x ranker x method x seed), resumably.
+
+Each finished cell is one JSON line in a results file; a rerun skips cells already there, so a
+long benchmark survives interruption. Data preparation is shared between the methods of a seed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from model_export.model import RANKERS, ModelConfig, RankerConfig, ZeroShotConfig
+from model_export.pipeline import Prepared, RunSpec, prepare, run
+from model_export.train import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Cell:
+    dataset: str
+    protocol: str
+    ranker: str
+    method: str
+    seed: int
+    onboarding_noise: float | None = None
+
+    def key(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+def _mail(**zst: Any) -> Callable[[RankerConfig], ModelConfig]:
+    def make(ranker: RankerConfig) -> ModelConfig:
+        return ModelConfig(model="mail", ranker=ranker, zero_shot=ZeroShotConfig(**zst))
+
+    return make
+
+
+def _plain(model: str) -> Callable[[RankerConfig], ModelConfig]:
+    def make(ranker: RankerConfig) -> ModelConfig:
+        return ModelConfig(model=model, ranker=ranker)
+
+    return make
+
+
+# method name -> model configuration for a given ranking tower
+METHODS: dict[str, Callable[[RankerConfig], ModelConfig]] = {
+    "control": _plain("control"),
+    "oracle": _plain("oracle"),
+    "mail": _mail(),
+    "mail-mse": _mail(align="mse"),
+}
+
+
+@dataclass
+class Grid:
+    cells: list[Cell]
+    behavior: str = "clicks"
+    train: dict[str, Any] = field(default_factory=dict)  # TrainConfig overrides (quick runs)
+
+
+def _spec(cell: Cell, data_dir: str | None, grid: Grid) -> RunSpec:
+    ranker = RankerConfig(kind=cell.ranker)
+    return RunSpec(
+        dataset=cell.dataset,
+        data_dir=data_dir,
+        protocol=cell.protocol,
+        seed=cell.seed,
+        behavior=grid.behavior,
+        onboarding_noise=cell.onboarding_noise,
+        model=METHODS[cell.method](ranker),
+        train=TrainConfig(seed=cell.seed, progress=False, **grid.train),
+    )
+
+
+def done_keys(results: Path) -> set[str]:
+    if not results.exists():
+        return set()
+    return {json.dumps(json.loads(line)["cell"], sort_keys=True) for line in results.open()}
+
+
+def run_grid(grid: Grid, data_dir: str | None, results: Path, progress: bool = True) -> float:
+    """Run every cell not yet in `results`; returns the wall time spent."""
+    results.parent.mkdir(parents=True, exist_ok=True)
+    done = done_keys(results)
+    todo = [c for c in grid.cells if c.key() not in done]
+    started = time.perf_counter()
+    cache: dict[tuple[Any, ...], Prepared] = {}
+    for cell in tqdm(todo, desc="offline benchmark", disable=not progress):
+        spec = _spec(cell, data_dir, grid)
+        assert spec.model.ranker is not None
+        slots = RANKERS[cell.ranker].default_slots
+        data_key = (cell.dataset, cell.protocol, cell.seed, cell.onboarding_noise, slots)
+        if data_key not in cache:
+            cache.clear()  # one prepared dataset at a time keeps memory flat
+            cache[data_key] = prepare(spec)
+        t0 = time.perf_counter()
+        _, report = run(spec, None, cache[data_key])
+        row = {
+            "cell": asdict(cell),
+            "seconds": round(time.perf_counter() - t0, 2),
+            "train_seconds": report["train_seconds"],
+            "best_epoch": report["best_epoch"],
+            "test": report["test"],
+            "val": report["val"],
+            "diagnostics": report.get("diagnostics"),
+            "losses": report["epochs"],
+        }
+        with results.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+    return time.perf_counter() - started
+
+
+def load_rows(results: Path, cells: Iterable[Cell] | None = None) -> list[dict[str, Any]]:
+    wanted = {c.key() for c in cells} if cells is not None else None
+    rows = [json.loads(line) for line in results.open()] if results.exists() else []
+    return [r for r in rows if wanted is None or json.dumps(r["cell"], sort_keys=True) in wanted]
+
+
+def machine() -> dict[str, Any]:
+    import os
+
+    import torch
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+    }
