@@ -13,9 +13,7 @@ log = logging.getLogger("model_export")
 
 def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("train", help="co-train the towers on a dataset and write RUN_DIR")
-    p.add_argument(
-        "--dataset", default="ml-100k", choices=["ml-100k", "book-crossing", "synthetic"]
-    )
+    p.add_argument("--dataset", default="ml-100k", choices=["ml-100k", "book-crossing", "synthetic"])
     p.add_argument("--data-dir", default=None, help="folder with the dataset (or MAILREC_DATA_DIR)")
     p.add_argument("--protocol", default="mail", choices=["mail", "strict"])
     p.add_argument("--model", default="mail", choices=["mail", "control", "oracle"])
@@ -77,9 +75,7 @@ def _train(args: argparse.Namespace) -> int:
             model_cfg.zero_shot.align = args.align
     else:
         model_cfg.zero_shot = None
-    tcfg = TrainConfig(
-        **{**overrides.get("train", {}), "seed": args.seed, "progress": not args.quiet}
-    )
+    tcfg = TrainConfig(**{**overrides.get("train", {}), "seed": args.seed, "progress": not args.quiet})
     for name in ("epochs", "batch_size", "lr"):
         if getattr(args, name) is not None:
             setattr(tcfg, name, getattr(args, name))
@@ -110,9 +106,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _add_download(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("download", help="fetch MovieLens 100K into a local cache and verify it")
-    p.add_argument(
-        "--cache", type=Path, default=None, help="cache folder (default ~/.cache/mailrec)"
-    )
+    p.add_argument("--cache", type=Path, default=None, help="cache folder (default ~/.cache/mailrec)")
     p.add_argument("--source", default=None, help="URL or local path of ml-100k.zip")
 
 

@@ -43,9 +43,7 @@ def _histories(
     return out
 
 
-def evaluate_bundle(
-    bundle_dir: Path, data_dir: str | None, progress: bool = True
-) -> dict[str, Any]:
+def evaluate_bundle(bundle_dir: Path, data_dir: str | None, progress: bool = True) -> dict[str, Any]:
     from tqdm import tqdm
 
     bundle: Bundle = load_bundle(bundle_dir)

@@ -146,11 +146,7 @@ def verify_parity(
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     ranker = ort.InferenceSession(str(ranker_path), opts, providers=["CPUExecutionProvider"])
-    zst = (
-        ort.InferenceSession(str(zst_path), opts, providers=["CPUExecutionProvider"])
-        if zst_path
-        else None
-    )
+    zst = ort.InferenceSession(str(zst_path), opts, providers=["CPUExecutionProvider"]) if zst_path else None
     rng = np.random.default_rng(0)
     worst_score = worst_virtual = 0.0
     golden: list[dict[str, Any]] = []
@@ -255,9 +251,7 @@ def export_bundle(run_dir: Path, out: Path) -> dict[str, Any]:
         )
         (tmp / SCHEMA_FILE).write_text(json.dumps(schema.to_dict()))
         (tmp / CATALOG_FILE).write_text(
-            json.dumps(
-                {"ids": catalog["ids"], "titles": catalog["titles"], "features": features.tolist()}
-            )
+            json.dumps({"ids": catalog["ids"], "titles": catalog["titles"], "features": features.tolist()})
         )
         shutil.copyfile(run_dir / SPLIT_FILE, tmp / SPLIT_FILE)
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
@@ -294,9 +288,7 @@ def _manifest(
     cfg = ckpt["config"]
     run = ckpt["run"]
     metrics_path = run_dir / METRICS
-    metrics = (
-        json.loads(metrics_path.read_text())["test"] if metrics_path.exists() else ckpt["metrics"]
-    )
+    metrics = json.loads(metrics_path.read_text())["test"] if metrics_path.exists() else ckpt["metrics"]
     golden = parity.pop("golden")
     signatures = {"ranker": ranker_signature(schema)}
     if has_zst:

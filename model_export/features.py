@@ -72,12 +72,8 @@ def fit_schema(
     user_raw = [{"user_id": u, **data.users.get(u, {})} for u in users]
     item_raw = [{"item_id": i, **data.items.get(i, {})} for i in items]
     return Schema(
-        user_fields=tuple(
-            fit_field(p, [r.get(p.spec.source) for r in user_raw]) for p in data.user_plan
-        ),
-        item_fields=tuple(
-            fit_field(p, [r.get(p.spec.source) for r in item_raw]) for p in data.item_plan
-        ),
+        user_fields=tuple(fit_field(p, [r.get(p.spec.source) for r in user_raw]) for p in data.user_plan),
+        item_fields=tuple(fit_field(p, [r.get(p.spec.source) for r in item_raw]) for p in data.item_plan),
         context_fields=tuple(
             fit_field(p, [int(t) for t in ts] if p.spec.source == "timestamp" else [])
             for p in data.context_plan
@@ -140,13 +136,9 @@ def encode_data(
     samples = np.flatnonzero(np.isin(split.part, (TRAIN, VAL, TEST)))
     user_ids = sorted(set(data.user[samples].tolist()))
     user_row = {u: r for r, u in enumerate(user_ids)}
-    user_attrs = np.stack(
-        [schema.encode_user({"user_id": u, **data.users.get(u, {})}) for u in user_ids]
-    )
+    user_attrs = np.stack([schema.encode_user({"user_id": u, **data.users.get(u, {})}) for u in user_ids])
     if data.timestamp is not None:
-        context = np.stack(
-            [schema.encode_context({"timestamp": int(t)}) for t in data.timestamp[samples]]
-        )
+        context = np.stack([schema.encode_context({"timestamp": int(t)}) for t in data.timestamp[samples]])
     else:
         context = np.tile(schema.encode_context({}), (len(samples), 1))
     return EncodedData(
@@ -157,9 +149,7 @@ def encode_data(
         user=np.array([user_row[u] for u in data.user[samples]], np.int64),
         item=catalog.rows(data.item[samples].tolist()),
         context=context.astype(np.int64),
-        behavior=behavior_matrix(
-            data, catalog, samples, behavior_len, split.config.seed, clicks_only
-        ),
+        behavior=behavior_matrix(data, catalog, samples, behavior_len, split.config.seed, clicks_only),
         label=data.label[samples].astype(np.float32),
         part=split.part[samples],
         is_new=np.isin(data.user[samples], list(split.new_users)),

@@ -203,9 +203,7 @@ class BaseDNN(Ranker):
         real, _ = self.behavior_target(user.behavior)
         z_v = (1 - user.gate) * real[:, 0] + user.gate * user.virtual[:, 0]  # (U, d)
         z_t = self.emb.items(items)  # (N, d)
-        h = self.user_proj(self.drop(torch.cat([z_a, z_v, z_c], -1))) + self.item_proj(
-            self.drop(z_t)
-        )
+        h = self.user_proj(self.drop(torch.cat([z_a, z_v, z_c], -1))) + self.item_proj(self.drop(z_t))
         h = F.leaky_relu(self.bn(h))  # (N, H0)
         return self.out(self.top(h)).squeeze(-1)
 
@@ -330,9 +328,7 @@ class ZeroShotTower(nn.Module):
         p = self.enc_a(self.attr_pool(attrs, mask))
         return self.dec_v(p).reshape(b, self.behavior_slots, self.d)
 
-    def losses(
-        self, attrs: Tensor, attr_mask: Tensor, behavior: Tensor, beh_mask: Tensor
-    ) -> ZstLosses:
+    def losses(self, attrs: Tensor, attr_mask: Tensor, behavior: Tensor, beh_mask: Tensor) -> ZstLosses:
         # attrs (B, A, d); behavior (B, K, d): both targets, detached by the caller
         if self.cfg.variant == "none":
             zero = attrs.new_zeros(())
@@ -383,9 +379,7 @@ class ModelConfig:
         zst = d.get("zero_shot")
         return cls(
             model=d["model"],
-            ranker=RankerConfig(**{**ranker, "hidden": tuple(ranker["hidden"])})
-            if ranker
-            else None,
+            ranker=RankerConfig(**{**ranker, "hidden": tuple(ranker["hidden"])}) if ranker else None,
             zero_shot=ZeroShotConfig(**zst) if zst else None,
             fill_train=d.get("fill_train", True),
             fill=d.get("fill", "hard"),
@@ -404,8 +398,7 @@ class MailModel(nn.Module):
         self.ranker = RANKERS[rcfg.kind](rcfg, self.emb)
         if schema.virtual_slots != self.ranker.virtual_slots:
             raise ValueError(
-                f"schema has {schema.virtual_slots} virtual slots, "
-                f"ranker wants {self.ranker.virtual_slots}"
+                f"schema has {schema.virtual_slots} virtual slots, ranker wants {self.ranker.virtual_slots}"
             )
         self.zst: ZeroShotTower | None = None
         if cfg.model == "mail":

@@ -73,10 +73,7 @@ def test_download_from_local_archive(data_dir: Path, tmp_path: Path) -> None:
     assert target == tmp_path / "cache" / "ml-100k"
     assert len(datasets.load_movielens(target.parent)) == 100_000
     # a second call finds the verified copy and does not need the source
-    assert (
-        datasets.download_movielens(tmp_path / "cache", "/nonexistent.zip", progress=False)
-        == target
-    )
+    assert datasets.download_movielens(tmp_path / "cache", "/nonexistent.zip", progress=False) == target
 
 
 def test_download_rejects_a_corrupt_archive(data_dir: Path, tmp_path: Path) -> None:

@@ -33,11 +33,7 @@ def test_export_parity(tiny_bundle: BundleFactory, model: str, ranker: str) -> N
     parity = bundle.manifest["parity"]
     assert parity["scores_max_abs_diff"] <= 1e-5
     assert parity["virtual_max_abs_diff"] <= 1e-4
-    assert (
-        parity["rows"] > 0
-        and 10_000 in parity["candidate_counts"]
-        and 1 in parity["candidate_counts"]
-    )
+    assert parity["rows"] > 0 and 10_000 in parity["candidate_counts"] and 1 in parity["candidate_counts"]
     assert (bundle.zero_shot_path is not None) == (model == "mail")
     if model == "control":
         assert "no zero-shot tower" in bundle.manifest["zero_shot_absent_reason"]
@@ -53,9 +49,7 @@ def test_ranker_scores_the_whole_catalog_and_more_in_one_call(tiny_bundle: Bundl
     schema = bundle.schema
     from service.contract import encode
 
-    enc = encode(
-        schema, bundle.catalog, "new-user", {"segment": "s1"}, [], {"timestamp": 1_000_000_000}
-    )
+    enc = encode(schema, bundle.catalog, "new-user", {"segment": "s1"}, [], {"timestamp": 1_000_000_000})
     virtual = towers.virtual_behavior(enc.user_attrs)
     for n in (1, len(bundle.catalog), 12_000):
         cands = (np.arange(n) % len(bundle.catalog) + 1).astype(np.int64)
@@ -97,9 +91,7 @@ def test_evaluate_on_real_data_matches_within_1e4(data_dir: Path, tmp_path: Path
         == 0
     )
     assert main(["export", "--run", str(run_dir), "--out", str(bundle_dir)]) == 0
-    assert (
-        main(["evaluate", "--bundle", str(bundle_dir), "--data-dir", str(data_dir), "--quiet"]) == 0
-    )
+    assert main(["evaluate", "--bundle", str(bundle_dir), "--data-dir", str(data_dir), "--quiet"]) == 0
 
 
 def _copy(bundle: Path, tmp_path: Path) -> Path:

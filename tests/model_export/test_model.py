@@ -83,9 +83,7 @@ def test_zst_step_changes_only_zst_parameters() -> None:
         assert p.grad is None, f"ZST loss reached {name}"
     assert all(p.grad is not None for p in model.zst.parameters())
     torch.optim.Adam(model.zst.parameters(), lr=1e-2).step()
-    changed = {
-        name for name, p in model.named_parameters() if not torch.equal(before[name], p.detach())
-    }
+    changed = {name for name, p in model.named_parameters() if not torch.equal(before[name], p.detach())}
     zst_names = {name for name, p in model.named_parameters() if id(p) in zst_ids}
     assert changed <= zst_names, changed - zst_names
     assert len(changed) > len(zst_names) // 2  # the step did move the tower

@@ -60,9 +60,7 @@ def test_strict_protocol_never_trains_on_new_users(ml: datasets.Interactions) ->
 
 
 @pytest.mark.parametrize("protocol", ["mail", "strict"])
-def test_no_new_users_behavior_leaks_into_their_samples(
-    ml: datasets.Interactions, protocol: str
-) -> None:
+def test_no_new_users_behavior_leaks_into_their_samples(ml: datasets.Interactions, protocol: str) -> None:
     split = make_split(ml, SplitConfig(protocol=protocol, seed=1))
     encoded = encode_data(ml, split)
     fed = encoded.model_behavior(fill_new_users=False)
