@@ -382,6 +382,12 @@ class Encoded:
     behavior: IntArray  # (1, L) catalog rows, most recent first, PAD-padded
     n_history: int  # real behavior items kept (0 = cold)
 
+    def with_history(self, rows: IntArray) -> Encoded:
+        """The same user and context with this history: catalog rows, oldest first."""
+        length = self.behavior.shape[1]
+        behavior = behavior_rows(rows, length)[None, :]
+        return Encoded(self.user_attrs, self.context, behavior, min(len(rows), length))
+
 
 def behavior_rows(history_rows: Sequence[int] | IntArray, length: int) -> IntArray:
     """Catalog rows in chronological order (oldest first) -> (L,) most recent first, padded."""
@@ -408,14 +414,13 @@ def encode(
     if "user_id" in attrs:
         raise UnknownField(["user_id"], schema.user_sources)
     attrs["user_id"] = user_id
-    user = schema.encode_user(attrs)
-    rows = catalog.rows(list(history)) if len(history) else np.zeros(0, np.int64)
-    return Encoded(
-        user_attrs=user[None, :],
-        context=schema.encode_context(context or {})[None, :],
-        behavior=behavior_rows(rows, schema.behavior_len)[None, :],
-        n_history=min(len(rows), schema.behavior_len),
-    )
+    context = context or {}
+    if unknown := set(context) - {f.source for f in schema.context_fields}:
+        raise UnknownField(sorted(unknown), sorted({f.source for f in schema.context_fields}))
+    user = schema.encode_user(attrs)[None, :]
+    no_history = np.zeros((1, schema.behavior_len), np.int64)
+    cold = Encoded(user, schema.encode_context(context)[None, :], no_history, 0)
+    return cold.with_history(catalog.rows(list(history))) if len(history) else cold
 
 
 def blend_gate(n_history: int, mode: str, tau: float) -> float:
@@ -517,9 +522,7 @@ def onnx_signature(path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
                 continue
             if number == 5:  # TensorProto initializer: its name is field 8
                 initializers.update(
-                    bytes(v).decode()
-                    for n, v in _fields(value)
-                    if n == 8 and isinstance(v, memoryview)
+                    bytes(v).decode() for n, v in _fields(value) if n == 8 and isinstance(v, memoryview)
                 )
             elif number == 11:
                 inputs.append(_value_info(value))
@@ -606,9 +609,7 @@ def _read_json(root: Path, name: str) -> Any:
         raise BundleError(root, f"{name} is not valid JSON ({exc})") from None
 
 
-def _check_signature(
-    root: Path, name: str, expected: tuple[list[TensorSpec], list[TensorSpec]]
-) -> None:
+def _check_signature(root: Path, name: str, expected: tuple[list[TensorSpec], list[TensorSpec]]) -> None:
     actual = onnx_signature(root / name)
     for kind, want, got in (
         ("inputs", expected[0], actual[0]),
@@ -633,9 +634,7 @@ def _check_files(root: Path, manifest: dict[str, Any]) -> None:
             raise BundleError(root, f"missing file {name}")
         actual = sha256_file(root / name)
         if actual != listed:
-            problem = (
-                f"checksum mismatch for {name}: sha256 {actual[:16]}…, manifest {listed[:16]}…"
-            )
+            problem = f"checksum mismatch for {name}: sha256 {actual[:16]}…, manifest {listed[:16]}…"
             raise BundleError(root, problem)
     if content_version(files) != manifest["model_version"]:
         raise BundleError(
@@ -662,9 +661,7 @@ def _check_signatures(root: Path, manifest: dict[str, Any], schema: Schema) -> N
         declared = manifest["onnx"].get(tower) or {}
         want = {"inputs": [t.to_dict() for t in inputs], "outputs": [t.to_dict() for t in outputs]}
         if any(declared.get(k) != v for k, v in want.items()):
-            raise BundleError(
-                root, f"manifest signature of {tower} differs from contract v{FORMAT_VERSION}"
-            )
+            raise BundleError(root, f"manifest signature of {tower} differs from contract v{FORMAT_VERSION}")
         _check_signature(root, file, (inputs, outputs))
 
 

@@ -54,9 +54,7 @@ def requested_providers(device: str, available: Sequence[str]) -> list[str]:
 
 
 def provider_label(provider: str) -> str:
-    return {CUDA: "cuda", CPU: "cpu"}.get(
-        provider, provider.removesuffix("ExecutionProvider").lower()
-    )
+    return {CUDA: "cuda", CPU: "cpu"}.get(provider, provider.removesuffix("ExecutionProvider").lower())
 
 
 @dataclass(frozen=True)
@@ -89,16 +87,12 @@ def create_session(
     return session
 
 
-def _check_session(
-    session: ort.InferenceSession, path: Path, expected: tuple[list[Any], list[Any]]
-) -> None:
+def _check_session(session: ort.InferenceSession, path: Path, expected: tuple[list[Any], list[Any]]) -> None:
     """The live session's inputs and outputs, against the contract."""
     names = ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
     want = ([t.name for t in expected[0]], [t.name for t in expected[1]])
     if names != want:
-        raise BundleError(
-            path.parent, f"{path.name} session has inputs/outputs {names}, expected {want}"
-        )
+        raise BundleError(path.parent, f"{path.name} session has inputs/outputs {names}, expected {want}")
 
 
 class Towers:
@@ -168,11 +162,7 @@ class Towers:
                 int(case["n_history"]),
             )
             virtual = self.virtual_behavior(encoded.user_attrs)
-            got = self.score(
-                encoded, virtual, float(case["gate"]), np.asarray(case["candidates"], np.int64)
-            )
+            got = self.score(encoded, virtual, float(case["gate"]), np.asarray(case["candidates"], np.int64))
             diff = float(np.max(np.abs(got - np.asarray(case["scores"], np.float32))))
             if diff > atol:
-                raise BundleError(
-                    self.bundle.path, f"golden scores differ by {diff:.2e} (> {atol})"
-                )
+                raise BundleError(self.bundle.path, f"golden scores differ by {diff:.2e} (> {atol})")

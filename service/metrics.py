@@ -1,0 +1,146 @@
+"""Prometheus metrics, prefix `mailrec_`, bounded labels only (never a user, request or item id).
+
+One `Metrics` object per app, on its own registry (tests build many apps). With several worker
+processes (`PROMETHEUS_MULTIPROC_DIR` set) the values live in that directory and `/metrics`
+aggregates every process.
+
+CTR per variant in PromQL:
+    sum by (experiment, variant) (rate(mailrec_clicks_total[5m]))
+  / sum by (experiment, variant) (rate(mailrec_impressions_total[5m]))
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+INFERENCE_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self._current_model: dict[str, tuple[str, ...]] = {}
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "mailrec_http_requests",
+            "HTTP requests by route template, method and status code.",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "mailrec_http_request_duration_seconds",
+            "HTTP request latency by route template.",
+            ["route", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inference = Histogram(
+            "mailrec_inference_duration_seconds",
+            "ONNX Runtime time per call, by tower and provider.",
+            ["tower", "provider"],
+            buckets=INFERENCE_BUCKETS,
+            registry=r,
+        )
+        self.cache = Counter(
+            "mailrec_cache_requests",
+            "Virtual-behavior cache lookups: hit, miss, error or bypass (circuit open).",
+            ["result"],
+            registry=r,
+        )
+        self.redis_up = Gauge(
+            "mailrec_redis_up",
+            "1 when the last Redis call succeeded.",
+            registry=r,
+            multiprocess_mode="livemin",
+        )
+        self.breaker_open = Gauge(
+            "mailrec_circuit_breaker_open",
+            "1 while the Redis circuit breaker skips Redis.",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.recommendations = Counter(
+            "mailrec_recommendations",
+            "Recommendation responses by variant and whether the user was cold (virtual behavior used).",
+            ["experiment", "variant", "cold_start"],
+            registry=r,
+        )
+        self.impressions = Counter(
+            "mailrec_impressions",
+            "Items returned in recommendation responses.",
+            ["experiment", "variant", "source"],
+            registry=r,
+        )
+        self.clicks = Counter(
+            "mailrec_clicks",
+            "Clicks credited to the variant that served the impression (each counted once).",
+            ["experiment", "variant", "source"],
+            registry=r,
+        )
+        self.assignments = Counter(
+            "mailrec_assignments",
+            "Variant assignments; source is hash or override (X-Variant).",
+            ["experiment", "variant", "source"],
+            registry=r,
+        )
+        self.feedback = Counter(
+            "mailrec_feedback",
+            "Feedback events by outcome.",
+            ["result"],
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "mailrec_model_info",
+            "1 for each variant's loaded model, with its version and the provider ONNX Runtime really uses.",
+            ["variant", "model", "model_version", "ranker", "provider"],
+            registry=r,
+            multiprocess_mode="liveall",
+        )
+        self.reloads = Counter(
+            "mailrec_model_reloads",
+            "Bundle reloads by variant and result.",
+            ["variant", "result"],
+            registry=r,
+        )
+        self.rejected = Counter(
+            "mailrec_rejected_requests",
+            "Requests refused with a 4xx, by reason.",
+            ["reason"],
+            registry=r,
+        )
+
+    def set_model(self, variant: str, model: str, version: str, ranker: str, provider: str) -> None:
+        """1 for the model serving `variant` now, 0 for the one it replaced.
+
+        Old series drop to 0 rather than vanish: in multiprocess mode a removed series lingers in
+        the other workers' files, so dashboards select `mailrec_model_info == 1`.
+        """
+        labels = (variant, model, version, ranker, provider)
+        old = self._current_model.get(variant)
+        if old is not None and old != labels:
+            self.model_info.labels(*old).set(0)
+        self.model_info.labels(*labels).set(1)
+        self._current_model[variant] = labels
+
+    def exposition(self) -> bytes:
+        """The text format for /metrics: this registry, or every worker's in multiprocess mode."""
+        if multiprocess_dir():
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            return generate_latest(registry)
+        return generate_latest(self.registry)

@@ -1,0 +1,229 @@
+"""The steps of POST /recommend and POST /feedback, each small enough to test on its own.
+
+recommend: check limits -> assign variant -> encode -> one Redis round trip (cached vector +
+stored clicks) -> history -> virtual behavior if cold (cache, else zero_shot.onnx, computed once
+per key, written back off the response path) -> candidates -> ranker.onnx -> top-k -> impression
+record -> metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from service.bundles import ServedModel
+from service.cache import Impression, vector_key
+from service.contract import (
+    ContractError,
+    Encoded,
+    FloatArray,
+    IntArray,
+    UnknownItems,
+    blend_gate,
+    encode,
+)
+from service.errors import FeedbackStoreDown, InvalidInput, ItemNotServed, UnknownRequest
+from service.schemas import FeedbackRequest, RecommendRequest
+from service.state import AppState
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    body: dict[str, Any]
+    headers: dict[str, str]
+
+
+def check_limits(req: RecommendRequest, state: AppState) -> int:
+    """The deployment's bounds on k and list lengths; returns k."""
+    s = state.settings
+    k = req.k if req.k is not None else s.default_k
+    problems = []
+    if k > s.max_k:
+        problems.append({"field": "body.k", "message": f"k must be at most {s.max_k}"})
+    if req.history is not None and len(req.history) > s.max_history:
+        problems.append({"field": "body.history", "message": f"at most {s.max_history} items"})
+    if req.candidates is not None and len(req.candidates) > s.max_candidates:
+        problems.append({"field": "body.candidates", "message": f"at most {s.max_candidates} items"})
+    if problems:
+        raise InvalidInput(problems)
+    return k
+
+
+def encode_request(req: RecommendRequest, model: ServedModel) -> tuple[Encoded, IntArray, IntArray | None]:
+    """(cold encoding, request history rows, candidate rows); unknown ids or fields are a 422."""
+    bundle = model.bundle
+    schema = bundle.schema
+    context: dict[str, object] = dict(req.context or {})
+    if not context and any(f.source == "timestamp" for f in schema.context_fields):
+        context["timestamp"] = int(time.time())
+    try:
+        enc = encode(schema, bundle.catalog, req.user_id, req.attributes, (), context)
+        history = bundle.catalog.rows(req.history) if req.history else np.zeros(0, np.int64)
+        candidates = bundle.catalog.rows(req.candidates) if req.candidates is not None else None
+    except UnknownItems as exc:
+        raise InvalidInput({"message": "unknown item ids", "item_ids": exc.ids[:100]}) from exc
+    except ContractError as exc:
+        raise InvalidInput({"message": str(exc)}) from exc
+    return enc, history, candidates
+
+
+def candidate_rows(model: ServedModel, given: IntArray | None, seen: IntArray) -> IntArray:
+    """The rows to score: the given ones (deduplicated), else the catalog minus what was seen."""
+    if given is not None:
+        return np.unique(given)
+    if len(seen) == 0:
+        return model.all_rows
+    keep = np.ones(len(model.all_rows) + 1, bool)
+    keep[seen] = False
+    return model.all_rows[keep[1:]]
+
+
+def top_k(scores: FloatArray, rows: IntArray, k: int, tie_rank: IntArray) -> IntArray:
+    """Indices into `rows` of the k best scores, ties broken by item id; no loop over candidates."""
+    n = len(rows)
+    if n > k:
+        kth = np.partition(scores, n - k)[n - k]  # the k-th best score
+        pool = np.flatnonzero(scores >= kth)
+    else:
+        pool = np.arange(n)
+    order = np.lexsort((tie_rank[rows[pool]], -scores[pool]))
+    return pool[order[:k]]
+
+
+async def virtual_behavior(
+    state: AppState, model: ServedModel, key: str, enc: Encoded, redis_ok: bool
+) -> FloatArray:
+    """Compute a missing vector once per key, however many requests miss it at the same time.
+
+    Requests whose Redis read was answered before the write-back landed would miss too, so a
+    computed vector also stays in a small in-process memo (content-addressed: never stale).
+    """
+    recent = state.recent.get(key)
+    if recent is not None:
+        return recent
+    pending = state.inflight.get(key)
+    if pending is not None:
+        return await asyncio.shield(pending)
+    future: asyncio.Future[FloatArray] = asyncio.get_running_loop().create_future()
+    state.inflight[key] = future
+    try:
+        started = time.perf_counter()
+        vector = model.towers.virtual_behavior(enc.user_attrs)
+        state.metrics.inference.labels("zero_shot", model.towers.provider).observe(
+            time.perf_counter() - started
+        )
+    except BaseException as exc:
+        future.set_exception(exc)
+        future.exception()  # retrieved here; waiters re-raise it
+        raise
+    else:
+        future.set_result(vector)
+        state.recent.put(key, vector)
+    finally:
+        state.inflight.pop(key, None)
+    if redis_ok:
+        state.store.write_vector_later(key, vector)
+    return vector
+
+
+async def recommend(
+    state: AppState, req: RecommendRequest, override: str | None, request_id: str
+) -> Recommendation:
+    k = check_limits(req, state)
+    experiment = state.experiment
+    variant, source = experiment.assign(req.user_id, override)
+    model = state.registry.get(variant)  # one model for the whole request
+    towers = model.towers
+    enc, request_rows, given = encode_request(req, model)
+
+    store = state.store
+    budget = store.budget()
+    key = vector_key(store.prefix, model.version, enc.user_attrs) if towers.zero_shot is not None else None
+    cached, clicks, redis_ok = await store.read_user(key, req.user_id, budget)
+    index = model.bundle.catalog.index
+    click_rows = np.fromiter((index[c] for c in clicks if c in index), np.int64)
+    history = np.concatenate([request_rows, click_rows]) if len(click_rows) else request_rows
+    enc = enc.with_history(history)
+
+    gate = blend_gate(enc.n_history, towers.fill_mode, towers.blend_tau)
+    virtual = None
+    if gate > 0 and key is not None:
+        if cached is not None and cached.size == int(np.prod(towers.virtual_shape)):
+            virtual = cached.reshape(towers.virtual_shape)
+        else:
+            virtual = await virtual_behavior(state, model, key, enc, redis_ok)
+
+    rows = candidate_rows(model, given, history)
+    started = time.perf_counter()
+    scores = towers.score(enc, virtual, gate, rows) if len(rows) else np.zeros(0, np.float32)
+    state.metrics.inference.labels("ranker", towers.provider).observe(time.perf_counter() - started)
+    best = top_k(scores, rows, k, model.tie_rank)
+    chosen = rows[best]
+    item_ids = model.item_ids[chosen].tolist()
+    titles = model.bundle.catalog.titles
+    items = [
+        {"item_id": i, "score": float(s), "title": titles[r - 1]}
+        for i, s, r in zip(item_ids, scores[best].tolist(), chosen.tolist(), strict=True)
+    ]
+    if redis_ok and items:
+        imp = Impression(experiment.name, variant, source, model.version, req.user_id, item_ids)
+        await store.save_impression(request_id, imp, budget)
+
+    cold = enc.n_history == 0
+    m = state.metrics
+    m.assignments.labels(experiment.name, variant, source).inc()
+    m.recommendations.labels(experiment.name, variant, "true" if cold else "false").inc()
+    m.impressions.labels(experiment.name, variant, source).inc(len(items))
+    body = {
+        "request_id": request_id,
+        "experiment": experiment.name,
+        "variant": variant,
+        "model_version": model.version,
+        "cold_start": cold,
+        "virtual_weight": gate if virtual is not None else 0.0,
+        "items": items,
+    }
+    headers = {
+        "X-Request-Id": request_id,
+        "X-Experiment": experiment.name,
+        "X-Variant": variant,
+        "X-Model-Version": model.version,
+    }
+    return Recommendation(body, headers)
+
+
+async def feedback(state: AppState, req: FeedbackRequest) -> dict[str, Any]:
+    """Credit a click to the variant and model that served the impression, once."""
+    store = state.store
+    budget = store.budget()
+    imp, answered = await store.load_impression(req.request_id, budget)
+    if not answered:
+        state.metrics.feedback.labels("store_down").inc()
+        raise FeedbackStoreDown("Redis is unreachable; the click cannot be attributed now, retry later")
+    if imp is None:
+        state.metrics.feedback.labels("unknown_request").inc()
+        raise UnknownRequest(
+            f"request {req.request_id!r} was not served here or is older than the attribution "
+            f"window ({state.settings.attribution_window_s} s)"
+        )
+    if req.item_id not in imp.items:
+        state.metrics.feedback.labels("item_not_served").inc()
+        raise ItemNotServed(f"item {req.item_id!r} was not in the response to {req.request_id!r}")
+    counted = await store.record_click(req.request_id, imp, req.item_id, budget)
+    if counted is None:
+        state.metrics.feedback.labels("store_down").inc()
+        raise FeedbackStoreDown("Redis is unreachable; the click cannot be recorded now, retry later")
+    if counted:
+        state.metrics.clicks.labels(imp.experiment, imp.variant, imp.source).inc()
+    state.metrics.feedback.labels("counted" if counted else "duplicate").inc()
+    return {
+        "status": "counted" if counted else "duplicate",
+        "request_id": req.request_id,
+        "item_id": req.item_id,
+        "variant": imp.variant,
+        "model_version": imp.model_version,
+    }

@@ -1,0 +1,38 @@
+"""What one app instance holds, built in `create_app`'s lifespan and read by every request."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from service.bundles import ModelRegistry
+from service.cache import EmbeddedRedis, RecentVectors, RedisStore
+from service.config import Settings
+from service.contract import FloatArray
+from service.experiments import Experiment
+from service.metrics import Metrics
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    experiment: Experiment
+    registry: ModelRegistry
+    store: RedisStore
+    metrics: Metrics
+    embedded: EmbeddedRedis | None = None
+    ready: bool = False
+    # single-flight: vectors being computed, and those computed in the last seconds, by cache key
+    inflight: dict[str, asyncio.Future[FloatArray]] = field(default_factory=dict)
+    recent: RecentVectors = field(default_factory=RecentVectors)
+
+
+def get_state(request: Request) -> AppState:
+    state: AppState = request.app.state.mailrec
+    return state
+
+
+StateDep = Annotated[AppState, Depends(get_state)]

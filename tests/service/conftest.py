@@ -1,0 +1,69 @@
+"""A real service (uvicorn subprocess) on a real Redis, serving tiny synthetic bundles."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.servers import RedisServer, ServiceProcess, write_experiment
+
+ADMIN_TOKEN = "test-admin-token"
+NEW_USER = {"segment": "s1", "age": 31, "gender": "F"}
+
+
+@dataclass
+class Live:
+    service: ServiceProcess
+    redis: RedisServer
+    prefix: str
+    bundles: dict[str, Path]
+
+    @property
+    def url(self) -> str:
+        return self.service.url
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30)
+
+
+def start_live(tmp: Path, bundle_factory: Callable[..., Path], **env: str) -> Live:
+    bundles = {"control": bundle_factory("control", "base"), "mail": bundle_factory("mail", "base")}
+    experiments = write_experiment(tmp / "experiments.toml", bundles)
+    redis_server = RedisServer().start()
+    prefix = f"test-{uuid.uuid4().hex[:8]}"
+    service = ServiceProcess(
+        {
+            "MAILREC_EXPERIMENTS": str(experiments),
+            "MAILREC_REDIS_URL": redis_server.url,
+            "MAILREC_REDIS_PREFIX": prefix,
+            "MAILREC_ADMIN_TOKEN": ADMIN_TOKEN,
+            "MAILREC_DEVICE": "cpu",
+            "MAILREC_MAX_HISTORY": "50",
+            **env,
+        }
+    )
+    try:
+        service.start()
+    except Exception:
+        redis_server.close()
+        raise
+    return Live(service, redis_server, prefix, bundles)
+
+
+@pytest.fixture(scope="module")
+def live(tiny_bundle: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    env = start_live(tmp_path_factory.mktemp("live"), tiny_bundle)
+    yield env
+    env.service.stop()
+    env.redis.close()
+
+
+@pytest.fixture()
+def client(live: Live) -> Iterator[httpx.Client]:
+    with live.client() as c:
+        yield c

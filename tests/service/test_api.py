@@ -1,0 +1,295 @@
+"""The service over real HTTP, on a real Redis: every endpoint and every error."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from service.contract import RANKER_FILE
+from tests.servers import metric_value
+from tests.service.conftest import ADMIN_TOKEN, NEW_USER, Live
+
+
+def recommend(
+    client: httpx.Client, user: str | None = None, headers: dict[str, str] | None = None, **body: Any
+) -> httpx.Response:
+    payload = {"user_id": user or f"new-{uuid.uuid4().hex[:10]}", "attributes": NEW_USER, **body}
+    return client.post("/recommend", json=payload, headers=headers or {})
+
+
+def metrics(client: httpx.Client) -> str:
+    return client.get("/metrics").text
+
+
+def test_recommend_for_a_new_user(client: httpx.Client) -> None:
+    r = recommend(client, k=5, headers={"X-Variant": "mail"})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["variant"] == r.headers["X-Variant"] == "mail"
+    assert body["experiment"] == r.headers["X-Experiment"] == "cold-start"
+    assert body["model_version"] == r.headers["X-Model-Version"]
+    assert body["request_id"] == r.headers["X-Request-Id"]
+    assert body["cold_start"] is True and body["virtual_weight"] == 1.0
+    scores = [i["score"] for i in body["items"]]
+    assert len(scores) == 5 and scores == sorted(scores, reverse=True)
+    assert all(0 < s < 1 for s in scores)
+    assert all(i["title"].startswith("item ") for i in body["items"])
+
+
+def test_control_serves_cold_users_without_virtual_behavior(client: httpx.Client) -> None:
+    body = recommend(client, headers={"X-Variant": "control"}).json()
+    assert body["variant"] == "control" and body["cold_start"] is True
+    assert body["virtual_weight"] == 0.0
+
+
+def test_order_is_deterministic_and_request_id_is_echoed(client: httpx.Client) -> None:
+    a = recommend(client, "same-user", k=20, headers={"X-Request-Id": "req-abc-1"})
+    b = recommend(client, "same-user", k=20)
+    assert a.headers["X-Request-Id"] == "req-abc-1"
+    assert [i["item_id"] for i in a.json()["items"]] == [i["item_id"] for i in b.json()["items"]]
+    assert b.json()["request_id"] != "req-abc-1"
+
+
+def test_candidates_are_ranked_and_history_is_excluded_by_default(client: httpx.Client) -> None:
+    r = recommend(client, candidates=["7", "3", "3", "250"], k=10)
+    assert sorted(i["item_id"] for i in r.json()["items"]) == ["250", "3", "7"]
+    history = [str(i) for i in range(0, 40)]
+    body = recommend(client, history=history, k=100).json()
+    assert body["cold_start"] is False and body["virtual_weight"] == 0.0
+    assert not {i["item_id"] for i in body["items"]} & set(history)
+
+
+def test_forced_variant_is_counted_separately(client: httpx.Client) -> None:
+    before = metric_value(metrics(client), "mailrec_assignments_total", variant="control", source="override")
+    assert recommend(client, headers={"X-Variant": "control"}).json()["variant"] == "control"
+    after = metric_value(metrics(client), "mailrec_assignments_total", variant="control", source="override")
+    assert after == before + 1
+
+
+def test_unknown_variant_lists_the_valid_ones(client: httpx.Client) -> None:
+    r = recommend(client, headers={"X-Variant": "treatment-9"})
+    assert r.status_code == 400
+    assert r.json() == {
+        "error": "unknown_variant",
+        "detail": {"message": "unknown variant 'treatment-9'", "valid": ["control", "mail"]},
+    }
+
+
+def test_same_user_same_variant_over_1000_calls(client: httpx.Client) -> None:
+    variants = {
+        recommend(client, "sticky-user-42", k=1, candidates=["1", "2"]).json()["variant"] for _ in range(1000)
+    }
+    assert len(variants) == 1
+
+
+def test_click_is_counted_once_and_credited_to_the_serving_variant(client: httpx.Client) -> None:
+    served = recommend(client, k=3, headers={"X-Variant": "mail"}).json()
+    item = served["items"][1]["item_id"]
+    text = metrics(client)
+    clicks_before = metric_value(text, "mailrec_clicks_total", variant="mail", source="override")
+    first = client.post(
+        "/feedback", json={"request_id": served["request_id"], "item_id": item, "event": "click"}
+    )
+    again = client.post(
+        "/feedback", json={"request_id": served["request_id"], "item_id": item, "event": "click"}
+    )
+    assert first.status_code == again.status_code == 202
+    assert first.json()["status"] == "counted" and again.json()["status"] == "duplicate"
+    assert first.json()["variant"] == "mail" and first.json()["model_version"] == served["model_version"]
+    clicks_after = metric_value(metrics(client), "mailrec_clicks_total", variant="mail", source="override")
+    assert clicks_after == clicks_before + 1
+
+
+def test_feedback_errors(client: httpx.Client, live: Live) -> None:
+    served = recommend(client, k=2).json()
+    unknown = client.post("/feedback", json={"request_id": "never-served", "item_id": "1", "event": "click"})
+    assert unknown.status_code == 404 and unknown.json()["error"] == "unknown_request"
+    shown = {i["item_id"] for i in served["items"]}
+    other = next(str(i) for i in range(300) if str(i) not in shown)
+    wrong = client.post(
+        "/feedback", json={"request_id": served["request_id"], "item_id": other, "event": "click"}
+    )
+    assert wrong.status_code == 422 and wrong.json()["error"] == "item_not_served"
+    bad_event = client.post(
+        "/feedback", json={"request_id": served["request_id"], "item_id": other, "event": "buy"}
+    )
+    assert bad_event.status_code == 422 and bad_event.json()["detail"][0]["field"] == "body.event"
+    # the impression record expires with the attribution window
+    r = live.redis.client()
+    key = f"{live.prefix}:imp:{served['request_id']}"
+    assert 86_000 < int(r.ttl(key)) <= 86_400
+    r.delete(key)
+    expired = client.post(
+        "/feedback",
+        json={"request_id": served["request_id"], "item_id": served["items"][0]["item_id"], "event": "click"},
+    )
+    assert expired.status_code == 404
+
+
+def test_a_cold_user_with_clicks_is_no_longer_cold(client: httpx.Client) -> None:
+    user = f"warming-{uuid.uuid4().hex[:6]}"
+    first = recommend(client, user, k=5, headers={"X-Variant": "mail"}).json()
+    assert first["cold_start"] is True
+    clicked = first["items"][0]["item_id"]
+    assert (
+        client.post(
+            "/feedback", json={"request_id": first["request_id"], "item_id": clicked, "event": "click"}
+        ).status_code
+        == 202
+    )
+    second = recommend(client, user, k=50, headers={"X-Variant": "mail"}).json()
+    assert second["cold_start"] is False and second["virtual_weight"] == 0.0
+    assert clicked not in {i["item_id"] for i in second["items"]}
+
+
+def test_virtual_behavior_is_cached_with_the_model_version(client: httpx.Client, live: Live) -> None:
+    attrs = {"segment": "s4", "age": 44, "gender": "M"}
+    text = metrics(client)
+    hits, misses = (metric_value(text, "mailrec_cache_requests_total", result=r) for r in ("hit", "miss"))
+    body = client.post(
+        "/recommend", json={"user_id": "cache-me", "attributes": attrs}, headers={"X-Variant": "mail"}
+    ).json()
+    client.post(
+        "/recommend", json={"user_id": "cache-me", "attributes": attrs}, headers={"X-Variant": "mail"}
+    )
+    text = metrics(client)
+    assert metric_value(text, "mailrec_cache_requests_total", result="miss") == misses + 1
+    assert metric_value(text, "mailrec_cache_requests_total", result="hit") == hits + 1
+    keys = [k.decode() for k in live.redis.client().scan_iter(f"{live.prefix}:vb:{body['model_version']}:*")]
+    assert keys and all(len(live.redis.client().get(k) or b"") == 4 * 8 for k in keys)  # K=1, d=8 floats
+
+
+def test_concurrent_misses_for_one_key_are_computed_once(live: Live, client: httpx.Client) -> None:
+    attrs = {"segment": "s2", "age": 23, "gender": "F"}  # no other test uses this combination
+    before = metric_value(metrics(client), "mailrec_inference_duration_seconds_count", tower="zero_shot")
+
+    async def burst() -> list[int]:
+        async with httpx.AsyncClient(base_url=live.url, timeout=30) as ac:
+            calls = [
+                ac.post(
+                    "/recommend",
+                    json={"user_id": f"burst-{i}", "attributes": attrs},
+                    headers={"X-Variant": "mail"},
+                )
+                for i in range(24)
+            ]
+            return [r.status_code for r in await asyncio.gather(*calls)]
+
+    assert set(asyncio.run(burst())) == {200}
+    after = metric_value(metrics(client), "mailrec_inference_duration_seconds_count", tower="zero_shot")
+    assert after == before + 1
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"user_id": "u", "k": 0}, "body.k"),
+        ({"user_id": "u", "k": 101}, "body.k"),
+        ({"k": 3}, "body.user_id"),
+        ({"user_id": "u", "shoe": 1}, "body.shoe"),
+        ({"user_id": "has space"}, "body.user_id"),
+        ({"user_id": "u", "history": [str(i % 300) for i in range(51)]}, "body.history"),
+        ({"user_id": "u", "context": {"timestamp": 1e400}}, "body.context.timestamp"),
+    ],
+)
+def test_bad_input_is_a_422_naming_the_field(client: httpx.Client, body: dict[str, Any], field: str) -> None:
+    r = client.post("/recommend", content=json.dumps(body), headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert field in [d["field"] for d in r.json()["detail"]]
+
+
+def test_non_finite_numbers_are_refused(client: httpx.Client) -> None:
+    raw = '{"user_id": "u", "attributes": {"age": NaN}}'
+    r = client.post("/recommend", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["error"] == "validation"
+
+
+def test_unknown_items_and_attributes(client: httpx.Client) -> None:
+    r = client.post("/recommend", json={"user_id": "u", "candidates": ["1", "nope", "9999"]})
+    assert r.status_code == 422
+    assert r.json()["detail"] == {"message": "unknown item ids", "item_ids": ["nope", "9999"]}
+    r = client.post("/recommend", json={"user_id": "u", "attributes": {"shoe_size": 44}})
+    assert r.status_code == 422 and "shoe_size" in r.json()["detail"]["message"]
+    r = client.post("/recommend", json={"user_id": "u", "attributes": {"age": "old"}})
+    assert r.status_code == 422 and "age" in r.json()["detail"]["message"]
+
+
+def test_body_over_64_kib_is_a_413(client: httpx.Client) -> None:
+    big = {"user_id": "u", "candidates": ["1"] * 20_000}
+    r = client.post("/recommend", json=big)
+    assert r.status_code == 413 and r.json()["error"] == "payload_too_large"
+
+    def chunks() -> Any:
+        yield b'{"user_id": "u", "candidates": ['
+        for _ in range(20_000):
+            yield b'"1",'
+        yield b'"1"]}'
+
+    r = client.post("/recommend", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413
+
+
+def test_probes_models_and_metrics(client: httpx.Client) -> None:
+    assert client.get("/livez").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["redis"] == "up"
+    assert ready.json()["redis_embedded"] is False
+    models = client.get("/models").json()
+    assert [m["variant"] for m in models["models"]] == ["control", "mail"]
+    assert {m["provider"] for m in models["models"]} == {"cpu"}
+    assert [m["zero_shot"] for m in models["models"]] == [False, True]
+    text = metrics(client)
+    for name in (
+        "mailrec_http_requests_total",
+        "mailrec_http_request_duration_seconds_bucket",
+        "mailrec_inference_duration_seconds_bucket",
+        "mailrec_model_info",
+        "mailrec_redis_up",
+        "mailrec_impressions_total",
+        "mailrec_recommendations_total",
+    ):
+        assert name in text
+    assert metric_value(text, "mailrec_model_info", variant="mail", provider="cpu") == 1
+    assert 'route="/recommend"' in text and "user_id" not in text
+
+
+def test_admin_reload_needs_the_token(client: httpx.Client) -> None:
+    assert client.post("/admin/reload", json={"variant": "mail"}).status_code == 401
+    r = client.post("/admin/reload", json={"variant": "mail"}, headers={"Authorization": "Bearer nope"})
+    assert r.status_code == 401 and r.headers["WWW-Authenticate"] == "Bearer"
+
+
+def test_reload_swaps_and_a_tampered_bundle_is_refused_while_the_old_serves(
+    client: httpx.Client, live: Live, tiny_bundle: Callable[..., Path], tmp_path: Path
+) -> None:
+    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    original = live.bundles["mail"]
+    din = tiny_bundle("mail", "din")
+    swapped = client.post("/admin/reload", json={"variant": "mail", "bundle": str(din)}, headers=auth)
+    assert swapped.status_code == 200, swapped.text
+    new_version = swapped.json()["model_version"]
+    assert recommend(client, headers={"X-Variant": "mail"}).json()["model_version"] == new_version
+
+    tampered = tmp_path / "tampered"
+    shutil.copytree(original, tampered)
+    data = bytearray((tampered / RANKER_FILE).read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (tampered / RANKER_FILE).write_bytes(bytes(data))
+    refused = client.post("/admin/reload", json={"variant": "mail", "bundle": str(tampered)}, headers=auth)
+    assert refused.status_code == 422
+    assert refused.json()["error"] == "bad_bundle" and "checksum mismatch" in refused.json()["detail"]
+    assert recommend(client, headers={"X-Variant": "mail"}).json()["model_version"] == new_version
+    text = metrics(client)
+    assert metric_value(text, "mailrec_model_reloads_total", variant="mail", result="failure") >= 1
+    assert metric_value(text, "mailrec_model_info", variant="mail", model_version=new_version) == 1
+
+    back = client.post("/admin/reload", json={"variant": "mail"}, headers=auth)  # its own bundle
+    assert back.status_code == 200 and back.json()["previous_version"] == new_version

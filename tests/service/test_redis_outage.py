@@ -1,0 +1,86 @@
+"""Redis down or slow: requests still succeed within the budget; the service recovers by itself.
+
+Timing here checks behaviour, not speed: a request must not wait for a dead or stalled Redis
+(redis-py's own retries stall for seconds), so the bounds are the budget plus a wide margin.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.servers import metric_value
+from tests.service.conftest import NEW_USER, Live, start_live
+
+BUDGET_MS = 20
+MARGIN_S = 0.5  # far above the budget, far below a stall on Redis
+
+
+@pytest.fixture()
+def own(tiny_bundle: Callable[..., Path], tmp_path: Path) -> Iterator[Live]:
+    env = start_live(
+        tmp_path, tiny_bundle, MAILREC_BREAKER_RESET_S="0.5", MAILREC_REDIS_BUDGET_MS=str(BUDGET_MS)
+    )
+    yield env
+    env.service.stop()
+    env.redis.close()
+
+
+def _cold(client: httpx.Client, user: str = "outage-user") -> httpx.Response:
+    return client.post(
+        "/recommend", json={"user_id": user, "attributes": NEW_USER}, headers={"X-Variant": "mail"}
+    )
+
+
+def _cache(client: httpx.Client, result: str) -> float:
+    return metric_value(client.get("/metrics").text, "mailrec_cache_requests_total", result=result)
+
+
+def test_redis_stopped_mid_test_then_restarted(own: Live) -> None:
+    with own.client() as client:
+        assert _cold(client).status_code == 200  # miss, written back
+        hits = _cache(client, "hit")
+        assert _cold(client).json()["cold_start"] is True
+        assert _cache(client, "hit") == hits + 1
+
+        own.redis.stop()
+        for i in range(8):
+            started = time.perf_counter()
+            r = _cold(client, f"outage-{i}")
+            elapsed = time.perf_counter() - started
+            assert r.status_code == 200 and r.json()["items"]
+            assert elapsed < BUDGET_MS / 1000 + MARGIN_S, elapsed
+        text = client.get("/metrics").text
+        assert metric_value(text, "mailrec_redis_up") == 0
+        assert metric_value(text, "mailrec_circuit_breaker_open") == 1
+        assert metric_value(text, "mailrec_cache_requests_total", result="bypass") > 0
+        ready = client.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["redis"] == "down"
+        down = client.post("/feedback", json={"request_id": "x", "item_id": "1", "event": "click"})
+        assert down.status_code == 503 and down.json()["error"] == "feedback_store_down"
+
+        own.redis.start()  # same port, empty
+        deadline = time.monotonic() + 10
+        hits = _cache(client, "hit")
+        while _cache(client, "hit") == hits and time.monotonic() < deadline:
+            assert _cold(client).status_code == 200  # miss (write-back), then hits
+            time.sleep(0.2)
+        assert _cache(client, "hit") > hits
+        text = client.get("/metrics").text
+        assert metric_value(text, "mailrec_redis_up") == 1
+        assert metric_value(text, "mailrec_circuit_breaker_open") == 0
+
+
+def test_a_stalled_redis_costs_at_most_the_budget(own: Live) -> None:
+    with own.client() as client:
+        assert _cold(client).status_code == 200
+        own.redis.client().execute_command("CLIENT", "PAUSE", "2000")  # every client stalls 2 s
+        started = time.perf_counter()
+        r = _cold(client, "stalled-user")
+        elapsed = time.perf_counter() - started
+        assert r.status_code == 200 and r.json()["items"]
+        assert elapsed < BUDGET_MS / 1000 + MARGIN_S, elapsed  # not the 2 s Redis is asleep
