@@ -167,8 +167,13 @@ class Ranker(nn.Module):
         """What the tower consumes as behavior: (U, K, d) vectors and their (U, K) mask."""
         raise NotImplementedError
 
-    def forward(self, user: UserInputs, items: Tensor) -> Tensor:
-        """Logits (N,) for user batch U in {N, 1} and target catalog rows (N,)."""
+    def forward(self, user: UserInputs, items: Tensor, owner: Tensor | None = None) -> Tensor:
+        """Logits (N,) for target catalog rows (N,).
+
+        User batch U is N (one user per target) or 1 (one user, broadcast); with `owner` (N,),
+        U users are scored together and target n belongs to user owner[n] (micro-batching). Each
+        user-side tensor is computed once per user, then gathered.
+        """
         raise NotImplementedError
 
     def _groups(self, user: UserInputs) -> tuple[Tensor, Tensor]:
@@ -198,13 +203,15 @@ class BaseDNN(Ranker):
         pooled = self.pool(seq, behavior > 0)  # (U, d)
         return pooled[:, None, :], (behavior > 0).any(1, keepdim=True)
 
-    def forward(self, user: UserInputs, items: Tensor) -> Tensor:
+    def forward(self, user: UserInputs, items: Tensor, owner: Tensor | None = None) -> Tensor:
         z_a, z_c = self._groups(user)
         real, _ = self.behavior_target(user.behavior)
         z_v = (1 - user.gate) * real[:, 0] + user.gate * user.virtual[:, 0]  # (U, d)
         z_t = self.emb.items(items)  # (N, d)
-        h = self.user_proj(self.drop(torch.cat([z_a, z_v, z_c], -1))) + self.item_proj(self.drop(z_t))
-        h = F.leaky_relu(self.bn(h))  # (N, H0)
+        u = self.user_proj(self.drop(torch.cat([z_a, z_v, z_c], -1)))  # (U, H0)
+        if owner is not None:
+            u = u[owner]  # (N, H0)
+        h = F.leaky_relu(self.bn(u + self.item_proj(self.drop(z_t))))  # (N, H0)
         return self.out(self.top(h)).squeeze(-1)
 
 
@@ -238,13 +245,17 @@ class DINRanker(Ranker):
         alpha = torch.softmax(logits.masked_fill(~mask, NEG), -1) * mask  # (N, S)
         return torch.einsum("ns,nsd->nd", alpha, seq.expand(alpha.shape[0], -1, -1))
 
-    def forward(self, user: UserInputs, items: Tensor) -> Tensor:
+    def forward(self, user: UserInputs, items: Tensor, owner: Tensor | None = None) -> Tensor:
         z_a, z_c = self._groups(user)
         z_t = self.emb.items(items)  # (N, d)
-        real = self._attend(self.emb.items(user.behavior), user.behavior > 0, z_t)
-        virtual_mask = torch.ones_like(user.virtual[..., 0], dtype=torch.bool)  # (U, K)
-        virtual = self._attend(user.virtual, virtual_mask, z_t)
-        z_v = (1 - user.gate) * real + user.gate * virtual  # (N, d)
+        seq, mask = self.emb.items(user.behavior), user.behavior > 0  # (U, L, d), (U, L)
+        virtual, gate = user.virtual, user.gate
+        if owner is not None:
+            z_a, z_c, seq, mask = z_a[owner], z_c[owner], seq[owner], mask[owner]
+            virtual, gate = virtual[owner], gate[owner]
+        real = self._attend(seq, mask, z_t)
+        virtual_mask = torch.ones_like(virtual[..., 0], dtype=torch.bool)  # (U, K)
+        z_v = (1 - gate) * real + gate * self._attend(virtual, virtual_mask, z_t)  # (N, d)
         n = z_t.shape[0]
         z = torch.cat([z_a.expand(n, -1), z_v, z_c.expand(n, -1), z_t], -1)  # (N, 4d)
         return self.out(self.head(z)).squeeze(-1)

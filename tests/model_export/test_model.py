@@ -181,3 +181,29 @@ def test_cli_trains_on_real_data(data_dir: Path, tmp_path: Path) -> None:
     assert metrics["test"]["all"]["samples"] == 20_000
     assert 0.5 < metrics["test"]["old"]["auc"] < 1.0
     assert np.isfinite(metrics["diagnostics"]["virtual_r2_new"])
+
+
+@pytest.mark.parametrize("kind", ["base", "din"])
+def test_several_users_scored_together_equal_each_alone(kind: str) -> None:
+    """`owner` gathers per-user results: a micro-batch of users gives each user's own scores."""
+    encoded = _synthetic(virtual_slots=1 if kind == "base" else 4)
+    model = _model(encoded, kind).eval()
+    attrs, ctx, beh, _, _, _ = _batch(encoded, 3)
+    with torch.no_grad():
+        virtual = model.virtual_behavior(attrs)
+        gate = torch.tensor([[1.0], [0.0], [0.5]])
+        cands = [torch.arange(1, 6), torch.arange(10, 13), torch.arange(40, 48)]
+        alone = [
+            model.ranker(
+                UserInputs(
+                    attrs[u : u + 1], ctx[u : u + 1], beh[u : u + 1], virtual[u : u + 1], gate[u : u + 1]
+                ),
+                cands[u],
+            )
+            for u in range(3)
+        ]
+        owner = torch.cat([torch.full((len(c),), u) for u, c in enumerate(cands)])
+        together = model.ranker(UserInputs(attrs, ctx, beh, virtual, gate), torch.cat(cands), owner)
+    # torch's GEMM blocking depends on the batch, so equal to float rounding here; the exported
+    # graph on onnxruntime is held to exact equality by the service's micro-batching test
+    assert torch.allclose(together, torch.cat(alone), atol=1e-6, rtol=0)
