@@ -8,6 +8,7 @@ services use to find each other agree.
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import shlex
@@ -405,3 +406,39 @@ def test_make_up_and_down_drive_this_compose_file() -> None:
     assert up and "docker compose" in up.group(1) and " up" in up.group(1)
     assert down and "docker compose" in down.group(1) and " down" in down.group(1)
     assert COMPOSE_FILE.name == "docker-compose.yml" and COMPOSE_FILE.parent == REPO
+
+
+def test_serving_image_dependencies_cover_every_import_of_the_service() -> None:
+    """The image installs pyproject's dependencies and copies service/ alone: every module the
+    service imports is in the standard library, in service/, or in those dependencies."""
+    from importlib.metadata import packages_distributions, requires
+
+    from packaging.requirements import Requirement
+
+    def name(requirement: str) -> str:
+        return re.sub(r"[-_.]+", "-", Requirement(requirement).name).lower()
+
+    def applies(requirement: str) -> bool:  # on this platform, without extras
+        marker = Requirement(requirement).marker
+        return marker is None or marker.evaluate({"extra": ""})
+
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    installed: set[str] = set()
+    todo = [name(r) for r in pyproject]
+    while todo:  # the dependencies and theirs
+        dist = todo.pop()
+        if dist not in installed:
+            installed.add(dist)
+            todo += [name(r) for r in requires(dist) or [] if applies(r)]
+    modules = set()
+    for path in (REPO / "service").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules.add(node.module.split(".")[0])
+    third_party = modules - set(sys.stdlib_module_names) - {"service", "__future__"}
+    distributions = packages_distributions()
+    for module in sorted(third_party):
+        provided_by = {name(d) for d in distributions.get(module, [])}
+        assert provided_by & installed, f"service imports {module}, which the serving image lacks"
