@@ -79,3 +79,17 @@ class Settings(BaseSettings):
     )
     microbatch_max_rows: int = Field(8192, ge=1, description="Most candidate rows in one batched ONNX call.")
     log_level: str = Field("INFO", description="Logging level.")
+
+
+def settings_table() -> str:
+    """The README's settings table, generated from the fields above (a test keeps them in step)."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        shown = "unset" if default is None else f"`{default}`"
+        rows.append(f"| `MAILREC_{name.upper()}` | {shown} | {field.description} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(settings_table())  # noqa: T201

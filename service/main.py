@@ -206,8 +206,19 @@ async def _load_variants(state: AppState) -> None:
     state.ready = True
 
 
+def _configure_logging(level: str) -> None:
+    """The service's loggers at `level`, with a handler unless the host process set one up."""
+    logger = logging.getLogger("service")
+    logger.setLevel(level.upper())
+    if not logging.getLogger().handlers and not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    _configure_logging(settings.log_level)
     metrics = Metrics()
 
     @asynccontextmanager

@@ -79,3 +79,32 @@ def tiny_bundle(tiny_run: TinyRun, tmp_path_factory: pytest.TempPathFactory) -> 
         return cache[(model, ranker)]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def ml_bundles(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`make run`'s bundles at small scale: control and mail on MovieLens 100K (strict, 1 epoch).
+
+    Returns the folder holding control/ and mail/ (MAILREC_BUNDLE_DIR).
+    """
+    from model_export.export import export_bundle
+    from model_export.model import ModelConfig, RankerConfig, ZeroShotConfig
+    from model_export.pipeline import RunSpec, prepare, run
+    from model_export.train import TrainConfig
+
+    root = tmp_path_factory.mktemp("ml-bundles")
+    spec = RunSpec(
+        dataset="ml-100k",
+        data_dir=str(data_dir),
+        protocol="strict",
+        behavior="clicks",
+        train=TrainConfig(epochs=1, progress=False),
+    )
+    prepared = prepare(spec)
+    for model in ("control", "mail"):
+        spec.model = ModelConfig(
+            model=model, ranker=RankerConfig(), zero_shot=ZeroShotConfig() if model == "mail" else None
+        )
+        run(spec, root / f"run-{model}", prepared)
+        export_bundle(root / f"run-{model}", root / "bundles" / model)
+    return root / "bundles"

