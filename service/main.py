@@ -25,7 +25,8 @@ from service.errors import PayloadTooLarge, ServiceError
 from service.experiments import default_experiment, load_experiment
 from service.inference import SessionOptions
 from service.metrics import Metrics
-from service.routes import json_response, router
+from service.resp import RespClient
+from service.routes import RecommendFastPath, error_response, json_response, replay, router
 from service.state import AppState
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ class ObservabilityMiddleware:
                     status = 413
                     await self._too_large(send, None)
                     return
-                receive = _replay(body, receive)
+                receive = replay(body, receive)
             elif length is not None and length > self.max_body:
                 status = 413
                 await self._too_large(send, length)
@@ -104,20 +105,6 @@ def _has_body(scope: Scope) -> bool:
     )
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """Hand the buffered body to the app once, then the connection's own events."""
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
-
-
 def _content_length(scope: Scope) -> int | None:
     for name, value in scope.get("headers", []):
         if name == b"content-length":
@@ -142,9 +129,7 @@ def _field(loc: tuple[int | str, ...]) -> str:
 def _install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     async def service_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ServiceError)
-        if 400 <= exc.status < 500:
-            metrics.rejected.labels(exc.code).inc()
-        return JSONResponse(exc.body(), exc.status, headers=exc.headers)
+        return error_response(exc, metrics)
 
     async def validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
@@ -180,6 +165,7 @@ def _build_state(settings: Settings, metrics: Metrics) -> AppState:
     budget = settings.redis_budget_ms / 1000
     store = RedisStore(
         make_client(url, budget),
+        RespClient(url, connect_timeout=max(budget, 0.05)),
         settings.redis_prefix,
         metrics,
         budget,
@@ -233,6 +219,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             state.ready = False
             await state.store.drain()
+            state.store.pipe.close()
             await state.store.client.aclose()
             if state.embedded is not None:
                 state.embedded.close()
@@ -245,5 +232,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.include_router(router)
     _install_error_handlers(app, metrics)
+    app.add_middleware(RecommendFastPath)  # inside the metrics middleware: it is measured alike
     app.add_middleware(ObservabilityMiddleware, metrics=metrics, max_body=settings.max_body_bytes)
     return app

@@ -1,18 +1,26 @@
-"""HTTP routes: they wire the steps in `service.recommend` and render results; no computing."""
+"""HTTP routes: they wire the steps in `service.recommend` and render results; no computing.
+
+POST /recommend is served by `RecommendFastPath` (pure ASGI) whenever the FastAPI route would
+serve it the same way; the FastAPI route below stays for everything else and for the API docs.
+"""
 
 from __future__ import annotations
 
 import hmac
+import os
 import re
-import uuid
 from pathlib import Path
 from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Header, Response
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from pydantic import ValidationError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import NotReady, Unauthorized, UnknownVariant
-from service.metrics import CONTENT_TYPE
+from service.errors import NotReady, ServiceError, Unauthorized, UnknownVariant
+from service.metrics import CONTENT_TYPE, Metrics
 from service.recommend import feedback, recommend
 from service.schemas import (
     FeedbackRequest,
@@ -32,7 +40,15 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
 
 
 def request_id(given: str | None) -> str:
-    return given if given is not None and REQUEST_ID.match(given) else uuid.uuid4().hex
+    # os.urandom(16).hex() is uuid4().hex's randomness without building a UUID object
+    return given if given is not None and REQUEST_ID.match(given) else os.urandom(16).hex()
+
+
+def error_response(exc: ServiceError, metrics: Metrics) -> JSONResponse:
+    """The one rendering of a domain error: {"error", "detail"} with its status and headers."""
+    if 400 <= exc.status < 500:
+        metrics.rejected.labels(exc.code).inc()
+    return JSONResponse(exc.body(), exc.status, headers=exc.headers)
 
 
 @router.post("/recommend", response_model=RecommendResponse)
@@ -133,3 +149,92 @@ async def reload(
         "previous_version": old.version if old else None,
         "model": new.describe(),
     }
+
+
+def replay(body: bytes, receive: Receive) -> Receive:
+    """Hand a buffered body to the app once, then the connection's own events."""
+    sent = False
+
+    async def replayed() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replayed
+
+
+async def read_body(receive: Receive) -> bytes:
+    message = await receive()
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False):
+        return body
+    chunks = [body]
+    while message.get("more_body", False):
+        message = await receive()
+        chunks.append(message.get("body", b""))
+    return b"".join(chunks)
+
+
+def is_json(content_type: bytes | None) -> bool:
+    """application/json or application/*+json, parameters allowed: what FastAPI parses as JSON."""
+    if content_type is None:
+        return False
+    mime = content_type.split(b";", 1)[0].strip().lower()
+    return mime == b"application/json" or (mime.startswith(b"application/") and mime.endswith(b"+json"))
+
+
+class RecommendFastPath:
+    """Pure ASGI: POST /recommend without FastAPI's routing, dependency solving and exception layers.
+
+    It takes a request only when the FastAPI route would read it the same way: a JSON content type
+    and a body that `RecommendRequest.model_validate_json` accepts (pydantic's Rust parser, one pass
+    from bytes to the model). Anything else (another content type, an empty, malformed or invalid
+    body) goes, body replayed, to the FastAPI route, which stays the one renderer of request errors
+    and the endpoint's OpenAPI description. Domain errors are rendered by `error_response`, as the
+    app's handler does; unexpected ones propagate to the app's 500 handler.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        # the FastAPI route's object: the metrics middleware labels requests by its path template
+        self.route = next(r for r in router.routes if isinstance(r, APIRoute) and r.path == "/recommend")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != "/recommend":
+            await self.app(scope, receive, send)
+            return
+        headers: dict[bytes, bytes] = {}
+        for name, value in scope["headers"]:
+            headers.setdefault(name, value)  # the first occurrence, as FastAPI's Header() reads
+        body = await read_body(receive)
+        req = None
+        if body and is_json(headers.get(b"content-type")):
+            try:
+                req = RecommendRequest.model_validate_json(body)
+            except ValidationError:
+                pass
+        if req is None:
+            await self.app(scope, replay(body, receive), send)
+            return
+        scope["route"] = self.route
+        state = scope["app"].state.mailrec
+        variant, rid = headers.get(b"x-variant"), headers.get(b"x-request-id")
+        try:
+            if not state.ready:
+                raise NotReady("bundles are still loading")
+            out = await recommend(
+                state,
+                req,
+                variant.decode("latin-1") if variant is not None else None,
+                request_id(rid.decode("latin-1") if rid is not None else None),
+            )
+        except ServiceError as exc:
+            await error_response(exc, state.metrics)(scope, receive, send)
+            return
+        payload = orjson.dumps(out.body)
+        raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in out.headers.items()]
+        raw += [(b"content-length", str(len(payload)).encode()), (b"content-type", b"application/json")]
+        await send({"type": "http.response.start", "status": 200, "headers": raw})
+        await send({"type": "http.response.body", "body": payload})

@@ -1,0 +1,254 @@
+"""A small Redis client for the request path: one connection, commands pipelined as they come.
+
+Why not redis-py here: its asyncio client reads replies in a task of its own, so a reply that
+arrived in time is only seen once the event loop gets back to that task. Under load (32
+connections on one worker) that took longer than the request's Redis budget: measured, most cache
+lookups timed out and the breaker opened on a healthy Redis, which also dropped the impression
+records. Here the protocol's `data_received` resolves each caller's future as soon as the bytes are
+in, so the budget measures Redis, not the event loop; and every command of every request shares
+one connection, written with one `transport.write` per call (Redis answers in order, RESP2).
+
+`submit(commands)` never blocks: it returns a future of the replies (a list, one per command). A
+RESP error reply raises `ReplyError` for the whole call; a lost connection fails every call in
+flight with `ConnectionError`, and the next call connects again. A caller that stops waiting
+(budget spent) just cancels its future: its call stays in the queue, so the replies that come
+later (a stalled Redis) still pair with the calls that asked for them, in order. Past MAX_PENDING
+calls without a reply the connection is dropped. redis-py stays for the rest (feedback, scripts,
+probes): those are not on the request path of /recommend.
+
+URLs: redis://[[user]:password@]host[:port][/db], rediss:// (TLS), unix://path[?db=N&password=...].
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlparse
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+
+Reply = bytes | int | list[Any] | None
+Command = tuple[bytes | str | int, ...]
+
+
+class ReplyError(ResponseError):
+    """Redis answered a command with an error (`-ERR ...`)."""
+
+
+class Incomplete(Exception):
+    """The buffer ends inside a reply; wait for more bytes."""
+
+
+def encode(commands: list[Command]) -> bytes:
+    """RESP2 arrays of bulk strings, all commands in one buffer."""
+    out = bytearray()
+    for command in commands:
+        out += b"*%d\r\n" % len(command)
+        for arg in command:
+            raw = arg if isinstance(arg, bytes) else str(arg).encode()
+            out += b"$%d\r\n%b\r\n" % (len(raw), raw)
+    return bytes(out)
+
+
+def parse(buf: bytes | bytearray, pos: int) -> tuple[Reply | ReplyError, int]:
+    """One reply starting at `pos` -> (reply, position after it); Incomplete if cut short."""
+    end = buf.find(b"\r\n", pos)
+    if end < 0:
+        raise Incomplete
+    kind, line = buf[pos : pos + 1], bytes(buf[pos + 1 : end])
+    pos = end + 2
+    if kind == b"$":
+        size = int(line)
+        if size < 0:
+            return None, pos
+        if len(buf) < pos + size + 2:
+            raise Incomplete
+        return bytes(buf[pos : pos + size]), pos + size + 2
+    if kind == b"*":
+        count = int(line)
+        if count < 0:
+            return None, pos
+        items: list[Any] = []
+        for _ in range(count):
+            item, pos = parse(buf, pos)
+            items.append(item)
+        return items, pos
+    if kind == b":":
+        return int(line), pos
+    if kind == b"+":
+        return line, pos
+    if kind == b"-":
+        return ReplyError(line.decode(errors="replace")), pos
+    raise RedisConnectionError(f"unreadable reply from Redis: {bytes(buf[pos - len(line) - 3 : end])!r}")
+
+
+@dataclass
+class Batch:
+    """The replies one call waits for, in order."""
+
+    future: asyncio.Future[list[Reply]]
+    count: int
+    replies: list[Reply | ReplyError] = field(default_factory=list)
+
+    def add(self, reply: Reply | ReplyError) -> bool:
+        self.replies.append(reply)
+        if len(self.replies) < self.count:
+            return False
+        if not self.future.done():  # a caller past its budget no longer waits
+            error = next((r for r in self.replies if isinstance(r, ReplyError)), None)
+            if error is not None:
+                self.future.set_exception(error)
+            else:
+                self.future.set_result(list(self.replies))  # type: ignore[arg-type]
+        return True
+
+    def fail(self, exc: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc)
+
+
+MAX_PENDING = 10_000
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self, client: RespClient) -> None:
+        self.client = client
+        self.buffer = bytearray()
+
+    def data_received(self, data: bytes) -> None:
+        if self.client.protocol is not self:  # a connection already given up
+            return
+        self.buffer += data
+        pending = self.client.pending
+        pos = 0
+        try:
+            while pos < len(self.buffer):
+                reply, pos = parse(self.buffer, pos)
+                if not pending:
+                    raise RedisConnectionError("a reply nobody asked for")
+                if pending[0].add(reply):
+                    pending.popleft()
+        except Incomplete:
+            pass
+        except (ValueError, RedisConnectionError) as exc:
+            self.client.lost(RedisConnectionError(f"Redis protocol error: {exc}"))
+            return
+        del self.buffer[:pos]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.client.protocol is self:
+            self.client.lost(RedisConnectionError(f"connection to Redis lost ({exc or 'closed'})"))
+
+
+@dataclass(frozen=True)
+class Address:
+    host: str | None
+    port: int
+    path: str | None  # unix socket
+    db: int
+    username: str | None
+    password: str | None
+    tls: bool
+
+    @classmethod
+    def parse(cls, url: str) -> Address:
+        u = urlparse(url)
+        query = {k: v[-1] for k, v in parse_qs(u.query).items()}
+        if u.scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"unsupported Redis URL scheme {u.scheme!r}")
+        password = unquote(u.password) if u.password else query.get("password")
+        username = unquote(u.username) if u.username else None
+        if u.scheme == "unix":
+            return cls(None, 0, u.path, int(query.get("db", "0")), username, password, False)
+        db = int(u.path.lstrip("/") or query.get("db", "0"))
+        return cls(
+            u.hostname or "localhost", u.port or 6379, None, db, username, password, u.scheme == "rediss"
+        )
+
+
+class RespClient:
+    """One pipelined connection; see the module docstring."""
+
+    def __init__(self, url: str, connect_timeout: float) -> None:
+        self.address = Address.parse(url)
+        self.connect_timeout = connect_timeout
+        self.pending: deque[Batch] = deque()
+        self.protocol: _Protocol | None = None
+        self._transport: asyncio.Transport | None = None
+        self._connecting: asyncio.Task[None] | None = None
+        self._queued: list[bytes] = []  # written once the connection is up
+
+    def submit(self, commands: list[Command]) -> asyncio.Future[list[Reply]]:
+        """Send `commands` now (or as soon as connected); the future gets their replies."""
+        loop = asyncio.get_running_loop()
+        if len(self.pending) >= MAX_PENDING:
+            self.lost(RedisConnectionError(f"{MAX_PENDING} calls without a reply: connection dropped"))
+        batch = Batch(loop.create_future(), len(commands))
+        self.pending.append(batch)
+        data = encode(commands)
+        if self._transport is not None:
+            self._transport.write(data)
+        else:
+            self._queued.append(data)
+            if self._connecting is None:
+                self._connecting = loop.create_task(self._connect())
+        return batch.future
+
+    async def _connect(self) -> None:
+        a = self.address
+        loop = asyncio.get_running_loop()
+        try:
+            if a.path is not None:
+                connect = loop.create_unix_connection(lambda: _Protocol(self), a.path)
+            else:
+                tls = ssl.create_default_context() if a.tls else None
+                connect = loop.create_connection(
+                    lambda: _Protocol(self), a.host or "localhost", a.port, ssl=tls
+                )
+            async with asyncio.timeout(self.connect_timeout):
+                transport, protocol = await connect
+        except (OSError, TimeoutError) as exc:
+            self._connecting = None
+            self.lost(RedisConnectionError(f"cannot connect to Redis: {exc!r}"))
+            return
+        hello: list[Command] = []
+        if a.password is not None:
+            hello.append(("AUTH", a.username, a.password) if a.username else ("AUTH", a.password))
+        if a.db:
+            hello.append(("SELECT", a.db))
+        if hello:
+            # the handshake's replies come first: a batch at the head that nobody awaits
+            self.pending.appendleft(Batch(loop.create_future(), len(hello)))
+            self.pending[0].future.add_done_callback(self._handshake_done)
+            transport.write(encode(hello))
+        self._transport = transport
+        self.protocol = protocol
+        self._connecting = None
+        for data in self._queued:
+            transport.write(data)
+        self._queued.clear()
+
+    def _handshake_done(self, future: asyncio.Future[list[Reply]]) -> None:
+        if not future.cancelled() and future.exception() is not None:
+            self.lost(RedisConnectionError(f"Redis refused the handshake: {future.exception()}"))
+
+    def lost(self, exc: BaseException) -> None:
+        """Fail every call in flight and forget the connection; the next call connects again."""
+        transport, self._transport = self._transport, None
+        self.protocol = None
+        self._queued.clear()
+        pending, self.pending = self.pending, deque()
+        for batch in pending:
+            batch.fail(exc)
+        if transport is not None:
+            transport.abort()
+
+    def close(self) -> None:
+        if self._connecting is not None:
+            self._connecting.cancel()
+            self._connecting = None
+        self.lost(RedisConnectionError("client closed"))

@@ -1,0 +1,138 @@
+"""The request path's Redis client: RESP parsing, pipelining, errors, outages, against a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from service.cache import within
+from service.resp import Address, Incomplete, ReplyError, RespClient, encode, parse
+from tests.servers import RedisServer
+
+STREAM = b"+OK\r\n:42\r\n$3\r\nabc\r\n$-1\r\n*2\r\n$1\r\nx\r\n*1\r\n:7\r\n*0\r\n-ERR wrong\r\n$0\r\n\r\n"
+EXPECTED = [b"OK", 42, b"abc", None, [b"x", [7]], [], "ERR wrong", b""]
+
+
+def _all(buf: bytes) -> list[object]:
+    out: list[object] = []
+    pos = 0
+    while pos < len(buf):
+        reply, pos = parse(buf, pos)
+        out.append(str(reply) if isinstance(reply, ReplyError) else reply)
+    return out
+
+
+def test_parse_every_reply_kind_and_every_cut() -> None:
+    assert _all(STREAM) == EXPECTED
+    for cut in range(1, len(STREAM)):
+        pos, done = 0, 0
+        try:
+            while True:
+                _, pos = parse(STREAM[:cut], pos)
+                done += 1
+        except (Incomplete, IndexError):
+            pass
+        except ValueError:  # a length cut in half is not a number yet
+            pass
+        assert _all(STREAM[:pos]) == EXPECTED[:done]
+
+
+def test_encode() -> None:
+    assert (
+        encode([("SET", "k", b"\x00\xff", "EX", 5)])
+        == b"*5\r\n$3\r\nSET\r\n$1\r\nk\r\n$2\r\n\x00\xff\r\n$2\r\nEX\r\n$1\r\n5\r\n"
+    )
+
+
+def test_addresses() -> None:
+    a = Address.parse("redis://user:p%40ss@cache.local:6380/2")
+    assert (a.host, a.port, a.db, a.username, a.password, a.tls) == (
+        "cache.local",
+        6380,
+        2,
+        "user",
+        "p@ss",
+        False,
+    )
+    b = Address.parse("unix:///run/redis.sock?db=3&password=x")
+    assert (b.path, b.db, b.password) == ("/run/redis.sock", 3, "x")
+    assert Address.parse("rediss://h").tls and Address.parse("redis://h").port == 6379
+    with pytest.raises(ValueError):
+        Address.parse("http://h")
+
+
+@pytest.fixture()
+def server() -> Iterator[RedisServer]:
+    s = RedisServer().start()
+    yield s
+    s.close()
+
+
+def test_pipelined_calls_get_their_own_replies(server: RedisServer) -> None:
+    async def run() -> None:
+        client = RespClient(server.url, 1.0)
+        calls = [
+            client.submit([("SET", f"k{i}", i), ("GET", f"k{i}"), ("LRANGE", "none", 0, -1)])
+            for i in range(200)
+        ]
+        replies = await asyncio.gather(*calls)  # submitted before the connection was up
+        assert replies == [[b"OK", str(i).encode(), []] for i in range(200)]
+        with pytest.raises(ReplyError, match="WRONGTYPE"):
+            await client.submit([("LPUSH", "k1", "x")])
+        assert await client.submit([("GET", "k7")]) == [b"7"]  # the connection goes on
+        client.close()
+
+    asyncio.run(run())
+
+
+def test_stop_fails_calls_and_a_restart_reconnects(server: RedisServer) -> None:
+    async def run() -> None:
+        client = RespClient(server.url, 0.5)
+        assert await client.submit([("SET", "a", 1)]) == [b"OK"]
+        server.stop()
+        with pytest.raises(RedisConnectionError):
+            await asyncio.wait_for(client.submit([("GET", "a")]), 5)
+        server.start()
+        assert await client.submit([("GET", "a")]) == [None]  # a new, empty server
+        client.close()
+
+    asyncio.run(run())
+
+
+def test_a_stalled_redis_costs_the_budget_and_late_replies_pair_correctly(server: RedisServer) -> None:
+    async def run() -> None:
+        client = RespClient(server.url, 0.5)
+        await client.submit([("SET", "x", "1")])
+        server.client().execute_command("CLIENT", "PAUSE", "500")
+        started = time.perf_counter()
+        with pytest.raises(TimeoutError):
+            await within(client.submit([("GET", "x")]), 0.02)
+        assert time.perf_counter() - started < 0.2
+        later = client.submit([("SET", "x", "2"), ("GET", "x")])
+        assert await asyncio.wait_for(later, 5) == [b"OK", b"2"]
+        client.close()
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_reply_that_came_in_time_is_kept_however_late_the_loop_is(server: RedisServer, loop: str) -> None:
+    """The loop blocked well past the budget while the call waits: the reply was in long before."""
+
+    async def run() -> None:
+        client = RespClient(server.url, 0.5)
+        await client.submit([("SET", "y", "v")])
+        asyncio.get_running_loop().call_soon(time.sleep, 0.05)  # 50 ms busy: past the 20 ms budget
+        assert await within(client.submit([("GET", "y")]), 0.02) == [b"v"]
+        client.close()
+
+    if loop == "uvloop":
+        import uvloop
+
+        uvloop.run(run())
+    else:
+        asyncio.run(run())
