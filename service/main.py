@@ -189,6 +189,7 @@ async def _load_variants(state: AppState) -> None:
         state.metrics.set_model(
             variant.name, man["model"], model.version, man["ranker"], model.towers.provider
         )
+    state.metrics.init_experiment(state.experiment.name, state.experiment.names)
     state.ready = True
 
 

@@ -12,6 +12,7 @@ CTR per variant in PromQL:
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 
 from prometheus_client import (
     CollectorRegistry,
@@ -123,6 +124,16 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+
+    def init_experiment(self, experiment: str, variants: Iterable[str]) -> None:
+        """Every experiment/variant series at 0 from the start: rate() and increase() cannot see
+        what a counter counted before its first scrape, so a young experiment's CTR would be off."""
+        for variant in variants:
+            for source in ("hash", "override"):
+                for counter in (self.impressions, self.clicks, self.assignments):
+                    counter.labels(experiment, variant, source)
+            for cold in ("true", "false"):
+                self.recommendations.labels(experiment, variant, cold)
 
     def set_model(self, variant: str, model: str, version: str, ranker: str, provider: str) -> None:
         """1 for the model serving `variant` now, 0 for the one it replaced.
