@@ -44,6 +44,9 @@ def start_live(tmp: Path, bundle_factory: Callable[..., Path], **env: str) -> Li
             "MAILREC_ADMIN_TOKEN": ADMIN_TOKEN,
             "MAILREC_DEVICE": "cpu",
             "MAILREC_MAX_HISTORY": "50",
+            # generous on a loaded test machine, so an impression write is never skipped for time;
+            # tests/service/test_redis_outage.py checks the 20 ms default on its own service
+            "MAILREC_REDIS_BUDGET_MS": "250",
             **env,
         }
     )
