@@ -5,6 +5,11 @@ call: user-side inputs have batch 1, candidates batch N, and the graph broadcast
 `model_export.model`). The catalog's item features are a constant of the graph, so callers send
 catalog rows only.
 
+A second ranker graph, `ranker_batch.onnx`, scores several users in one call (user tensors with
+batch U, candidates (N,) and `owner` (N,), candidate n belonging to user owner[n]): the service's
+micro-batcher merges concurrent requests into it. It is checked against torch within 1e-5 and
+against `ranker.onnx` user by user, and the manifest records whether the two agree exactly.
+
 Export checks itself: onnxruntime against torch on real test rows (scores within 1e-5, virtual
 behavior within 1e-4) or it fails. The bundle is written to a temporary sibling directory and
 renamed into place, so no reader sees half a bundle.
@@ -31,6 +36,8 @@ from service.contract import (
     CATALOG_FILE,
     FORMAT_VERSION,
     MANIFEST,
+    RANKER_BATCH_FILE,
+    RANKER_BATCH_INPUTS,
     RANKER_FILE,
     RANKER_INPUTS,
     RANKER_OUTPUTS,
@@ -44,6 +51,7 @@ from service.contract import (
     blend_gate,
     content_version,
     load_bundle,
+    ranker_batch_signature,
     ranker_signature,
     sha256_file,
     zero_shot_signature,
@@ -78,6 +86,27 @@ class RankerGraph(nn.Module):
     ) -> Tensor:
         user = UserInputs(user_attrs, context, behavior, virtual_behavior, virtual_gate)
         return torch.sigmoid(self.ranker(user, candidates))
+
+
+class RankerBatchGraph(nn.Module):
+    """Several users in one call: user inputs (U, ...), candidates (N,), owner (N,) -> (N,)."""
+
+    def __init__(self, model: MailModel) -> None:
+        super().__init__()
+        self.ranker = model.ranker
+
+    def forward(
+        self,
+        user_attrs: Tensor,
+        context: Tensor,
+        behavior: Tensor,
+        virtual_behavior: Tensor,
+        virtual_gate: Tensor,
+        candidates: Tensor,
+        owner: Tensor,
+    ) -> Tensor:
+        user = UserInputs(user_attrs, context, behavior, virtual_behavior, virtual_gate)
+        return torch.sigmoid(self.ranker(user, candidates, owner))
 
 
 class ZeroShotGraph(nn.Module):
@@ -212,6 +241,55 @@ def verify_parity(
     }
 
 
+def verify_batch_parity(
+    model: MailModel, parity: dict[str, Any], ranker_path: Path, batch_path: Path, n_catalog: int
+) -> dict[str, Any]:
+    """ranker_batch.onnx against torch (within SCORE_ATOL) and against ranker.onnx user by user."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    single = ort.InferenceSession(str(ranker_path), opts, providers=["CPUExecutionProvider"])
+    batch = ort.InferenceSession(str(batch_path), opts, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(1)
+    users = min(len(parity["user_attrs"]), 6)
+    sizes = [1, 7, 100, n_catalog, 3, 250][:users]
+    encs = [_user_feeds(parity, i, model) for i in range(users)]
+    with torch.no_grad():
+        virtual = model.virtual_behavior(torch.from_numpy(np.concatenate([e.user_attrs for e, _ in encs])))
+    feeds = {
+        "user_attrs": np.concatenate([e.user_attrs for e, _ in encs]),
+        "context": np.concatenate([e.context for e, _ in encs]),
+        "behavior": np.concatenate([e.behavior for e, _ in encs]),
+        "virtual_behavior": virtual.numpy().astype(np.float32),
+        "virtual_gate": np.array([[g] for _, g in encs], np.float32),
+    }
+    cands = [rng.integers(1, n_catalog + 1, n).astype(np.int64) for n in sizes]
+    owner = np.concatenate([np.full(len(c), u, np.int64) for u, c in enumerate(cands)])
+    together = batch.run(None, {**feeds, "candidates": np.concatenate(cands), "owner": owner})[0]
+    alone = np.concatenate(
+        [
+            single.run(None, {**{k: v[u : u + 1] for k, v in feeds.items()}, "candidates": c})[0]
+            for u, c in enumerate(cands)
+        ]
+    )
+    with torch.no_grad():
+        user = UserInputs(*(torch.from_numpy(feeds[k]) for k in RANKER_INPUTS[:5]))
+        ref = torch.sigmoid(
+            model.ranker(user, torch.from_numpy(np.concatenate(cands)), torch.from_numpy(owner))
+        )
+    worst = float(np.max(np.abs(together - ref.numpy())))
+    if together.shape != alone.shape or worst > SCORE_ATOL:
+        raise ExportError(f"ranker_batch disagrees with torch: {worst:.2e} (max {SCORE_ATOL})")
+    return {
+        "users": users,
+        "candidates": int(len(owner)),
+        "scores_max_abs_diff": worst,
+        "equals_ranker_exactly": bool(np.array_equal(together, alone)),
+        "max_abs_diff_vs_ranker": float(np.max(np.abs(together - alone))),
+    }
+
+
 def export_bundle(run_dir: Path, out: Path) -> dict[str, Any]:
     """Write a verified bundle for RUN_DIR at `out` (replacing one there); returns its manifest."""
     started = time.perf_counter()
@@ -232,6 +310,19 @@ def export_bundle(run_dir: Path, out: Path) -> dict[str, Any]:
             RANKER_OUTPUTS,
             {"candidates": {0: "n"}, "scores": {0: "n"}},
         )
+        _export(
+            RankerBatchGraph(model),
+            (  # two users, so that no user-side dimension is traced as a broadcast 1
+                *(t.repeat(2, *[1] * (t.dim() - 1)) for t in example[:5]),
+                example[5],
+                torch.tensor([0, 1, 1]),
+            ),
+            tmp / RANKER_BATCH_FILE,
+            RANKER_BATCH_INPUTS,
+            RANKER_OUTPUTS,
+            {name: {0: "u"} for name in RANKER_INPUTS[:5]}
+            | {"candidates": {0: "n"}, "owner": {0: "n"}, "scores": {0: "n"}},
+        )
         has_zst = model.zst is not None
         if has_zst:
             _export(
@@ -248,6 +339,9 @@ def export_bundle(run_dir: Path, out: Path) -> dict[str, Any]:
             tmp / RANKER_FILE,
             tmp / ZERO_SHOT_FILE if has_zst else None,
             len(catalog["ids"]),
+        )
+        parity["ranker_batch"] = verify_batch_parity(
+            model, ckpt["parity"], tmp / RANKER_FILE, tmp / RANKER_BATCH_FILE, len(catalog["ids"])
         )
         (tmp / SCHEMA_FILE).write_text(json.dumps(schema.to_dict()))
         (tmp / CATALOG_FILE).write_text(
@@ -290,7 +384,7 @@ def _manifest(
     metrics_path = run_dir / METRICS
     metrics = json.loads(metrics_path.read_text())["test"] if metrics_path.exists() else ckpt["metrics"]
     golden = parity.pop("golden")
-    signatures = {"ranker": ranker_signature(schema)}
+    signatures = {"ranker": ranker_signature(schema), "ranker_batch": ranker_batch_signature(schema)}
     if has_zst:
         signatures["zero_shot"] = zero_shot_signature(schema)
     return {
@@ -314,6 +408,7 @@ def _manifest(
             "in_training": cfg["fill_train"],
         },
         "zero_shot": {"file": ZERO_SHOT_FILE} if has_zst else None,
+        "ranker_batch": {"file": RANKER_BATCH_FILE},
         "zero_shot_absent_reason": None
         if has_zst
         else f"{cfg['model']} model: no zero-shot tower; cold users get empty behavior",

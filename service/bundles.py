@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from service.batching import MicroBatcher
 from service.contract import Bundle, ContractError, IntArray, load_bundle
 from service.errors import BadBundle
 from service.inference import SessionOptions, Towers
@@ -36,8 +37,15 @@ class ServedModel:
     all_rows: IntArray = field(init=False)  # (I,) catalog rows 1..I
     item_ids: npt.NDArray[np.object_] = field(init=False)  # (I + 1,) raw id by row ("" for PAD)
     tie_rank: IntArray = field(init=False)  # (I + 1,) rank of each row's raw id, for tie-breaks
+    batcher: MicroBatcher | None = field(init=False)  # ranker calls merged across requests, if on
 
     def __post_init__(self) -> None:
+        opts = self.towers.options
+        self.batcher = (
+            MicroBatcher(self.towers, opts.microbatch_wait_ms / 1000, opts.microbatch_max_rows)
+            if self.towers.ranker_batch is not None
+            else None
+        )
         catalog = self.bundle.catalog
         self.all_rows = np.arange(1, len(catalog) + 1, dtype=np.int64)
         self.item_ids = np.array(["", *catalog.ids], dtype=object)
@@ -61,6 +69,7 @@ class ServedModel:
             "dataset": man["dataset"],
             "protocol": man["protocol"],
             "fill": self.towers.fill_mode,
+            "microbatch": self.batcher is not None,
             "zero_shot": self.towers.zero_shot is not None,
             "catalog_items": len(self.bundle.catalog),
             "created_at": man["created_at"],

@@ -10,6 +10,12 @@ imports it so that nothing about features is written twice. It defines
 * the bundle layout (`manifest.json` and the files it lists) and `load_bundle()`, which refuses a
   bundle whose files, checksums, format version or ONNX signatures disagree with its manifest.
 
+Format 1 has one optional file: `ranker_batch.onnx`, the ranking tower for several users in one
+call (user tensors with batch U, `candidates` (N,), `owner` (N,): candidate n belongs to user
+owner[n]), used by the service's micro-batcher. A manifest lists it under "ranker_batch"; bundles
+without it load as before, and services that predate it ignore it (it is checksummed like every
+listed file), so the format version did not change.
+
 Ids: every field has its own vocabulary; id 0 is PAD (no value; masked, zero embedding), id 1 is
 OOV (a value never seen in training), known values start at 2. Items are addressed by their row
 in the bundle's catalog; catalog row 0 is the PAD item.
@@ -50,6 +56,7 @@ SCHEMA_FILE = "schema.json"
 CATALOG_FILE = "catalog.json"
 SPLIT_FILE = "split.json"
 RANKER_FILE = "ranker.onnx"
+RANKER_BATCH_FILE = "ranker_batch.onnx"
 ZERO_SHOT_FILE = "zero_shot.onnx"
 
 # ONNX graph signatures. Symbolic dims: "n" = number of candidates, "b" = batch of users.
@@ -64,6 +71,7 @@ RANKER_INPUTS = (
     "candidates",
 )
 RANKER_OUTPUTS = ("scores",)
+RANKER_BATCH_INPUTS = (*RANKER_INPUTS, "owner")
 
 
 class ContractError(Exception):
@@ -563,6 +571,21 @@ def ranker_signature(schema: Schema) -> tuple[list[TensorSpec], list[TensorSpec]
     return inputs, [TensorSpec("scores", "float32", ("n",))]
 
 
+def ranker_batch_signature(schema: Schema) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Several users at once: user-side batch "u", candidates and their owners (N,)."""
+    k, d = schema.virtual_slots, schema.d_embed
+    inputs = [
+        TensorSpec("user_attrs", "int64", ("u", schema.user_slots)),
+        TensorSpec("context", "int64", ("u", schema.context_slots)),
+        TensorSpec("behavior", "int64", ("u", schema.behavior_len)),
+        TensorSpec("virtual_behavior", "float32", ("u", k, d)),
+        TensorSpec("virtual_gate", "float32", ("u", 1)),
+        TensorSpec("candidates", "int64", ("n",)),
+        TensorSpec("owner", "int64", ("n",)),
+    ]
+    return inputs, [TensorSpec("scores", "float32", ("n",))]
+
+
 def zero_shot_signature(schema: Schema) -> tuple[list[TensorSpec], list[TensorSpec]]:
     k, d = schema.virtual_slots, schema.d_embed
     inputs = [TensorSpec("user_attrs", "int64", ("b", schema.user_slots))]
@@ -589,6 +612,11 @@ class Bundle:
     @property
     def ranker_path(self) -> Path:
         return self.path / RANKER_FILE
+
+    @property
+    def ranker_batch_path(self) -> Path | None:
+        """The optional several-users ranker, if the bundle has one."""
+        return self.path / RANKER_BATCH_FILE if self.manifest.get("ranker_batch") is not None else None
 
     @property
     def zero_shot_path(self) -> Path | None:
@@ -627,6 +655,8 @@ def _check_files(root: Path, manifest: dict[str, Any]) -> None:
     required = {RANKER_FILE, SCHEMA_FILE, CATALOG_FILE}
     if manifest["zero_shot"] is not None:
         required.add(ZERO_SHOT_FILE)
+    if manifest.get("ranker_batch") is not None:
+        required.add(RANKER_BATCH_FILE)
     if missing := sorted(required - set(files)):
         raise BundleError(root, f"{MANIFEST} does not list {missing}")
     for name, listed in sorted(files.items()):
@@ -657,6 +687,8 @@ def _check_signatures(root: Path, manifest: dict[str, Any], schema: Schema) -> N
     towers = {RANKER_FILE: ("ranker", ranker_signature(schema))}
     if manifest["zero_shot"] is not None:
         towers[ZERO_SHOT_FILE] = ("zero_shot", zero_shot_signature(schema))
+    if manifest.get("ranker_batch") is not None:
+        towers[RANKER_BATCH_FILE] = ("ranker_batch", ranker_batch_signature(schema))
     for file, (tower, (inputs, outputs)) in towers.items():
         declared = manifest["onnx"].get(tower) or {}
         want = {"inputs": [t.to_dict() for t in inputs], "outputs": [t.to_dict() for t in outputs]}

@@ -22,6 +22,7 @@ from service.contract import (
     Encoded,
     FloatArray,
     IntArray,
+    ranker_batch_signature,
     ranker_signature,
     zero_shot_signature,
 )
@@ -57,11 +58,17 @@ def provider_label(provider: str) -> str:
     return {CUDA: "cuda", CPU: "cpu"}.get(provider, provider.removesuffix("ExecutionProvider").lower())
 
 
+MICROBATCH = ("auto", "on", "off")
+
+
 @dataclass(frozen=True)
 class SessionOptions:
     device: str = "auto"
     intra_op_threads: int = 1
     inter_op_threads: int = 1
+    microbatch: str = "off"  # auto: on when the ranker really runs on CUDA (service.batching)
+    microbatch_wait_ms: float = 1.0
+    microbatch_max_rows: int = 8192
 
 
 def create_session(
@@ -110,11 +117,31 @@ class Towers:
             self.zero_shot = create_session(zst_path, self.options)
             _check_session(self.zero_shot, zst_path, zero_shot_signature(schema))
         self.provider = provider_label(self.ranker.get_providers()[0])
+        self.ranker_batch: ort.InferenceSession | None = None
+        if self._wants_batching():
+            batch_path = bundle.ranker_batch_path
+            assert batch_path is not None
+            self.ranker_batch = create_session(batch_path, self.options)
+            _check_session(self.ranker_batch, batch_path, ranker_batch_signature(schema))
         self.virtual_shape = (1, schema.virtual_slots, schema.d_embed)
         self._no_virtual = np.zeros(self.virtual_shape, np.float32)
+        self._gates = {g: np.full((1, 1), g, np.float32) for g in (0.0, 1.0)}
         fill = bundle.fill
         self.fill_mode = str(fill["mode"]) if self.zero_shot is not None else "off"
         self.blend_tau = float(fill.get("tau", 3.0))
+
+    def _wants_batching(self) -> bool:
+        mode = self.options.microbatch
+        if mode not in MICROBATCH:
+            raise ValueError(f"unknown microbatch mode {mode!r}; choose from {MICROBATCH}")
+        wanted = mode == "on" or (mode == "auto" and self.provider == "cuda")
+        if wanted and self.bundle.ranker_batch_path is None:
+            log.warning(
+                "%s has no ranker_batch.onnx (exported before it existed): no micro-batching",
+                self.bundle.path,
+            )
+            return False
+        return wanted
 
     def virtual_behavior(self, user_attrs: IntArray) -> FloatArray:
         """(B, A) attribute ids -> (B, K, d) virtual behavior."""
@@ -132,11 +159,31 @@ class Towers:
             "context": encoded.context,
             "behavior": encoded.behavior,
             "virtual_behavior": self._no_virtual if virtual is None else virtual,
-            "virtual_gate": np.full((1, 1), gate, np.float32),
+            "virtual_gate": self._gates.get(gate)
+            if gate in self._gates
+            else np.full((1, 1), gate, np.float32),
             "candidates": candidates,
         }
         out: FloatArray = self.ranker.run(None, feeds)[0]
         return out
+
+    def score_many(self, calls: list[tuple[Encoded, FloatArray | None, float, IntArray]]) -> list[FloatArray]:
+        """`score` for several users in one `ranker_batch.onnx` call; the same scores, call by call."""
+        assert self.ranker_batch is not None, "micro-batching is off for this model"
+        if len(calls) == 1:  # nothing to merge: the one-user graph, no stacking
+            return [self.score(*calls[0])]
+        owner = np.repeat(np.arange(len(calls), dtype=np.int64), [len(c[3]) for c in calls])
+        feeds = {
+            "user_attrs": np.concatenate([c[0].user_attrs for c in calls]),
+            "context": np.concatenate([c[0].context for c in calls]),
+            "behavior": np.concatenate([c[0].behavior for c in calls]),
+            "virtual_behavior": np.concatenate([self._no_virtual if c[1] is None else c[1] for c in calls]),
+            "virtual_gate": np.array([[c[2]] for c in calls], np.float32),
+            "candidates": np.concatenate([c[3] for c in calls]),
+            "owner": owner,
+        }
+        out: FloatArray = self.ranker_batch.run(None, feeds)[0]
+        return np.split(out, np.cumsum([len(c[3]) for c in calls])[:-1])
 
     def warm_up(self) -> None:
         """Run both towers once on PAD inputs (first calls pay for allocation)."""
@@ -151,6 +198,8 @@ class Towers:
         virtual = self.virtual_behavior(user)
         for n in (1, min(len(self.bundle.catalog), 256)):
             self.score(encoded, virtual, 1.0, np.arange(1, n + 1, dtype=np.int64))
+            if self.ranker_batch is not None:
+                self.score_many([(encoded, virtual, 1.0, np.arange(1, n + 1, dtype=np.int64))] * 2)
 
     def check_golden(self, atol: float = 1e-5) -> None:
         """Recompute the scores stored at export time; a mismatch means a wrong or broken file."""
@@ -162,7 +211,11 @@ class Towers:
                 int(case["n_history"]),
             )
             virtual = self.virtual_behavior(encoded.user_attrs)
-            got = self.score(encoded, virtual, float(case["gate"]), np.asarray(case["candidates"], np.int64))
-            diff = float(np.max(np.abs(got - np.asarray(case["scores"], np.float32))))
-            if diff > atol:
-                raise BundleError(self.bundle.path, f"golden scores differ by {diff:.2e} (> {atol})")
+            call = (encoded, virtual, float(case["gate"]), np.asarray(case["candidates"], np.int64))
+            got = [self.score(*call)]
+            if self.ranker_batch is not None:
+                got += self.score_many([call, call])
+            for scores in got:
+                diff = float(np.max(np.abs(scores - np.asarray(case["scores"], np.float32))))
+                if diff > atol:
+                    raise BundleError(self.bundle.path, f"golden scores differ by {diff:.2e} (> {atol})")

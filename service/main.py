@@ -174,7 +174,14 @@ def _build_state(settings: Settings, metrics: Metrics) -> AppState:
         settings.attribution_window_s,
         settings.history_max,
     )
-    options = SessionOptions(settings.device, settings.intra_op_threads, settings.inter_op_threads)
+    options = SessionOptions(
+        settings.device,
+        settings.intra_op_threads,
+        settings.inter_op_threads,
+        settings.microbatch,
+        settings.microbatch_wait_ms,
+        settings.microbatch_max_rows,
+    )
     return AppState(settings, experiment, ModelRegistry(options), store, metrics, embedded)
 
 
