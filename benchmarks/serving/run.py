@@ -1,0 +1,300 @@
+"""Run the serving benchmark; see `benchmarks.serving` for what it measures and how."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from benchmarks.serving import profile, scenarios
+from benchmarks.serving.bundles import REPO, bench_bundles
+from benchmarks.serving.loadgen import Load, WrkResult, run_wrk, wrk_binary
+from benchmarks.serving.procs import Proc, start_floor, start_redis, start_service
+from benchmarks.serving.report import markdown
+
+RESULTS = REPO / "benchmarks" / "results"
+SERVICE_CPU, LOAD_CPU = "0", "1"
+QUIET_LOAD = 0.5
+Samples = dict[tuple[str, str], float]  # (metric, label text) -> value
+
+
+def _brief(r: WrkResult) -> str:
+    return f"{r.rps:8.0f} req/s p50 {r.p50_ms:6.2f} ms p99 {r.p99_ms:6.2f} ms"
+
+
+def metric_samples(url: str) -> Samples:
+    """(metric, label text) -> value, for the counters the benchmark checks."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out: Samples = {}
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        head, _, value = line.rpartition(" ")
+        name, _, labels = head.partition("{")
+        if name in (
+            "mailrec_cache_requests_total",
+            "mailrec_http_requests_total",
+            "mailrec_impressions_total",
+        ):
+            out[(name, labels.rstrip("}"))] = out.get((name, labels.rstrip("}")), 0.0) + float(value)
+    return out
+
+
+def summarize_metrics(before: Samples, after: Samples) -> dict[str, int]:
+    delta = {k: v - before.get(k, 0.0) for k, v in after.items() if v != before.get(k, 0.0)}
+    out: dict[str, int] = {}
+    for (name, labels), v in delta.items():
+        if name == "mailrec_cache_requests_total":
+            result = labels.split('result="')[1].split('"')[0]
+            out[f"cache_{result}"] = out.get(f"cache_{result}", 0) + int(v)
+        elif name == "mailrec_http_requests_total" and 'route="/recommend"' in labels:
+            status = labels.split('status="')[1].split('"')[0]
+            out[f"recommend_{status}"] = out.get(f"recommend_{status}", 0) + int(v)
+        elif name == "mailrec_impressions_total":
+            out["impressions"] = out.get("impressions", 0) + int(v)
+    return out
+
+
+def capture(url: str, body: str, headers: dict[str, str], out: Path) -> int:
+    """The service's answer to one request, kept for the floor to send back; returns its size."""
+    req = urllib.request.Request(
+        f"{url}/recommend", body.encode(), {"Content-Type": "application/json", **headers}, method="POST"
+    )
+    with urllib.request.urlopen(req, timeout=10) as r:
+        payload = r.read()
+        names = ("X-Request-Id", "X-Experiment", "X-Variant", "X-Model-Version")
+        kept = {n: r.headers[n] for n in names if r.headers.get(n)}
+    out.write_text(json.dumps({"body": payload.decode(), "headers": kept}))
+    return len(payload)
+
+
+def measure(url: str, load: Load, connections: int, seconds: float, warmup: float, work: Path) -> WrkResult:
+    if warmup > 0:
+        run_wrk(url, load, connections, warmup, work, LOAD_CPU)
+    return run_wrk(url, load, connections, seconds, work, LOAD_CPU)
+
+
+def wait_quiet(minutes: float) -> float:
+    """Wait (up to `minutes`) for the 1-minute load average to fall below QUIET_LOAD; returns it."""
+    deadline = time.monotonic() + minutes * 60
+    load = os.getloadavg()[0]
+    while load >= QUIET_LOAD and time.monotonic() < deadline:
+        print(f"  waiting for a quiet machine: 1-minute load {load:.2f} (want < {QUIET_LOAD})", flush=True)
+        time.sleep(30)
+        load = os.getloadavg()[0]
+    return load
+
+
+def machine() -> dict[str, Any]:
+    cpu = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if "model name" in ln
+        ),
+        platform.processor(),
+    )
+    mem = next(
+        ln.split()[1] for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemTotal")
+    )
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(int(mem) / 2**20, 1),
+        "kernel": platform.release(),
+        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("fastapi", "starlette", "uvicorn", "uvloop", "httptools", "pydantic", "onnxruntime", "numpy"):
+        out[pkg] = metadata.version(pkg)
+    for pkg in ("redis", "hiredis", "orjson", "prometheus-client"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    redis_v = subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout.split()
+    out["redis-server"] = next((w.split("=")[1] for w in redis_v if w.startswith("v=")), "?")
+    wrk_v = subprocess.run([wrk_binary(), "--version"], capture_output=True, text=True).stdout.split()
+    out["wrk"] = wrk_v[1] if len(wrk_v) > 1 else "?"
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO)
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "service", "benchmarks/serving"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    out["git"] = head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    return out
+
+
+def write_experiments(work: Path, bundles: dict[str, Path]) -> Path:
+    lines = ["[experiment]", 'name = "cold-start"', 'salt = "bench"', ""]
+    for name, path in bundles.items():
+        lines += ["[[experiment.variants]]", f'name = "{name}"', "weight = 50", f'bundle = "{path}"', ""]
+    path = work / "experiments.toml"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def run_scenarios(
+    args: argparse.Namespace, work: Path, bundles: dict[str, Path], redis_url: str
+) -> list[dict[str, Any]]:
+    experiments = write_experiments(work, bundles)
+    service, url = start_service(work, experiments, redis_url, SERVICE_CPU)
+    results = []
+    try:
+        for sc in scenarios.build(bundles["mail"]):
+            if args.scenarios and sc.name not in args.scenarios:
+                continue
+            print(f"- {sc.name}: {sc.description}", flush=True)
+            response = work / f"floor-{sc.name}.json"
+            size = capture(url, scenarios.sample_body(sc, bundles["mail"]), sc.load.headers, response)
+            floor, floor_url = start_floor(work, response, SERVICE_CPU)
+            row: dict[str, Any] = {"name": sc.name, "description": sc.description, "response_bytes": size}
+            try:
+                for c in sorted({args.connections, 1}, reverse=True):
+                    before = metric_samples(url)
+                    svc = measure(url, sc.load, c, args.seconds, args.warmup, work)
+                    checks = summarize_metrics(before, metric_samples(url))
+                    ref = measure(floor_url, sc.load, c, args.seconds, args.warmup, work)
+                    row[f"c{c}"] = {
+                        "service": svc.to_dict(),
+                        "floor": ref.to_dict(),
+                        "rps_ratio": round(svc.rps / ref.rps, 3),
+                        "p50_ratio": round(svc.p50_ms / ref.p50_ms, 2),
+                        "p50_above_floor_ms": round(svc.p50_ms - ref.p50_ms, 3),
+                        "service_metrics": checks,
+                    }
+                    print(f"    c={c:<3} service {_brief(svc)} | floor {_brief(ref)}", end="", flush=True)
+                    print(f" | ratio {svc.rps / ref.rps:.2f}  {checks}", flush=True)
+                if args.profile:
+                    row["profile"] = profile.record(
+                        service.pid, url, sc.load, args.connections, args.profile, work, LOAD_CPU
+                    )
+                    print(profile.summary_text(row["profile"]), flush=True)
+            finally:
+                floor.stop()
+            results.append(row)
+    finally:
+        service.stop()
+    return results
+
+
+def run_scaling(
+    args: argparse.Namespace, work: Path, bundles: dict[str, Path], redis_url: str
+) -> dict[str, Any]:
+    """cold_cached_100 at `connections`: 1 worker on core 0 vs 2 workers on both cores."""
+    experiments = write_experiments(work, bundles)
+    sc = scenarios.build(bundles["mail"])[0]
+    out: dict[str, Any] = {"scenario": sc.name, "connections": args.connections, "runs": []}
+    for workers, cpus in ((1, SERVICE_CPU), (2, "0,1")):
+        service, url = start_service(work, experiments, redis_url, cpus, workers=workers)
+        try:
+            before = metric_samples(url)
+            warm = (
+                run_wrk(url, sc.load, args.connections, args.warmup, work, LOAD_CPU) if args.warmup else None
+            )
+            result = run_wrk(url, sc.load, args.connections, args.seconds, work, LOAD_CPU)
+            time.sleep(0.5)  # let the last in-flight requests finish
+            checks = summarize_metrics(before, metric_samples(url))
+        finally:
+            service.stop()
+        sent = result.requests + (warm.requests if warm else 0)
+        counted = checks.get("recommend_200", 0)
+        out["runs"].append(
+            {
+                "workers": workers,
+                "service_cpus": cpus,
+                "load_cpu": LOAD_CPU,
+                "wrk": result.to_dict(),
+                "wrk_completed_incl_warmup": sent,
+                "metrics_recommend_200": counted,
+                "metrics_impressions": checks.get("impressions", 0),
+                # wrk stops with up to `connections` requests in flight: served, counted, not reported
+                "metrics_consistent": sent <= counted <= sent + args.connections
+                and checks.get("impressions", 0) == 10 * counted,
+            }
+        )
+        print(f"    workers={workers} cpus={cpus}: {_brief(result)};", end="")
+        print(f" metrics /recommend 200 = {counted} for {sent} completed by wrk", flush=True)
+    one, two = out["runs"]
+    out["speedup"] = round(two["wrk"]["rps"] / one["wrk"]["rps"], 2)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data-dir", type=Path, default=os.environ.get("MAILREC_DATA_DIR"))
+    parser.add_argument(
+        "--bundles", type=Path, default=None, help="a folder with control/ and mail/ to use as is"
+    )
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per run")
+    parser.add_argument("--warmup", type=float, default=2.0, help="unrecorded seconds before each run")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--scenarios", nargs="*", default=None)
+    parser.add_argument("--no-scaling", action="store_true", help="skip the 1 vs 2 workers run")
+    parser.add_argument("--profile", type=float, default=0, help="py-spy seconds per scenario (0: none)")
+    parser.add_argument("--wait-quiet", type=float, default=0, help="minutes to wait for load < 0.5")
+    parser.add_argument("--out", type=Path, default=RESULTS / "serving")
+    args = parser.parse_args(argv)
+    command = "python -m benchmarks.serving " + " ".join(
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
+    )
+    if args.bundles is not None:
+        bundles = {m: (args.bundles / m).resolve() for m in ("control", "mail")}
+    else:
+        if args.data_dir is None:
+            parser.error("set MAILREC_DATA_DIR or --data-dir (the folder holding ml-100k/)")
+        bundles = bench_bundles(Path(args.data_dir))
+    if args.wait_quiet:
+        wait_quiet(args.wait_quiet)
+    info = {"machine": machine(), "versions": versions()}
+    print(
+        f"serving benchmark: {info['machine']['cpu']}, load {info['machine']['loadavg_at_start']}", flush=True
+    )
+    work = Path(tempfile.mkdtemp(prefix="mailrec-bench-"))
+    redis_proc: Proc | None = None
+    try:
+        redis_proc, redis_url = start_redis(work, LOAD_CPU)
+        rows = run_scenarios(args, work, bundles, redis_url)
+        scaling = None if args.no_scaling else run_scaling(args, work, bundles, redis_url)
+    finally:
+        if redis_proc is not None:
+            redis_proc.stop()
+    result = {
+        "command": command,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **info,
+        "setup": {
+            "service": f"python -m service, 1 uvicorn worker, taskset -c {SERVICE_CPU}, MAILREC_DEVICE=cpu",
+            "floor": f"benchmarks.serving.floor under uvicorn, same settings, taskset -c {SERVICE_CPU}",
+            "load": f"wrk -t1, taskset -c {LOAD_CPU}; redis-server on core {LOAD_CPU}",
+            "seconds": args.seconds,
+            "warmup_seconds": args.warmup,
+            "connections": args.connections,
+            "bundles": {m: str(p) for m, p in bundles.items()},
+        },
+        "scenarios": rows,
+        "scaling": scaling,
+        "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text(markdown(result))
+    print(markdown(result))
+    print(f"wrote {args.out.with_suffix('.json')} and {args.out.with_suffix('.md')}")
+    return 0
