@@ -32,7 +32,7 @@ def uncached_lua(user_ids: list[str], occupations: list[str], candidates: list[s
     occs = "{" + ",".join(lua_long_string(o) for o in occupations) + "}"
     tail = _body(candidates=candidates, k=k)[1:]  # '"candidates":[...],"k":10}'
     return f"""
-math.randomseed(7)
+math.randomseed(os.time() + math.floor(os.clock() * 1e6))  -- a new sequence each run, never warmed up
 local users = {users}
 local occs = {occs}
 local genders = {{"M", "F"}}
