@@ -12,7 +12,7 @@ from model_export import data as datasets
 from model_export.features import EncodedData, encode_data
 from model_export.model import RANKERS, MailModel, ModelConfig, RankerConfig, ZeroShotConfig
 from model_export.protocol import Split, SplitConfig, add_declared_genres, make_split, split_record
-from model_export.train import TrainConfig, full_report, save_run, train
+from model_export.train import TrainConfig, TrainHooks, full_report, save_run, train
 
 log = logging.getLogger(__name__)
 
@@ -56,16 +56,22 @@ def prepare(spec: RunSpec) -> Prepared:
 
 
 def run(
-    spec: RunSpec, out: Path | None, prepared: Prepared | None = None
+    spec: RunSpec,
+    out: Path | None,
+    prepared: Prepared | None = None,
+    hooks: TrainHooks | None = None,
 ) -> tuple[MailModel, dict[str, Any]]:
-    """Train one model; with `out`, write RUN_DIR. Returns the model and its metrics report."""
+    """Train one model; with `out`, write RUN_DIR. Returns the model and its metrics report.
+
+    `hooks` (opt-in) trains a baseline around the same ranking tower; see `train.TrainHooks`.
+    """
     prepared = prepared or prepare(spec)
     cfg = spec.model
     if cfg.ranker is None:
         cfg.ranker = RankerConfig()
     if cfg.model == "mail" and cfg.zero_shot is None:
         cfg.zero_shot = ZeroShotConfig()
-    model, history = train(prepared.encoded, cfg, spec.train)
+    model, history = train(prepared.encoded, cfg, spec.train, hooks)
     report = full_report(model, prepared.encoded, history)
     report["prepare_seconds"] = round(prepared.seconds, 2)
     report["history_batches"] = history.batches

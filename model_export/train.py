@@ -31,7 +31,7 @@ from model_export import metrics
 from model_export.features import EncodedData
 from model_export.model import MailModel, ModelConfig, UserInputs, ZstLosses
 from model_export.protocol import TEST, TRAIN, VAL
-from service.contract import blend_gate
+from service.contract import Schema, blend_gate
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,27 @@ class TrainConfig:
     seed: int = 0
     threads: int = 2
     progress: bool = True
+
+
+class TrainHooks:
+    """Opt-in extensions of `train` for the baselines (`model_export.baselines`).
+
+    The base class changes nothing: it builds the plain `MailModel`, passes every batch through
+    untouched and adds no step. A subclass may build another model around the same ranking
+    tower, transform training batches (DropoutNet) or run an extra update after each step
+    (MetaEmb); the losses it returns are logged beside L_rt, L_a, L_v, L_d.
+    """
+
+    def build(self, cfg: ModelConfig, schema: Schema, catalog_features: Tensor) -> MailModel:
+        return MailModel(cfg, schema, catalog_features)
+
+    def batch(self, batch: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        """A training batch (attrs, context, behavior, item, label, is_new) before the step."""
+        return batch
+
+    def after_step(self, model: MailModel, batch: tuple[Tensor, ...]) -> dict[str, float]:
+        """Runs after both optimizers stepped on `batch`; returns losses to log."""
+        return {}
 
 
 @dataclass
@@ -123,9 +144,7 @@ class Batches:
             )
 
 
-def zst_step_losses(
-    model: MailModel, attrs: Tensor, behavior: Tensor, is_new: Tensor
-) -> ZstLosses | None:
+def zst_step_losses(model: MailModel, attrs: Tensor, behavior: Tensor, is_new: Tensor) -> ZstLosses | None:
     """L_a, L_v, L_d on old users with real behavior; inputs and targets detached."""
     if model.zst is None or model.zst.cfg.variant == "none":
         return None
@@ -150,25 +169,26 @@ def predict(
     return np.concatenate(out) if out else np.zeros(0)
 
 
-def evaluate_rows(
-    model: MailModel, batches: Batches, rows: npt.NDArray[np.int64]
-) -> dict[str, Any]:
+def evaluate_rows(model: MailModel, batches: Batches, rows: npt.NDArray[np.int64]) -> dict[str, Any]:
     data = batches.data
     scores = predict(model, batches, rows)
     return metrics.by_group(data.user[rows], data.label[rows], scores, data.is_new[rows])
 
 
-def train(data: EncodedData, cfg: ModelConfig, tcfg: TrainConfig) -> tuple[MailModel, History]:
+def train(
+    data: EncodedData, cfg: ModelConfig, tcfg: TrainConfig, hooks: TrainHooks | None = None
+) -> tuple[MailModel, History]:
     torch.manual_seed(tcfg.seed)
     torch.set_num_threads(tcfg.threads)
     rng = np.random.default_rng(tcfg.seed)
-    model = MailModel(cfg, data.schema, torch.from_numpy(data.catalog.features))
+    hooks = hooks or TrainHooks()
+    model = hooks.build(cfg, data.schema, torch.from_numpy(data.catalog.features))
     batches = Batches(data, fill_new_users=cfg.model == "oracle")
     opt_rt = torch.optim.Adam(model.ranker_parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     opt_zst = (
         torch.optim.Adam(model.zst.parameters(), lr=tcfg.lr_zst, weight_decay=tcfg.weight_decay)
-        if model.zst is not None
-        else None
+        if model.zst is not None and any(True for _ in model.zst.parameters())
+        else None  # a parameter-free generator (mean-fill) has nothing to step
     )
     train_rows, val_rows = data.rows(TRAIN), data.rows(VAL)
     history = History()
@@ -187,7 +207,9 @@ def train(data: EncodedData, cfg: ModelConfig, tcfg: TrainConfig) -> tuple[MailM
             disable=not tcfg.progress,
             leave=False,
         )
-        for attrs, ctx, beh, item, label, is_new in bar:
+        for raw_batch in bar:
+            batch = hooks.batch(raw_batch)
+            attrs, ctx, beh, item, label, is_new = batch
             user = user_inputs(model, attrs, ctx, beh, training=True)
             logits = model.ranker(user, item)
             l_rt = F.binary_cross_entropy_with_logits(logits, label)
@@ -210,9 +232,10 @@ def train(data: EncodedData, cfg: ModelConfig, tcfg: TrainConfig) -> tuple[MailM
                     L_v=float(zl.l_v.detach()),
                     L_d=float(zl.l_d.detach()),
                 )
+            values.update(hooks.after_step(model, batch))
             history.batches.append(values)
             for k, v in values.items():
-                sums[k] += v
+                sums[k] = sums.get(k, 0.0) + v
             bar.set_postfix({k: f"{v:.4f}" for k, v in values.items()})
         means = {k: v / max(n_batches, 1) for k, v in sums.items()}
         val = evaluate_rows(model, batches, val_rows)
@@ -246,9 +269,7 @@ def train(data: EncodedData, cfg: ModelConfig, tcfg: TrainConfig) -> tuple[MailM
     return model, history
 
 
-def _embedding_l2(
-    model: MailModel, attrs: Tensor, ctx: Tensor, beh: Tensor, item: Tensor
-) -> Tensor:
+def _embedding_l2(model: MailModel, attrs: Tensor, ctx: Tensor, beh: Tensor, item: Tensor) -> Tensor:
     """Mean squared norm of the embeddings this batch used (the usual sparse L2 of CTR models)."""
     a, _ = model.emb.user_fields(attrs)
     c, _ = model.emb.context_fields(ctx)
@@ -256,9 +277,7 @@ def _embedding_l2(
     return a.pow(2).sum(-1).mean() + c.pow(2).sum(-1).mean() + t.pow(2).sum(-1).mean()
 
 
-def virtual_r2(
-    model: MailModel, batches: Batches, rows: npt.NDArray[np.int64], mean: Tensor
-) -> float:
+def virtual_r2(model: MailModel, batches: Batches, rows: npt.NDArray[np.int64], mean: Tensor) -> float:
     """R^2 of virtual against real behavior (the ranker's representation) over valid slots.
 
     The baseline is `mean`, old users' mean training behavior: R^2 > 0 means the zero-shot tower
