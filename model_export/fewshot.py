@@ -1,0 +1,73 @@
+"""Few-shot regime (beyond the paper): new users whose first n interactions are known.
+
+`reveal` picks, for each new user, the first n interactions that behavior may use (clicks only,
+under `clicks_only`) among those strictly before the user's first validation or test sample, so a
+revealed interaction is never a test sample. They become that user's only behavior at
+evaluation: one trained model is measured at every n, and the hard switch (virtual behavior only
+for empty histories) can be compared with the count-based blend. Nothing here changes training.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from model_export.data import Interactions
+from model_export.features import EncodedData
+from model_export.model import MailModel
+from model_export.protocol import TEST, VAL, Split, chronological_order
+from model_export.train import Batches, evaluate_rows
+from service.contract import IntArray
+
+Revealed = dict[str, npt.NDArray[np.int64]]  # new user -> interaction indices, oldest first
+
+
+def reveal(data: Interactions, split: Split, n: int, clicks_only: bool = False) -> Revealed:
+    """Each new user's first `n` behavior interactions before their first VAL or TEST sample."""
+    if data.timestamp is None:
+        raise ValueError(f"{data.name} has no time: 'first n interactions' is undefined")
+    ts = data.timestamp
+    order = chronological_order(data, split.config.seed)
+    order = order[np.isin(data.user[order], list(split.new_users))]
+    users = data.user[order]
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+    out: Revealed = {}
+    for start, end in zip(starts, np.r_[starts[1:], len(order)], strict=True):
+        idx = order[start:end]
+        held = np.isin(split.part[idx], (VAL, TEST))
+        cutoff = ts[idx[held]].min() if held.any() else np.iinfo(np.int64).max
+        ok = ~held & (ts[idx] < cutoff)
+        if clicks_only:
+            ok &= ~data.is_sample[idx] | (data.label[idx] == 1)
+        out[str(users[start])] = idx[ok][:n].astype(np.int64)
+    return out
+
+
+def revealed_behavior(data: Interactions, encoded: EncodedData, revealed: Revealed) -> IntArray:
+    """The behavior matrix the model is fed, with new users' rows = their revealed items only.
+
+    A row sees the revealed items strictly before its own time, most recent first.
+    """
+    assert data.timestamp is not None
+    out = encoded.model_behavior(fill_new_users=False).copy()
+    length = out.shape[1]
+    row_time = data.timestamp[encoded.source]
+    for row in np.flatnonzero(encoded.is_new):
+        idx = revealed.get(encoded.user_ids[encoded.user[row]])
+        if idx is None or len(idx) == 0:
+            continue
+        idx = idx[data.timestamp[idx] < row_time[row]][::-1][:length]  # most recent first
+        out[row, : len(idx)] = encoded.catalog.rows(data.item[idx].tolist())
+    return out
+
+
+def evaluate_revealed(
+    model: MailModel, encoded: EncodedData, behavior: IntArray, rows: npt.NDArray[np.int64]
+) -> dict[str, Any]:
+    """Metrics by user group on `rows`, the model fed `behavior` (from `revealed_behavior`)."""
+    batches = Batches(encoded, fill_new_users=False)
+    batches.behavior = torch.from_numpy(behavior)
+    return evaluate_rows(model, batches, rows)

@@ -1,0 +1,83 @@
+"""The few-shot reveal: a new user's first n interactions become behavior, never test samples."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from model_export import data as datasets
+from model_export.features import encode_data
+from model_export.fewshot import evaluate_revealed, reveal, revealed_behavior
+from model_export.protocol import TEST, VAL, SplitConfig, make_split
+from model_export.train import load_checkpoint
+from tests.conftest import TinyRun
+
+
+@pytest.fixture(scope="module")
+def ml(data_dir: Path) -> datasets.Interactions:
+    return datasets.load_movielens(data_dir)
+
+
+@pytest.mark.parametrize("protocol", ["mail", "strict"])
+@pytest.mark.parametrize("clicks_only", [False, True])
+def test_revealed_interactions_are_never_tested(
+    ml: datasets.Interactions, protocol: str, clicks_only: bool
+) -> None:
+    split = make_split(ml, SplitConfig(protocol=protocol, seed=4))
+    assert ml.timestamp is not None
+    held = np.isin(split.part, (VAL, TEST))
+    first_held: dict[str, int] = {}
+    for u, t in zip(ml.user[held], ml.timestamp[held], strict=True):
+        first_held[u] = min(first_held.get(u, t), t)
+    for n in (1, 3, 5):
+        revealed = reveal(ml, split, n, clicks_only)
+        assert revealed.keys() == split.new_users
+        idx = np.concatenate(list(revealed.values()))
+        assert not held[idx].any()  # never a validation or test sample
+        assert all(len(v) <= n for v in revealed.values())
+        assert sum(len(v) == n for v in revealed.values()) > 0.9 * len(revealed)
+        for user, rows in revealed.items():
+            assert (ml.user[rows] == user).all()
+            assert (ml.timestamp[rows] < first_held[user]).all()
+            assert (np.diff(ml.timestamp[rows]) >= 0).all()  # the first n, oldest first
+        if clicks_only:
+            assert (ml.label[idx] == 1).all()
+    assert {k: v.tolist() for k, v in reveal(ml, split, 3).items()} == {
+        k: v.tolist() for k, v in reveal(ml, split, 3).items()
+    }
+
+
+def test_revealed_behavior_is_the_new_users_only_behavior(ml: datasets.Interactions) -> None:
+    split = make_split(ml, SplitConfig(protocol="strict", seed=0))
+    encoded = encode_data(ml, split, behavior_len=8)
+    revealed = reveal(ml, split, 3)
+    fed = revealed_behavior(ml, encoded, revealed)
+    default = encoded.model_behavior(fill_new_users=False)
+    assert (fed[~encoded.is_new] == default[~encoded.is_new]).all()
+    new_rows = np.flatnonzero(encoded.is_new)
+    assert ((fed[new_rows] > 0).sum(1) <= 3).all()
+    test_new = new_rows[encoded.part[new_rows] == TEST]
+    assert ((fed[test_new] > 0).sum(1) == 3).mean() > 0.9
+    for row in test_new[:200]:
+        user = encoded.user_ids[encoded.user[row]]
+        allowed = set(encoded.catalog.rows(ml.item[revealed[user]].tolist()).tolist())
+        items = fed[row][fed[row] > 0]
+        assert set(items.tolist()) <= allowed
+
+
+def test_nothing_revealed_gives_the_cold_start_metrics(tiny_run: TinyRun) -> None:
+    run_dir = tiny_run("mail", "base")
+    model, ckpt = load_checkpoint(run_dir)
+    raw = datasets.make_synthetic(seed=0)
+    split = make_split(raw, SplitConfig(protocol="strict", seed=0))
+    encoded = encode_data(raw, split, behavior_len=8, d_embed=8)
+    rows = encoded.rows(TEST)
+    cold = evaluate_revealed(model, encoded, revealed_behavior(raw, encoded, {}), rows)
+    recorded = json.loads((run_dir / "metrics.json").read_text())["test"]
+    assert cold["new"]["auc"] == pytest.approx(recorded["new"]["auc"], abs=1e-9)
+    warm = evaluate_revealed(model, encoded, revealed_behavior(raw, encoded, reveal(raw, split, 5)), rows)
+    assert warm["old"]["auc"] == pytest.approx(recorded["old"]["auc"], abs=1e-9)
+    assert warm["new"]["auc"] != pytest.approx(cold["new"]["auc"], abs=1e-6)
