@@ -10,13 +10,16 @@ Files are checked against known sha256 sums before they are read; a missing or c
 
 from __future__ import annotations
 
+import csv
 import logging
+import math
 import os
 import shutil
 import tempfile
 import urllib.request
 import zipfile
-from collections.abc import Mapping
+import zlib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -44,6 +47,7 @@ BOOK_CROSSING_SHA256 = {
 DATASET_DIRS = {
     "ml-100k": ("ml-100k",),
     "book-crossing": ("book-crossing-caserec", "book-crossing"),
+    "alimama": ("alimama", "taobao-ad"),
 }
 ML_CLICK_RATING = 4  # MovieLens: rating >= 4 is a click
 BX_CLICK_RATING = 8  # Book-Crossing: rating >= 8 (the median explicit rating) is a click
@@ -97,9 +101,7 @@ class Interactions:
     def with_user_attribute(
         self, name: str, values: Mapping[str, object], field_plan: FieldPlan
     ) -> Interactions:
-        users = {
-            u: {**a, name: values[u]} if u in values else dict(a) for u, a in self.users.items()
-        }
+        users = {u: {**a, name: values[u]} if u in values else dict(a) for u, a in self.users.items()}
         return replace(self, users=users, user_plan=(*self.user_plan, field_plan))
 
 
@@ -136,9 +138,7 @@ def default_cache() -> Path:
     return Path(os.environ.get("MAILREC_CACHE_DIR", Path.home() / ".cache" / "mailrec"))
 
 
-def download_movielens(
-    cache: Path | None = None, source: str = ML100K_URL, progress: bool = True
-) -> Path:
+def download_movielens(cache: Path | None = None, source: str = ML100K_URL, progress: bool = True) -> Path:
     """Fetch MovieLens 100K (a URL or a local zip path) into `cache`/ml-100k and verify it."""
     target = (cache or default_cache()) / "ml-100k"
     try:
@@ -175,9 +175,7 @@ def _fetch(url: str, dest: Path, progress: bool) -> None:
     log.info("downloading %s", url)
     with urllib.request.urlopen(url, timeout=60) as response, dest.open("wb") as out:
         total = int(response.headers.get("Content-Length") or 0) or None
-        with tqdm(
-            total=total, unit="B", unit_scale=True, desc=dest.name, disable=not progress
-        ) as bar:
+        with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, disable=not progress) as bar:
             for chunk in iter(lambda: response.read(1 << 16), b""):
                 out.write(chunk)
                 bar.update(len(chunk))
@@ -278,9 +276,7 @@ def load_book_crossing(data_dir: Path | str | None = None) -> Interactions:
         titles=titles,
         user=np.array([r[0] for r in ratings] + [u for u, _ in implicit]),
         item=np.array([r[1] for r in ratings] + [i for _, i in implicit]),
-        label=np.array(
-            [float(r[2]) >= BX_CLICK_RATING for r in ratings] + [0] * n_b, dtype=np.int8
-        ),
+        label=np.array([float(r[2]) >= BX_CLICK_RATING for r in ratings] + [0] * n_b, dtype=np.int8),
         timestamp=None,
         is_sample=np.r_[np.ones(n_s, bool), np.zeros(n_b, bool)],
         user_plan=(
@@ -297,6 +293,128 @@ def load_book_crossing(data_dir: Path | str | None = None) -> Interactions:
         ),
         context_plan=NO_CONTEXT,
         notes={"label": f"rating >= {BX_CLICK_RATING} (the median explicit rating)"},
+    )
+
+
+# --- Alimama (Taobao display ads, Tianchi dataId 56) -------------------------------------------
+
+ALIMAMA_COLUMNS = {
+    "raw_sample.csv": ("user", "time_stamp", "adgroup_id", "pid", "nonclk", "clk"),
+    "ad_feature.csv": ("adgroup_id", "cate_id", "campaign_id", "customer", "brand", "price"),
+    "user_profile.csv": (
+        "userid",
+        "cms_segid",
+        "cms_group_id",
+        "final_gender_code",
+        "age_level",
+        "pvalue_level",
+        "shopping_level",
+        "occupation",
+        "new_user_class_level",
+    ),
+    "behavior_log.csv": ("user", "time_stamp", "btag", "cate", "brand"),
+}
+ALIMAMA_USER_FIELDS = ALIMAMA_COLUMNS["user_profile.csv"][1:]
+
+
+def _csv_rows(path: Path) -> Iterator[list[str]]:
+    """Rows of one of the four Tianchi CSVs after checking its header (names stripped)."""
+    expected = ALIMAMA_COLUMNS[path.name]
+    if not path.is_file():
+        raise DataError(f"missing data file {path} (columns {', '.join(expected)})")
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.reader(fh)
+        header = tuple(c.strip() for c in next(reader, []))
+        if header != expected:
+            raise DataError(f"{path}: header {header}, expected {expected}")
+        yield from reader
+
+
+def _keep_user(user: str, fraction: float, seed: int) -> bool:
+    """A seeded, order-free draw of users (a hash), so a sample never needs two passes."""
+    return fraction >= 1.0 or zlib.crc32(f"{seed}:{user}".encode()) < fraction * 2**32
+
+
+def _null(value: str) -> str | None:
+    value = value.strip()
+    return None if value in ("", "NULL") else value
+
+
+def load_alimama(
+    data_dir: Path | str | None = None, user_fraction: float = 1.0, seed: int = 0
+) -> Interactions:
+    """The Taobao display-ad CTR data MAIL's paper uses: ad impressions are the samples.
+
+    Behavior is the shopping log (`behavior_log.csv`: page views, carts, favourites, buys), which
+    names a category and a brand but no item: each (category, brand) pair becomes a behavior-only
+    item with those two fields, shared with the ads' `cate_id` and `brand` embeddings. Ads carry
+    category, brand, campaign, advertiser and a log2 price bucket; users the eight profile fields
+    (users without a profile row have none). `pid` (the ad slot) is not used: context is time.
+    No checksums are published for the Tianchi files, so headers are checked instead.
+    `user_fraction` keeps a seeded share of users (the full log has 700 M behavior rows).
+    """
+    folder = resolve_dir("alimama", data_dir)
+    users: dict[str, dict[str, object]] = {}
+    rows_u, rows_i, rows_y, rows_t = [], [], [], []
+    for user, ts, ad, _pid, _nonclk, clk in _csv_rows(folder / "raw_sample.csv"):
+        if _keep_user(user, user_fraction, seed):
+            users.setdefault(user, {})
+            rows_u.append(user)
+            rows_i.append(ad)
+            rows_y.append(int(clk))
+            rows_t.append(int(ts))
+    n_samples = len(rows_u)
+    for user, *values in _csv_rows(folder / "user_profile.csv"):
+        if user in users:
+            users[user] = {k: _null(v) for k, v in zip(ALIMAMA_USER_FIELDS, values, strict=True)}
+    shown = set(rows_i)
+    items: dict[str, dict[str, object]] = {}
+    for ad, cate, campaign, customer, brand, price in _csv_rows(folder / "ad_feature.csv"):
+        if ad in shown:
+            p = _null(price)
+            items[ad] = {
+                "cate_id": _null(cate),
+                "brand": _null(brand),
+                "campaign_id": _null(campaign),
+                "customer": _null(customer),
+                "price": None if p is None else str(int(math.log2(float(p) + 1))),
+            }
+    for ad in shown - items.keys():
+        items[ad] = {}
+    for user, ts, _btag, cate, brand in _csv_rows(folder / "behavior_log.csv"):
+        if user in users:
+            key = f"b:{cate}:{brand}"
+            if key not in items:
+                items[key] = {"cate_id": _null(cate), "brand": _null(brand)}
+            rows_u.append(user)
+            rows_i.append(key)
+            rows_y.append(0)
+            rows_t.append(int(ts))
+    n = len(rows_u)
+    return Interactions(
+        name="alimama",
+        users=users,
+        items=items,
+        titles=dict.fromkeys(items, ""),
+        user=np.array(rows_u, dtype=str),
+        item=np.array(rows_i, dtype=str),
+        label=np.array(rows_y, np.int8),
+        timestamp=np.array(rows_t, np.int64),
+        is_sample=np.r_[np.ones(n_samples, bool), np.zeros(n - n_samples, bool)],
+        user_plan=(
+            plan("user_id", "user_id", "text"),
+            *(plan(f, f, "text") for f in ALIMAMA_USER_FIELDS),
+        ),
+        item_plan=(
+            plan("item_id", "item_id", "text"),
+            plan("cate_id", "cate_id", "text"),
+            plan("brand", "brand", "text"),
+            plan("campaign_id", "campaign_id", "text"),
+            plan("customer", "customer", "text"),
+            plan("price", "price", "text"),
+        ),
+        context_plan=TIME_CONTEXT,
+        notes={"label": "clk == 1", "user_fraction": user_fraction},
     )
 
 
@@ -331,25 +449,15 @@ def make_synthetic(
         }
         for u in range(n_users)
     }
-    items: dict[str, dict[str, object]] = {
-        str(i): {"category": f"c{item_cat[i]}"} for i in range(n_items)
-    }
+    items: dict[str, dict[str, object]] = {str(i): {"category": f"c{item_cat[i]}"} for i in range(n_items)}
     rows_u, rows_i, rows_y, rows_t = [], [], [], []
     by_cat = [np.flatnonzero(item_cat == c) for c in range(n_categories)]
     for u in range(n_users):
-        own = (
-            prefs[segment[u]]
-            if rng.random() < signal
-            else rng.choice(n_categories, 2, replace=False)
-        )
+        own = prefs[segment[u]] if rng.random() < signal else rng.choice(n_categories, 2, replace=False)
         liked = set(own.tolist())
         t = 1_000_000_000 + int(rng.integers(0, 10**6))
         for _ in range(per_user):
-            cat = (
-                int(rng.choice(sorted(liked)))
-                if rng.random() < 0.8
-                else int(rng.integers(n_categories))
-            )
+            cat = int(rng.choice(sorted(liked))) if rng.random() < 0.8 else int(rng.integers(n_categories))
             pool = by_cat[cat] if len(by_cat[cat]) else np.arange(n_items)
             rows_u.append(str(u))
             rows_i.append(str(int(rng.choice(pool))))
@@ -378,7 +486,7 @@ def make_synthetic(
     )
 
 
-DATASETS = ("ml-100k", "book-crossing", "synthetic")
+DATASETS = ("ml-100k", "book-crossing", "synthetic", "alimama")
 
 
 def load(dataset: str, data_dir: Path | str | None = None, seed: int = 0) -> Interactions:
@@ -388,4 +496,6 @@ def load(dataset: str, data_dir: Path | str | None = None, seed: int = 0) -> Int
         return load_book_crossing(data_dir)
     if dataset == "synthetic":
         return make_synthetic(seed=seed)
+    if dataset == "alimama":
+        return load_alimama(data_dir)
     raise DataError(f"unknown dataset {dataset!r}; choose from {DATASETS}")

@@ -6,6 +6,8 @@
 * `strict` (beyond the paper): the same split, but new users never appear in training at all:
   their training samples are dropped and their user id is out of vocabulary at test. Their
   validation slice stays, for early stopping and tuning only.
+* `days` (the paper's on Alimama): a global time split, the last day is test and the days before
+  train, the last `val_fraction` of training samples in time validate; new users as in `mail`.
 
 The split is deterministic under its seed, and `split_record()` writes it with raw ids so anyone
 can rebuild and check it without this code.
@@ -22,7 +24,9 @@ import numpy.typing as npt
 
 from model_export.data import Interactions, plan
 
-PROTOCOLS = ("mail", "strict")
+PROTOCOLS = ("mail", "strict", "days")
+DAY_SECONDS = 86_400
+DAY_OFFSET = 8 * 3600  # Alimama's days are Beijing days (UTC+8)
 TRAIN, VAL, TEST, UNUSED = 0, 1, 2, -1
 
 
@@ -60,6 +64,8 @@ def make_split(data: Interactions, config: SplitConfig) -> Split:
     sample_users = np.unique(data.user[data.is_sample])
     n_new = int(round(config.new_fraction * len(sample_users)))
     new_users = frozenset(rng.permutation(sample_users)[:n_new].tolist())
+    if config.protocol == "days":
+        return Split(config, new_users, day_parts(data, config))
 
     part = np.full(len(data), UNUSED, np.int8)
     order = chronological_order(data, config.seed)
@@ -78,6 +84,24 @@ def make_split(data: Interactions, config: SplitConfig) -> Split:
         if config.protocol == "strict" and users[start] in new_users:
             part[idx[: n - n_test - n_val]] = UNUSED
     return Split(config, new_users, part)
+
+
+def day_parts(data: Interactions, config: SplitConfig, train_days: int = 7) -> npt.NDArray[np.int8]:
+    """The `days` protocol: the last day of samples is TEST, the `train_days` before it TRAIN,
+    and the last `val_fraction` of those (in time) VAL; behavior-only rows stay UNUSED."""
+    if data.timestamp is None:
+        raise ValueError(f"{data.name} has no time for a day split")
+    part = np.full(len(data), UNUSED, np.int8)
+    samples = np.flatnonzero(data.is_sample)
+    day = (data.timestamp[samples] + DAY_OFFSET) // DAY_SECONDS
+    last = day.max()
+    part[samples[day == last]] = TEST
+    train = samples[(day < last) & (day >= last - train_days)]
+    train = train[np.lexsort((train, data.timestamp[train]))]  # by time, ties by index
+    n_val = int(round(config.val_fraction * len(train)))
+    part[train[: len(train) - n_val]] = TRAIN
+    part[train[len(train) - n_val :]] = VAL
+    return part
 
 
 def split_record(data: Interactions, split: Split) -> dict[str, Any]:
@@ -147,9 +171,7 @@ def add_declared_genres(
             for g in data.items[str(item)].get("genres", []):  # type: ignore[attr-defined]
                 counts[g] = counts.get(g, 0) + 1
         picked = sorted(counts, key=lambda g: (-counts[g], g))[:top]
-        declared[str(users[start])] = [
-            str(rng.choice(genres)) if rng.random() < noise else g for g in picked
-        ]
+        declared[str(users[start])] = [str(rng.choice(genres)) if rng.random() < noise else g for g in picked]
     notes = {
         **data.notes,
         "onboarding": {"n_first": n_first, "top": top, "noise": noise, "seed": seed},
