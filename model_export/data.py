@@ -153,7 +153,13 @@ def download_movielens(cache: Path | None = None, source: str = ML100K_URL, prog
         if Path(source).is_file():
             shutil.copyfile(source, archive)
         else:
-            _fetch(source, archive, progress)
+            try:
+                _fetch(source, archive, progress)
+            except OSError as exc:  # URLError, timeouts, refused connections
+                raise DataError(
+                    f"could not download {source} ({exc}); pass --source with a local ml-100k.zip, "
+                    "or point --data-dir / MAILREC_DATA_DIR at a folder holding ml-100k/"
+                ) from exc
         staging = Path(tmp) / "ml-100k"
         with zipfile.ZipFile(archive) as zf:
             for member in zf.namelist():

@@ -101,3 +101,8 @@ def test_synthetic_has_planted_structure() -> None:
         assert counts.max() / len(pairs) > 0.5
     again = datasets.make_synthetic(n_users=300, per_user=40, signal=0.8, seed=3)
     assert (again.item == syn.item).all() and (again.label == syn.label).all()
+
+
+def test_a_failed_download_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"could not download http://127\.0\.0\.1:9/ml-100k\.zip .*--source"):
+        datasets.download_movielens(tmp_path / "cache", "http://127.0.0.1:9/ml-100k.zip", progress=False)
