@@ -17,6 +17,7 @@ renamed into place, so no reader sees half a bundle.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import shutil
@@ -300,10 +301,14 @@ def export_bundle(run_dir: Path, out: Path) -> dict[str, Any]:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; a service user must be able to read it
+    # The served ranker looks its item side up in tables computed once here (every catalog item's
+    # representation and first-layer projection); parity below holds it to the trained model.
+    served = copy.deepcopy(model)
+    served.ranker.freeze_items()
     try:
         example = _example_inputs(schema)
         _export(
-            RankerGraph(model),
+            RankerGraph(served),
             example,
             tmp / RANKER_FILE,
             RANKER_INPUTS,
@@ -311,7 +316,7 @@ def export_bundle(run_dir: Path, out: Path) -> dict[str, Any]:
             {"candidates": {0: "n"}, "scores": {0: "n"}},
         )
         _export(
-            RankerBatchGraph(model),
+            RankerBatchGraph(served),
             (  # two users, so that no user-side dimension is traced as a broadcast 1
                 *(t.repeat(2, *[1] * (t.dim() - 1)) for t in example[:5]),
                 example[5],

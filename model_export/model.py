@@ -102,6 +102,7 @@ class FeatureEmbeddings(nn.Module):
         self.context_slices = _slices(f.slots for f in schema.context_fields)
         self.catalog: Tensor
         self.register_buffer("catalog", catalog_features.long(), persistent=True)  # (I+1, M)
+        self.item_table: Tensor | None = None  # (I+1, d) once frozen for serving
         for table in (*self.user, *self.item, *self.context):
             nn.init.normal_(table.weight, std=0.05)
             with torch.no_grad():
@@ -121,6 +122,8 @@ class FeatureEmbeddings(nn.Module):
 
     def items(self, rows: Tensor) -> Tensor:
         """Catalog rows (any shape) -> item representations (..., d); row 0 -> zeros."""
+        if self.item_table is not None:  # serving: looked up, computed once at export
+            return self.item_table[rows]
         feats = self.catalog[rows.reshape(-1)]  # (R, M)
         parts = []
         for table, s in zip(self.item, self.item_slices, strict=True):
@@ -129,6 +132,16 @@ class FeatureEmbeddings(nn.Module):
             count = (ids > 0).sum(1, keepdim=True).clamp(min=1)
             parts.append(emb.sum(1) / count)  # bags are mean-pooled
         return torch.stack(parts, 0).sum(0).reshape(*rows.shape, self.d)
+
+    def freeze_items(self) -> Tensor:
+        """Serving: every catalog item's representation computed once, (I+1, d), then looked up."""
+        with torch.no_grad():
+            self.item_table = _freeze(self.items(torch.arange(self.catalog.shape[0])))
+        return self.item_table
+
+
+def _freeze(table: Tensor) -> Tensor:
+    return table.detach().clone().contiguous()
 
 
 def _slices(widths: Any) -> list[slice]:
@@ -176,6 +189,11 @@ class Ranker(nn.Module):
         """
         raise NotImplementedError
 
+    def freeze_items(self) -> None:
+        """For export, in eval mode: the item side of the tower as lookup tables over the catalog,
+        so a request gathers rows instead of recomputing every candidate's item embedding."""
+        self.emb.freeze_items()
+
     def _groups(self, user: UserInputs) -> tuple[Tensor, Tensor]:
         attrs, _ = self.emb.user_fields(user.attrs)
         ctx, _ = self.emb.context_fields(user.context)
@@ -197,6 +215,17 @@ class BaseDNN(Ranker):
         self.bn = nn.BatchNorm1d(cfg.hidden[0])
         self.top = mlp(list(cfg.hidden), cfg.dropout)
         self.out = nn.Linear(cfg.hidden[-1], 1)
+        self.item_hidden_table: Tensor | None = None  # (I+1, H0) once frozen for serving
+
+    def freeze_items(self) -> None:
+        table = self.emb.freeze_items()
+        with torch.no_grad():
+            self.item_hidden_table = _freeze(self.item_proj(table))
+
+    def _item_hidden(self, items: Tensor) -> Tensor:
+        if self.item_hidden_table is not None:
+            return self.item_hidden_table[items]
+        return self.item_proj(self.drop(self.emb.items(items)))  # (N, H0)
 
     def behavior_target(self, behavior: Tensor) -> tuple[Tensor, Tensor]:
         seq = self.emb.items(behavior)  # (U, L, d)
@@ -207,11 +236,10 @@ class BaseDNN(Ranker):
         z_a, z_c = self._groups(user)
         real, _ = self.behavior_target(user.behavior)
         z_v = (1 - user.gate) * real[:, 0] + user.gate * user.virtual[:, 0]  # (U, d)
-        z_t = self.emb.items(items)  # (N, d)
         u = self.user_proj(self.drop(torch.cat([z_a, z_v, z_c], -1)))  # (U, H0)
         if owner is not None:
             u = u[owner]  # (N, H0)
-        h = F.leaky_relu(self.bn(u + self.item_proj(self.drop(z_t))))  # (N, H0)
+        h = F.leaky_relu(self.bn(u + self._item_hidden(items)))  # (N, H0)
         return self.out(self.top(h)).squeeze(-1)
 
 
@@ -231,15 +259,24 @@ class DINRanker(Ranker):
         self.att_out = nn.Sequential(nn.LeakyReLU(), nn.Linear(h, 1))
         self.head = mlp([4 * d, *cfg.hidden], cfg.dropout)
         self.out = nn.Linear(cfg.hidden[-1], 1)
+        self.query_table: Tensor | None = None  # (I+1, h) once frozen for serving
+
+    def freeze_items(self) -> None:
+        table = self.emb.freeze_items()
+        with torch.no_grad():
+            self.query_table = _freeze(self.att_query(table))
+
+    def _query(self, items: Tensor, z_t: Tensor) -> Tensor:
+        return self.query_table[items] if self.query_table is not None else self.att_query(z_t)
 
     def behavior_target(self, behavior: Tensor) -> tuple[Tensor, Tensor]:
         k = self.virtual_slots
         recent = behavior[:, :k]  # the K most recent items, the code's reading of Eq. 8
         return self.emb.items(recent), recent > 0
 
-    def _attend(self, seq: Tensor, mask: Tensor, target: Tensor) -> Tensor:
-        # seq (U, S, d), mask (U, S), target (N, d) -> (N, d)
-        logits = self.att_key(seq) + self.att_query(target)[:, None, :]  # (N, S, h)
+    def _attend(self, seq: Tensor, mask: Tensor, target: Tensor, query: Tensor) -> Tensor:
+        # seq (U, S, d), mask (U, S), target (N, d), query = att_query(target) (N, h) -> (N, d)
+        logits = self.att_key(seq) + query[:, None, :]  # (N, S, h)
         logits = logits + self.att_prod(seq * target[:, None, :])
         logits = self.att_out(logits).squeeze(-1)  # (N, S)
         alpha = torch.softmax(logits.masked_fill(~mask, NEG), -1) * mask  # (N, S)
@@ -253,9 +290,10 @@ class DINRanker(Ranker):
         if owner is not None:
             z_a, z_c, seq, mask = z_a[owner], z_c[owner], seq[owner], mask[owner]
             virtual, gate = virtual[owner], gate[owner]
-        real = self._attend(seq, mask, z_t)
+        query = self._query(items, z_t)  # (N, h)
+        real = self._attend(seq, mask, z_t, query)
         virtual_mask = torch.ones_like(virtual[..., 0], dtype=torch.bool)  # (U, K)
-        z_v = (1 - gate) * real + gate * self._attend(virtual, virtual_mask, z_t)  # (N, d)
+        z_v = (1 - gate) * real + gate * self._attend(virtual, virtual_mask, z_t, query)  # (N, d)
         n = z_t.shape[0]
         z = torch.cat([z_a.expand(n, -1), z_v, z_c.expand(n, -1), z_t], -1)  # (N, 4d)
         return self.out(self.head(z)).squeeze(-1)
