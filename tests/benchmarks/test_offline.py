@@ -1,0 +1,87 @@
+"""The offline benchmark: every method builds on both towers, and a smoke run writes its report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks.offline.__main__ import main
+from benchmarks.offline.methods import METHODS
+from model_export import baselines
+from model_export.model import RANKERS, MailModel, RankerConfig, ZeroShotConfig, ZeroShotTower
+from model_export.pipeline import RunSpec, prepare
+from model_export.train import TrainHooks
+
+
+@pytest.mark.parametrize("kind", ["base", "din"])
+def test_every_method_builds_on_both_towers(kind: str) -> None:
+    prepared = prepare(
+        RunSpec(dataset="synthetic", protocol="strict", behavior_len=8, d_embed=8, model=_cfg(kind))
+    )
+    schema, catalog = prepared.encoded.schema, torch.from_numpy(prepared.encoded.catalog.features)
+    zst = ZeroShotConfig(d_hidden=8, width=16, d_attention=8)
+    for method in METHODS.values():
+        assert method.values and (method.knob is None) == (len(method.values) == 1)
+        for value in method.values:
+            built = method.build(RankerConfig(kind=kind, hidden=(16, 8), d_attention=8), zst, value, 0)
+            model = (built.hooks or TrainHooks()).build(built.model, schema, catalog)
+            assert isinstance(model, MailModel) and isinstance(model.ranker, RANKERS[kind])
+            is_mail = method.name.startswith("mail")
+            assert (type(model.zst) is ZeroShotTower) == is_mail, method.name
+    zst_of = {m: METHODS[m].build(RankerConfig(), zst, None, 0).model.zero_shot for m in METHODS}
+    assert zst_of["mail"] is not None and zst_of["mail"].align == "mmd"
+    assert zst_of["mail-mse"] is not None and zst_of["mail-mse"].align == "mse"
+    assert zst_of["mail-none"] is not None and zst_of["mail-none"].variant == "none"
+    single, dual = zst_of["mail-single"], zst_of["mail-dual"]
+    assert single is not None and (single.w_a, single.w_v, single.w_d, single.cross) == (1.0, 0.0, 0.0, True)
+    assert dual is not None and (dual.w_a, dual.w_v, dual.w_d) == (1.0, 1.0, 0.0)
+    assert isinstance(METHODS["llae"].build(RankerConfig(), zst, 3e-3, 0).hooks, baselines.GeneratorHooks)
+    assert METHODS["mail-blend"].build(RankerConfig(), zst, None, 0).model.fill == "blend"
+
+
+def _cfg(kind: str):  # type: ignore[no-untyped-def]
+    from model_export.model import ModelConfig
+
+    return ModelConfig(model="control", ranker=RankerConfig(kind=kind))
+
+
+def test_smoke_benchmark_tunes_on_validation_and_writes_its_report(tmp_path: Path) -> None:
+    out = tmp_path / "offline-smoke"
+    assert main(["--smoke", "--out", str(out), "--jobs", "2"]) == 0  # worker processes
+    result = json.loads(out.with_name("offline-smoke.json").read_text())
+    rows = out.with_name("offline-smoke.jsonl").read_text().splitlines()
+    # tuning: each tuned method tried all its values on seed 0 and kept the best validation AUC
+    assert {t["method"] for t in result["tuning"]} == {"control", "mean-fill", "mail"}
+    for t in result["tuning"]:
+        assert [x["value"] for x in t["tried"]] == list(METHODS[t["method"]].values)
+        assert t["chosen"] == max(t["tried"], key=lambda x: x["val_new_auc"])["value"]
+    assert result["chosen"]["mail-blend"] == result["chosen"]["mail"]
+    # every planned cell has a row; the summary has lift and gap closed against control and oracle
+    methods = {(r["dataset"], r["protocol"], r["ranker"], r["method"]): r for r in result["summary"]}
+    mail = methods[("synthetic", "strict", "base", "mail")]
+    assert mail["seeds"] == [0, 1] and "new_auc_lift_pct" in mail and "new_auc_gap" in mail
+    assert ("synthetic", "strict", "din", "mail") in methods
+    fewshot = {(r["protocol"], r["method"]) for r in result["fewshot"]}
+    assert fewshot == {
+        (f"strict, n={n}", m) for n in (1, 3, 5) for m in ("control", "oracle", "mail", "mail-blend")
+    }
+    assert set(result["loss_curves"]) == {"mail"} and {"L_rt", "L_a", "L_v", "L_d"} <= set(
+        result["loss_curves"]["mail"][0]
+    )
+    for png in ("auc", "losses", "fewshot"):
+        assert out.with_name(f"offline-smoke-{png}.png").stat().st_size > 5_000
+    text = out.with_name("offline-smoke.md").read_text()
+    assert (
+        "| control | ranker dropout |" in text
+        and "Against the paper" in text
+        and "n=" not in text.split("Few-shot")[0]
+    )
+    # a rerun resumes: nothing trains again, the same numbers come out
+    n_rows = len(rows)
+    assert main(["--smoke", "--out", str(out), "--no-plots", "--jobs", "1"]) == 0
+    again = json.loads(out.with_name("offline-smoke.json").read_text())
+    assert again["runs_this_invocation"] == 0 and again["summary"] == result["summary"]
+    assert len(out.with_name("offline-smoke.jsonl").read_text().splitlines()) == n_rows
