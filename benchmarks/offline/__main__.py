@@ -5,8 +5,8 @@
 
 Writes OUT.jsonl (one line per run; a rerun resumes from it), OUT.json (summary, tuning, plan,
 machine, wall time), OUT.md (tables) and OUT-*.png, with OUT = benchmarks/results/offline (full)
-or benchmarks/results/offline-quick. A hand-written reading in OUT-reading.md, if present, is
-placed at the top of OUT.md.
+or benchmarks/results/offline-quick, suffixed -all with `--behavior all`. A hand-written reading
+in OUT-reading.md, if present, is placed at the top of OUT.md.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ CORE = ("control", "oracle", "mean-fill", "mail")
 DIN = ("control", "oracle", "mail")
 ONBOARDING = ("control", "oracle", "mean-fill", "llae", "mail")
 NOISES = (0.0, 0.5, 1.0)
+BEHAVIOR = {"clicks": "clicks", "all": "rated items, clicked or not"}
 # the paper's new-user AUC on Alimama (mail-paper.md section 4.5): BaseDNN, MAIL-None/Single/Base
 PAPER = {"base": 0.5862, "mail-none": 0.5834, "mail-single": 0.5844, "mail": 0.5934}
 
@@ -108,6 +109,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fresh", action="store_true", help="discard the rows of an earlier run")
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument(
+        "--behavior",
+        choices=list(BEHAVIOR),
+        default="clicks",
+        help="behavior = earlier clicks (what serving sees; default) or every earlier rated item "
+        "(writes OUT-all)",
+    )
+    parser.add_argument(
         "--jobs",
         type=int,
         default=min(4, os.cpu_count() or 1),
@@ -116,7 +124,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     plan = smoke_plan() if args.smoke else quick_plan() if args.quick else full_plan()
+    plan.scale = replace(plan.scale, behavior=args.behavior)
     name = "offline-smoke" if args.smoke else "offline-quick" if args.quick else "offline"
+    name += "" if args.behavior == "clicks" else f"-{args.behavior}"
     out: Path = args.out or RESULTS / name
     rows_path = out.with_name(out.name + ".jsonl")
     if args.fresh:
@@ -127,8 +137,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = assemble(plan, suite, rows, argv if argv is not None else sys.argv[1:])
     result["jobs"] = args.jobs
     result["wall_seconds"] = round(time.perf_counter() - started, 1)
+    json_path = out.with_name(out.name + ".json")
+    earlier = [] if args.fresh or not json_path.exists() else _invocations(json.loads(json_path.read_text()))
+    result["invocations"] = [*earlier, *_invocations(result)]
     result["plots"] = [] if args.no_plots else draw(result, out)
-    out.with_name(out.name + ".json").write_text(json.dumps(result, indent=1))
+    json_path.write_text(json.dumps(result, indent=1))
     text = markdown(result, out)
     out.with_name(out.name + ".md").write_text(text)
     if not args.smoke:
@@ -173,6 +186,14 @@ def assemble(plan: Plan, suite: Suite, rows: list[dict[str, Any]], argv: Sequenc
     }
 
 
+def _invocations(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The invocations a results JSON records (its own, for a JSON from before the list existed)."""
+    if "invocations" in result:
+        return list(result["invocations"])
+    keys = ("command", "date", "wall_seconds", "jobs")
+    return [{**{k: result[k] for k in keys}, "runs": result["runs_this_invocation"]}]
+
+
 def _is(cell: dict[str, Any], s: Setting) -> bool:
     """Whether a row's cell (or a summary record) belongs to setting `s`."""
     return Setting(cell["dataset"], cell["protocol"], cell["ranker"], cell["onboarding_noise"]) == s
@@ -199,12 +220,15 @@ def draw(result: dict[str, Any], out: Path) -> list[str]:
             if r["method"] != "oracle":
                 points.setdefault(r["method"], []).append((r["onboarding_noise"], r))
         path = out.with_name(f"{stem}-onboarding.png")
-        plots.sweep(points, path, "noise of the declared genres (0 = clean, 1 = random)")
+        plots.sweep(
+            points, path, "noise of the declared genres (0 = clean, 1 = random)", writeup.MIN_HEADROOM
+        )
         made.append(path.name)
     if result["fewshot"]:
         fs: dict[str, list[tuple[int, Any]]] = {}
         for r in result["fewshot"]:
-            fs.setdefault(r["method"], []).append((int(r["protocol"].rsplit("=", 1)[1]), r))
+            if r["method"] != "control":  # the zero line: lifts are over control at the same n
+                fs.setdefault(r["method"], []).append((int(r["protocol"].rsplit("=", 1)[1]), r))
         tuning = Setting(**_setting(result))
         for r in result["summary"]:  # n = 0: the cold-start setting itself
             if _is(r, tuning) and r["method"] in fs:
@@ -225,10 +249,15 @@ def markdown(result: dict[str, Any], out: Path) -> str:
     text = [
         "# Offline benchmark: MAIL against the cold-start baselines",
         "",
-        f"Command: `{result['command']}` ({result['date']}; {m['cores']} cores, {m['cpu']}, "
-        f"torch {m['torch']}). Wall time of this invocation: {result['wall_seconds'] / 60:.1f} min "
-        f"({result['runs_this_invocation']} runs, {result['jobs']} worker processes); the runs in the "
-        f"results file took {result['seconds_all_runs'] / 60:.1f} min summed over workers.",
+        f"Machine: {m['cores']} cores ({m['cpu']}), Python {m['python']}, torch {m['torch']}. The runs in "
+        f"the results file took {result['seconds_all_runs'] / 60:.1f} min summed over worker processes; "
+        "the commands that wrote it, and the wall time of each:",
+        "",
+        *(
+            f"- {i['date']} `{i['command']}`: {i['wall_seconds'] / 60:.1f} min, {i['runs']} runs, "
+            f"{i['jobs']} worker processes"
+            for i in result["invocations"]
+        ),
         "",
     ]
     reading = out.with_name(out.name + "-reading.md")
@@ -239,9 +268,9 @@ def markdown(result: dict[str, Any], out: Path) -> str:
         "",
         "- One split, one ranking tower and one training budget per setting: every method trains with "
         f"the same `TrainConfig` ({_budget(result)}), early-stopped on validation AUC. Behavior = "
-        f"a user's earlier {result['budget']['behavior']}. New users: 40% of users, their behavior deleted "
-        "(`mail` protocol: the paper's; their samples still train) or never seen in training, user id "
-        "out of vocabulary (`strict`).",
+        f"a user's earlier {BEHAVIOR[result['budget']['behavior']]}. New users: 40% of users, their "
+        "behavior deleted (`mail` protocol: the paper's; their samples still train) or never seen in "
+        "training, user id out of vocabulary (`strict`).",
         "- Mean ± std over seeds. lift = paired relative lift over `control` on the same seed; p = paired "
         "t-test across seeds; gap closed = (method - control) / (oracle - control) of the seed means "
         "(`oracle` = the same tower fed new users' real behavior), shown where the oracle's headroom is at "

@@ -42,14 +42,15 @@ def auc_by_method(summary: Sequence[Record], order: Sequence[str], path: Path, m
         stds = [r[f"new_{metric}"][1] for r in recs]
         colors = ["0.55" if r["method"] in ("control", "oracle") else "tab:blue" for r in recs]
         ax.bar(range(len(recs)), means, yerr=stds, color=colors, capsize=3)
-        ax.set_xticks(range(len(recs)), [r["method"] for r in recs], rotation=60, ha="right", fontsize=8)
+        labels = [f"{r['method']} ({len(r['seeds'])})" for r in recs]  # seeds per method
+        ax.set_xticks(range(len(recs)), labels, rotation=60, ha="right", fontsize=8)
         lo, hi = (
             min(m - s for m, s in zip(means, stds, strict=True)),
             max(m + s for m, s in zip(means, stds, strict=True)),
         )
         pad = max(hi - lo, 1e-3) * 0.3
         ax.set_ylim(lo - pad, hi + pad)
-        ax.set_title(f"{title} ({len(recs[0]['seeds'])} seeds)", fontsize=9)
+        ax.set_title(title, fontsize=9)
         ax.set_ylabel(f"new-user {metric.upper()}")
         ax.grid(axis="y", alpha=0.3)
     for ax in list(axes.flat)[n:]:
@@ -81,9 +82,16 @@ def losses(curves: dict[str, list[dict[str, float]]], path: Path, smooth: int = 
 
 
 def sweep(
-    points: dict[str, list[tuple[float, Record]]], path: Path, xlabel: str, metric: str = "auc"
+    points: dict[str, list[tuple[float, Record]]],
+    path: Path,
+    xlabel: str,
+    min_headroom: float,
+    metric: str = "auc",
 ) -> None:
-    """Lift over control (%) and share of the oracle gap closed, per method, against x."""
+    """Lift over control (%) and share of the oracle gap closed, per method, against x.
+
+    The gap closed is left out where the oracle's headroom is below `min_headroom` (noise).
+    """
     plt = _pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
     for method, pts in points.items():
@@ -91,13 +99,17 @@ def sweep(
         xs = [x for x, _ in pts]
         lift = [r.get(f"new_{metric}_lift_pct") or (np.nan, np.nan) for _, r in pts]
         ax1.errorbar(xs, [m for m, _ in lift], yerr=[s for _, s in lift], marker="o", capsize=3, label=method)
-        gap = [r.get(f"new_{metric}_gap") for _, r in pts]
+        gap = [
+            r.get(f"new_{metric}_gap") if abs(r.get(f"new_{metric}_headroom") or 0) >= min_headroom else None
+            for _, r in pts
+        ]
         ax2.plot(xs, [np.nan if g is None else 100 * g for g in gap], marker="o", label=method)
     ax1.axhline(0, color="0.4", lw=0.8)
     ax1.set_ylabel(f"new-user {metric.upper()} lift over control (%)")
     ax2.axhline(0, color="0.4", lw=0.8)
     ax2.axhline(100, color="0.4", lw=0.8, ls="--")
     ax2.set_ylabel("control -> oracle gap closed (%)")
+    ax2.set_title(f"shown where oracle - control >= {min_headroom}", fontsize=9)
     for ax in (ax1, ax2):
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
@@ -108,24 +120,19 @@ def sweep(
 
 
 def fewshot(points: dict[str, list[tuple[int, Record]]], path: Path, metric: str = "auc") -> None:
-    """New-user AUC against the number of revealed interactions n, per method."""
+    """Paired lift over control at the same n (%), against the number of revealed interactions."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for method, pts in points.items():
         pts = sorted(pts, key=lambda p: p[0])
-        vals = [r[f"new_{metric}"] for _, r in pts]
+        lift = [r.get(f"new_{metric}_lift_pct") or (np.nan, np.nan) for _, r in pts]
         ls = "--" if method == "oracle" else "-"
-        ax.errorbar(
-            [n for n, _ in pts],
-            [m for m, _ in vals],
-            yerr=[s for _, s in vals],
-            marker="o",
-            ls=ls,
-            capsize=3,
-            label=method,
-        )
+        label = f"{method} ({len(pts[0][1]['seeds'])} seeds)"
+        ax.errorbar([n for n, _ in pts], [m for m, _ in lift], yerr=[s for _, s in lift], marker="o", ls=ls,
+                    capsize=3, label=label)  # fmt: skip
+    ax.axhline(0, color="0.4", lw=0.8)
     ax.set_xlabel("interactions revealed per new user (n)")
-    ax.set_ylabel(f"new-user {metric.upper()}")
+    ax.set_ylabel(f"new-user {metric.upper()} lift over control (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

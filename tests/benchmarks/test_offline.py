@@ -84,4 +84,5 @@ def test_smoke_benchmark_tunes_on_validation_and_writes_its_report(tmp_path: Pat
     assert main(["--smoke", "--out", str(out), "--no-plots", "--jobs", "1"]) == 0
     again = json.loads(out.with_name("offline-smoke.json").read_text())
     assert again["runs_this_invocation"] == 0 and again["summary"] == result["summary"]
+    assert [i["runs"] for i in again["invocations"]] == [len(rows), 0]  # the measured run stays on record
     assert len(out.with_name("offline-smoke.jsonl").read_text().splitlines()) == n_rows
