@@ -124,14 +124,22 @@ class FeatureEmbeddings(nn.Module):
         """Catalog rows (any shape) -> item representations (..., d); row 0 -> zeros."""
         if self.item_table is not None:  # serving: looked up, computed once at export
             return self.item_table[rows]
-        feats = self.catalog[rows.reshape(-1)]  # (R, M)
+        flat = rows.reshape(-1)
+        if flat.numel() > self.catalog.shape[0]:
+            # More rows than the catalog (a batch of behavior sequences): represent every item
+            # once and gather. Same values, and on MovieLens about 10x fewer rows to embed per batch.
+            return self._represent(self.catalog).index_select(0, flat).reshape(*rows.shape, self.d)
+        return self._represent(self.catalog[flat]).reshape(*rows.shape, self.d)
+
+    def _represent(self, feats: Tensor) -> Tensor:
+        # catalog feature ids (R, M) -> item representations (R, d)
         parts = []
         for table, s in zip(self.item, self.item_slices, strict=True):
             ids = feats[:, s]  # (R, slots)
             emb = table(ids)  # (R, slots, d)
             count = (ids > 0).sum(1, keepdim=True).clamp(min=1)
             parts.append(emb.sum(1) / count)  # bags are mean-pooled
-        return torch.stack(parts, 0).sum(0).reshape(*rows.shape, self.d)
+        return torch.stack(parts, 0).sum(0)
 
     def freeze_items(self) -> Tensor:
         """Serving: every catalog item's representation computed once, (I+1, d), then looked up."""

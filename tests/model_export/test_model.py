@@ -207,3 +207,18 @@ def test_several_users_scored_together_equal_each_alone(kind: str) -> None:
     # torch's GEMM blocking depends on the batch, so equal to float rounding here; the exported
     # graph on onnxruntime is held to exact equality by the service's micro-batching test
     assert torch.allclose(together, torch.cat(alone), atol=1e-6, rtol=0)
+
+
+def test_item_representations_gathered_from_the_catalog_equal_those_computed_per_row() -> None:
+    torch.manual_seed(0)
+    encoded = _synthetic()
+    emb = _model(encoded).emb
+    n_catalog = emb.catalog.shape[0]
+    rows = torch.randint(0, n_catalog, (n_catalog + 7, 3))  # more rows than the catalog: gathered
+    gathered = emb.items(rows)
+    per_row = torch.stack([emb.items(rows[i]) for i in range(rows.shape[0])])  # few rows: per row
+    assert gathered.shape == (*rows.shape, emb.d)
+    torch.testing.assert_close(gathered, per_row, rtol=0, atol=1e-6)
+    assert torch.all(gathered[rows == 0] == 0)  # PAD row -> zeros
+    (gathered**2).sum().backward()
+    assert all(t.weight.grad is not None and t.weight.grad[0].abs().sum() == 0 for t in emb.item)
