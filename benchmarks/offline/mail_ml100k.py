@@ -25,18 +25,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--data-dir", default=os.environ.get("MAILREC_DATA_DIR"))
+    parser.add_argument("--protocols", nargs="+", default=["mail", "strict"], choices=["mail", "strict"])
+    parser.add_argument("--rankers", nargs="+", default=["base", "din"], choices=["base", "din"])
+    parser.add_argument("--jobs", type=int, default=2, help="worker processes, one torch thread each")
     parser.add_argument("--out", type=Path, default=RESULTS / "mail-ml100k")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     cells = [
         Cell("ml-100k", protocol, ranker, method, seed)
-        for protocol in ("mail", "strict")
-        for ranker in ("base", "din")
+        for protocol in args.protocols
+        for ranker in args.rankers
         for seed in args.seeds
         for method in ("control", "mail", "oracle")
     ]
     rows_path = args.out.with_suffix(".jsonl")
-    wall = run_grid(Grid(cells), args.data_dir, rows_path)
+    wall = run_grid(Grid(cells), args.data_dir, rows_path, jobs=args.jobs)
     rows = load_rows(rows_path, cells)
     base_mail = [r for r in rows if r["cell"]["protocol"] == "mail" and r["cell"]["ranker"] == "base"]
     summary = summarize(rows)
