@@ -1,8 +1,10 @@
 """Issue #2's experiment: control, MAIL and oracle on MovieLens 100K, both protocols, both rankers.
 
-    python -m benchmarks.offline.mail_ml100k [--seeds 0 1 2] [--data-dir DIR]
+    python -m benchmarks.offline.mail_ml100k [--seeds 0 1 2] [--data-dir DIR] [--jobs 2]
+        [--protocols mail strict] [--rankers base din] [--out benchmarks/results/mail-ml100k]
 
-Writes benchmarks/results/mail-ml100k.{jsonl,json,md}. Rerunning resumes: finished cells are kept.
+Writes OUT.{jsonl,json,md} (the wall time of the invocation in the json). Rerunning resumes:
+finished cells are kept.
 """
 
 from __future__ import annotations
