@@ -29,6 +29,7 @@ from service.resp import RespClient
 from service.routes import RecommendFastPath, error_response, json_response, replay, router
 from service.state import AppState
 
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 log = logging.getLogger(__name__)
 
 
@@ -46,7 +47,7 @@ class ObservabilityMiddleware:
             return
         started = time.perf_counter()
         status = 500
-        method = scope["method"]
+        method = scope["method"] if scope["method"] in HTTP_METHODS else "other"  # a bounded label
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
@@ -71,8 +72,8 @@ class ObservabilityMiddleware:
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
-            self.metrics.requests.labels(template, method, str(status)).inc()
-            self.metrics.latency.labels(template, method).observe(time.perf_counter() - started)
+            self.metrics.child(self.metrics.requests, template, method, str(status)).inc()
+            self.metrics.child(self.metrics.latency, template, method).observe(time.perf_counter() - started)
 
     async def _read_capped(self, receive: Receive) -> bytes | None:
         """The whole body of a request without Content-Length; None once it passes the cap."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from typing import Any, TypeVar
 
 from prometheus_client import (
     CollectorRegistry,
@@ -22,10 +23,12 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.metrics import MetricWrapperBase
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 INFERENCE_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+M = TypeVar("M", bound=MetricWrapperBase)
 
 
 def multiprocess_dir() -> str | None:
@@ -35,6 +38,7 @@ def multiprocess_dir() -> str | None:
 class Metrics:
     def __init__(self) -> None:
         self._current_model: dict[str, tuple[str, ...]] = {}
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
@@ -124,6 +128,15 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+
+    def child(self, metric: M, *values: str) -> M:
+        """`metric.labels(*values)`, memoised for the request path (labels are bounded; a
+        `labels()` call costs about 4 us, a dict lookup 0.2 us)."""
+        key = (id(metric), values)
+        found: M | None = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found
 
     def init_experiment(self, experiment: str, variants: Iterable[str]) -> None:
         """Every experiment/variant series at 0 from the start: rate() and increase() cannot see

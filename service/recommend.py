@@ -113,7 +113,7 @@ async def virtual_behavior(
     try:
         started = time.perf_counter()
         vector = model.towers.virtual_behavior(enc.user_attrs)
-        state.metrics.inference.labels("zero_shot", model.towers.provider).observe(
+        state.metrics.child(state.metrics.inference, "zero_shot", model.towers.provider).observe(
             time.perf_counter() - started
         )
     except BaseException as exc:
@@ -135,7 +135,7 @@ async def score(
 ) -> FloatArray:
     """ranker.onnx inline (cheaper than a thread hop at these sizes on CPU), or via the micro-batcher."""
     towers = model.towers
-    observe = state.metrics.inference.labels("ranker", towers.provider).observe
+    observe = state.metrics.child(state.metrics.inference, "ranker", towers.provider).observe
     if not len(rows):
         return np.zeros(0, np.float32)
     if model.batcher is not None:
@@ -190,9 +190,9 @@ async def recommend(
 
     cold = enc.n_history == 0
     m = state.metrics
-    m.assignments.labels(experiment.name, variant, source).inc()
-    m.recommendations.labels(experiment.name, variant, "true" if cold else "false").inc()
-    m.impressions.labels(experiment.name, variant, source).inc(len(items))
+    m.child(m.assignments, experiment.name, variant, source).inc()
+    m.child(m.recommendations, experiment.name, variant, "true" if cold else "false").inc()
+    m.child(m.impressions, experiment.name, variant, source).inc(len(items))
     body = {
         "request_id": request_id,
         "experiment": experiment.name,

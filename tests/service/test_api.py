@@ -246,6 +246,7 @@ def test_probes_models_and_metrics(client: httpx.Client) -> None:
     assert [m["variant"] for m in models["models"]] == ["control", "mail"]
     assert {m["provider"] for m in models["models"]} == {"cpu"}
     assert [m["zero_shot"] for m in models["models"]] == [False, True]
+    assert client.post("/recommend", json={"user_id": "probe-user", "k": 3}).status_code == 200
     text = metrics(client)
     for name in (
         "mailrec_http_requests_total",
@@ -293,3 +294,10 @@ def test_reload_swaps_and_a_tampered_bundle_is_refused_while_the_old_serves(
 
     back = client.post("/admin/reload", json={"variant": "mail"}, headers=auth)  # its own bundle
     assert back.status_code == 200 and back.json()["previous_version"] == new_version
+
+
+def test_an_unusual_http_method_is_counted_under_a_bounded_label(client: httpx.Client) -> None:
+    assert client.request("PROPFIND", "/livez").status_code == 405
+    metrics = client.get("/metrics").text
+    assert 'mailrec_http_requests_total{method="other",route="/livez",status="405"}' in metrics
+    assert 'method="PROPFIND"' not in metrics

@@ -184,3 +184,13 @@ def test_model_info_has_one_live_series_per_variant() -> None:
         in text
     )
     assert 'model_version="v1",provider="cpu",ranker="base",variant="mail"} 0.0' in text
+
+
+def test_metric_children_are_memoised_and_the_same_as_labels() -> None:
+    from service.metrics import Metrics
+
+    m = Metrics()
+    child = m.child(m.requests, "/recommend", "POST", "200")
+    assert child is m.child(m.requests, "/recommend", "POST", "200")
+    assert child is m.requests.labels("/recommend", "POST", "200")
+    assert m.child(m.latency, "/recommend", "POST") is not m.child(m.latency, "/feedback", "POST")
