@@ -104,9 +104,15 @@ def run_cell(cell: Cell, data_dir: str | None, grid: Grid) -> dict[str, Any]:
         _PREPARED[data_key] = prepare(spec)
     t0 = time.perf_counter()
     _, report = run(spec, None, _PREPARED[data_key])
+    return result_row(cell, time.perf_counter() - t0, report)
+
+
+def result_row(cell: Cell, seconds: float, report: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """One line of a results file: the cell, `extra` (e.g. the tuned value), timings and metrics."""
     return {
         "cell": asdict(cell),
-        "seconds": round(time.perf_counter() - t0, 2),
+        **extra,
+        "seconds": round(seconds, 2),
         "train_seconds": report["train_seconds"],
         "best_epoch": report["best_epoch"],
         "test": report["test"],

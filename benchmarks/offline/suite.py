@@ -26,7 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from benchmarks.offline.methods import METHODS, Method, Value
-from benchmarks.offline.runner import Cell
+from benchmarks.offline.runner import Cell, result_row
 from model_export.fewshot import evaluate_revealed, reveal, revealed_behavior
 from model_export.model import RANKERS, RankerConfig, ZeroShotConfig
 from model_export.pipeline import Prepared, RunSpec, prepare, run
@@ -243,17 +243,7 @@ def run_job(job: Job) -> dict[str, Any]:
     prepared: Prepared = _CACHE["prepared"]
     started = time.perf_counter()
     model, report = run(spec, None, prepared, built.hooks)
-    row: dict[str, Any] = {
-        "cell": asdict(cell),
-        "value": job.value,
-        "seconds": round(time.perf_counter() - started, 2),
-        "train_seconds": report["train_seconds"],
-        "best_epoch": report["best_epoch"],
-        "test": report["test"],
-        "val": report["val"],
-        "diagnostics": report.get("diagnostics"),
-        "losses": report["epochs"],
-    }
+    row = result_row(cell, time.perf_counter() - started, report, value=job.value)
     if job.fewshot:
         row["fewshot"] = _fewshot(model, prepared, scale.behavior == "clicks")
     if job.keep_batches:
