@@ -302,9 +302,10 @@ def export_bundle(run_dir: Path, out: Path) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; a service user must be able to read it
     # The served ranker looks its item side up in tables computed once here (every catalog item's
-    # representation and first-layer projection); parity below holds it to the trained model.
+    # representation and first-layer projection), with its batch norms folded into linear layers
+    # and each feature group's tables fused; parity below holds it to the trained model.
     served = copy.deepcopy(model)
-    served.ranker.freeze_items()
+    served.ranker.freeze_for_serving()
     try:
         example = _example_inputs(schema)
         _export(

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -224,3 +225,34 @@ def test_item_representations_gathered_from_the_catalog_equal_those_computed_per
     for table in emb.item:  # PAD ids get no gradient
         assert isinstance(table, torch.nn.Embedding) and table.weight.grad is not None
         assert table.weight.grad[0].abs().sum() == 0
+
+
+@pytest.mark.parametrize("kind", ["base", "din"])
+def test_ranker_frozen_for_serving_scores_as_trained_without_batch_norms(kind: str) -> None:
+    """Export's serving form: item tables, batch norms folded, fused field tables; same scores."""
+    torch.manual_seed(0)
+    encoded = _synthetic(virtual_slots=1 if kind == "base" else 4)
+    model = _model(encoded, kind).eval()
+    for bn in (m for m in model.ranker.modules() if isinstance(m, torch.nn.BatchNorm1d)):
+        assert bn.running_mean is not None and bn.running_var is not None
+        with torch.no_grad():  # statistics and affine terms far from the identity they start as
+            bn.running_mean.normal_()
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.normal_()
+            bn.bias.normal_()
+    attrs, ctx, beh, _, _, _ = _batch(encoded, 3)
+    cands = torch.arange(0, encoded.catalog.features.shape[0])
+    served = copy.deepcopy(model)
+    served.ranker.freeze_for_serving()
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in served.ranker.modules())
+    with torch.no_grad():
+        for u in range(3):
+            user = UserInputs(
+                attrs[u : u + 1],
+                ctx[u : u + 1],
+                beh[u : u + 1],
+                model.virtual_behavior(attrs[u : u + 1]),
+                torch.tensor([[0.5]]),
+            )
+            got, want = served.ranker(user, cands), model.ranker(user, cands)
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
