@@ -303,7 +303,8 @@ def export_bundle(run_dir: Path, out: Path) -> dict[str, Any]:
     tmp.chmod(0o755)  # mkdtemp makes it private; a service user must be able to read it
     # The served ranker looks its item side up in tables computed once here (every catalog item's
     # representation and first-layer projection), with its batch norms folded into linear layers
-    # and each feature group's tables fused; parity below holds it to the trained model.
+    # and each feature group's tables fused (the zero-shot tower reads the user's fields through
+    # those too); parity below holds both graphs to the trained model.
     served = copy.deepcopy(model)
     served.ranker.freeze_for_serving()
     try:
@@ -332,7 +333,7 @@ def export_bundle(run_dir: Path, out: Path) -> dict[str, Any]:
         has_zst = model.zst is not None
         if has_zst:
             _export(
-                ZeroShotGraph(model),
+                ZeroShotGraph(served),
                 (example[0],),
                 tmp / ZERO_SHOT_FILE,
                 ZST_INPUTS,
