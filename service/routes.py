@@ -7,6 +7,7 @@ serve it the same way; the FastAPI route below stays for everything else and for
 from __future__ import annotations
 
 import hmac
+import logging
 import os
 import re
 from pathlib import Path
@@ -32,6 +33,7 @@ from service.schemas import (
 from service.state import StateDep
 
 router = APIRouter()
+log = logging.getLogger(__name__)
 REQUEST_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
 
 
@@ -49,6 +51,12 @@ def error_response(exc: ServiceError, metrics: Metrics) -> JSONResponse:
     if 400 <= exc.status < 500:
         metrics.rejected.labels(exc.code).inc()
     return JSONResponse(exc.body(), exc.status, headers=exc.headers)
+
+
+def internal_error_response(method: str, path: str) -> JSONResponse:
+    """The one rendering of an unexpected error, logged with its traceback (call it in `except`)."""
+    log.exception("unhandled error on %s %s", method, path)
+    return JSONResponse({"error": "internal", "detail": "unexpected error; see the service log"}, 500)
 
 
 @router.post("/recommend", response_model=RecommendResponse)
@@ -192,8 +200,9 @@ class RecommendFastPath:
     and a body that `RecommendRequest.model_validate_json` accepts (pydantic's Rust parser, one pass
     from bytes to the model). Anything else (another content type, an empty, malformed or invalid
     body) goes, body replayed, to the FastAPI route, which stays the one renderer of request errors
-    and the endpoint's OpenAPI description. Domain errors are rendered by `error_response`, as the
-    app's handler does; unexpected ones propagate to the app's 500 handler.
+    and the endpoint's OpenAPI description. Domain errors are rendered by `error_response` and
+    unexpected ones by `internal_error_response`, as the app's handlers do. It runs in front of
+    FastAPI's middleware stack (`main.MailrecApp`), so those handlers are not on its path.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -232,6 +241,9 @@ class RecommendFastPath:
             )
         except ServiceError as exc:
             await error_response(exc, state.metrics)(scope, receive, send)
+            return
+        except Exception:
+            await internal_error_response("POST", "/recommend")(scope, receive, send)
             return
         payload = orjson.dumps(out.body)
         raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in out.headers.items()]

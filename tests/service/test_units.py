@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 
@@ -194,3 +197,32 @@ def test_metric_children_are_memoised_and_the_same_as_labels() -> None:
     assert child is m.child(m.requests, "/recommend", "POST", "200")
     assert child is m.requests.labels("/recommend", "POST", "200")
     assert m.child(m.latency, "/recommend", "POST") is not m.child(m.latency, "/feedback", "POST")
+
+
+def test_fast_path_renders_an_unexpected_error_as_the_app_does(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """POST /recommend runs in front of FastAPI's error layers: it logs and renders a 500 itself,
+    and the metrics middleware counts it under the route's template."""
+    from service import routes
+    from service.config import Settings
+    from service.main import create_app
+
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(routes, "recommend", broken)
+    app = create_app(Settings())
+    metrics: Metrics = app.front.metrics  # type: ignore[attr-defined]
+    app.state.mailrec = SimpleNamespace(ready=True, metrics=metrics)  # no lifespan: no bundles
+
+    async def post() -> httpx.Response:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as client:
+            return await client.post("/recommend", json={"user_id": "u1"})
+
+    resp = asyncio.run(post())
+    assert resp.status_code == 500
+    assert resp.json() == {"error": "internal", "detail": "unexpected error; see the service log"}
+    assert "unhandled error on POST /recommend" in caplog.text and "boom" in caplog.text
+    text = metrics.exposition().decode()
+    assert 'mailrec_http_requests_total{method="POST",route="/recommend",status="500"} 1.0' in text
