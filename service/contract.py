@@ -210,6 +210,10 @@ TRANSFORMS: dict[str, Callable[[object], list[str]]] = {
 # --- schema -------------------------------------------------------------------------------------
 
 
+MEMO_TYPES = frozenset({str, int, float, type(None)})
+MEMO_SIZE = 4096
+
+
 @dataclass(frozen=True)
 class FieldSpec:
     """One categorical feature: where its raw value comes from and its vocabulary."""
@@ -224,6 +228,7 @@ class FieldSpec:
         if self.transform not in TRANSFORMS:
             raise ContractError(f"field {self.name}: unknown transform {self.transform!r}")
         object.__setattr__(self, "_ids", {t: N_RESERVED + i for i, t in enumerate(self.vocab)})
+        object.__setattr__(self, "_memo", {})  # (type, raw value) -> ids, for scalar raw values
 
     @property
     def cardinality(self) -> int:
@@ -234,11 +239,26 @@ class FieldSpec:
         return TRANSFORMS[self.transform](raw)
 
     def encode(self, raw: object) -> list[int]:
-        """Raw value -> exactly `slots` ids (PAD when missing, OOV when unseen)."""
+        """Raw value -> exactly `slots` ids (PAD when missing, OOV when unseen).
+
+        Scalar values are remembered, keyed by type and value (True and 1 are different inputs):
+        live attributes such as age, occupation or hour repeat, and their transform is most of a
+        request's encoding. At MEMO_SIZE distinct values the memo starts again.
+        """
+        memo: dict[tuple[type, object], tuple[int, ...]] = self.__dict__["_memo"]
+        key = (type(raw), raw)
+        scalar = key[0] in MEMO_TYPES
+        if scalar and (hit := memo.get(key)) is not None:
+            return list(hit)
         ids: dict[str, int] = self.__dict__["_ids"]
         out = [] if raw is None else [ids.get(t, OOV) for t in self.tokens(raw)]
         out = list(dict.fromkeys(out))[: self.slots]  # a bag: first occurrence of each id
-        return out + [PAD] * (self.slots - len(out))
+        encoded = (*out, *[PAD] * (self.slots - len(out)))
+        if scalar:
+            if len(memo) >= MEMO_SIZE:
+                memo.clear()
+            memo[key] = encoded
+        return list(encoded)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -281,6 +301,8 @@ class Schema:
                 raise ContractError(f"duplicate field names in {names}")
         if not self.context_fields:
             raise ContractError("at least one context field is required")
+        object.__setattr__(self, "_user_keys", frozenset(f.source for f in self.user_fields))
+        object.__setattr__(self, "_context_keys", frozenset(f.source for f in self.context_fields))
 
     @property
     def user_slots(self) -> int:
@@ -300,7 +322,7 @@ class Schema:
 
     def encode_user(self, attributes: Mapping[str, object]) -> IntArray:
         """Raw user attributes (user id under "user_id") -> (A,) ids. Unknown keys are an error."""
-        unknown = set(attributes) - set(self.user_sources)
+        unknown = attributes.keys() - self.__dict__["_user_keys"]
         if unknown:
             raise UnknownField(sorted(unknown), self.user_sources)
         return _encode_fields(self.user_fields, attributes)
@@ -423,7 +445,7 @@ def encode(
         raise UnknownField(["user_id"], schema.user_sources)
     attrs["user_id"] = user_id
     context = context or {}
-    if unknown := set(context) - {f.source for f in schema.context_fields}:
+    if unknown := context.keys() - schema.__dict__["_context_keys"]:
         raise UnknownField(sorted(unknown), sorted({f.source for f in schema.context_fields}))
     user = schema.encode_user(attrs)[None, :]
     no_history = np.zeros((1, schema.behavior_len), np.int64)

@@ -9,6 +9,7 @@ from model_export import data as datasets
 from model_export.features import encode_data
 from model_export.protocol import TEST, SplitConfig, make_split
 from service.contract import (
+    MEMO_SIZE,
     OOV,
     PAD,
     BadValue,
@@ -31,6 +32,24 @@ def test_field_ids_reserve_pad_and_oov() -> None:
     bag = FieldSpec("genres", "genres", "tags", slots=3, vocab=("comedy", "drama"))
     assert bag.encode(["Drama", "Comedy", "Drama", "Western", "x"]) == [3, 2, OOV]
     assert bag.encode("Comedy|Drama") == [2, 3, PAD]
+
+
+def test_remembered_encodings_equal_fresh_ones_and_keep_types_apart() -> None:
+    f = FieldSpec("flag", "flag", "text", vocab=("1", "true"))
+    for _ in range(2):  # the second round is answered from the memo
+        assert f.encode(1) == [2] and f.encode(True) == [3]  # equal keys, different inputs
+        assert f.encode(1.0) == [OOV]  # "1.0"
+    got = f.encode("1")
+    got.append(99)  # a caller's list is its own
+    assert f.encode("1") == [2]
+    age = FieldSpec("age", "age", "age_bucket", vocab=("25-34",))
+    for _ in range(2):  # errors are not remembered
+        with pytest.raises(BadValue):
+            age.encode("old")
+    for i in range(MEMO_SIZE + 10):  # bounded
+        f.encode(f"user-{i}")
+    assert len(f.__dict__["_memo"]) <= MEMO_SIZE
+    assert f.encode(True) == [3]
 
 
 def test_transforms() -> None:
