@@ -124,6 +124,7 @@ class Towers:
             self.ranker_batch = create_session(batch_path, self.options)
             _check_session(self.ranker_batch, batch_path, ranker_batch_signature(schema))
         self.virtual_shape = (1, schema.virtual_slots, schema.d_embed)
+        self.virtual_size = schema.virtual_slots * schema.d_embed
         self._no_virtual = np.zeros(self.virtual_shape, np.float32)
         self._gates = {g: np.full((1, 1), g, np.float32) for g in (0.0, 1.0)}
         fill = bundle.fill

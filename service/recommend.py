@@ -30,6 +30,8 @@ from service.errors import FeedbackStoreDown, InvalidInput, ItemNotServed, Unkno
 from service.schemas import FeedbackRequest, RecommendRequest
 from service.state import AppState
 
+SORT_ALL = 256  # top_k: up to this many candidates, sort them all (measured: 100 -> 4.7 vs 9.0 us)
+
 
 @dataclass(frozen=True)
 class Recommendation:
@@ -63,7 +65,9 @@ def encode_request(req: RecommendRequest, model: ServedModel) -> tuple[Encoded, 
     try:
         enc = encode(schema, bundle.catalog, req.user_id, req.attributes, (), context)
         history = bundle.catalog.rows(req.history) if req.history else np.zeros(0, np.int64)
-        candidates = bundle.catalog.rows(req.candidates) if req.candidates is not None else None
+        # deduplicated by id, first occurrence kept (a dict in C: cheaper than np.unique on rows)
+        given = list(dict.fromkeys(req.candidates)) if req.candidates is not None else None
+        candidates = bundle.catalog.rows(given) if given is not None else None
     except UnknownItems as exc:
         raise InvalidInput({"message": "unknown item ids", "item_ids": exc.ids[:100]}) from exc
     except ContractError as exc:
@@ -72,9 +76,10 @@ def encode_request(req: RecommendRequest, model: ServedModel) -> tuple[Encoded, 
 
 
 def candidate_rows(model: ServedModel, given: IntArray | None, seen: IntArray) -> IntArray:
-    """The rows to score: the given ones (deduplicated), else the catalog minus what was seen."""
+    """The rows to score: the given ones (deduplicated by `encode_request`), else the catalog minus
+    what was seen."""
     if given is not None:
-        return np.unique(given)
+        return given
     if len(seen) == 0:
         return model.all_rows
     keep = np.ones(len(model.all_rows) + 1, bool)
@@ -85,11 +90,10 @@ def candidate_rows(model: ServedModel, given: IntArray | None, seen: IntArray) -
 def top_k(scores: FloatArray, rows: IntArray, k: int, tie_rank: IntArray) -> IntArray:
     """Indices into `rows` of the k best scores, ties broken by item id; no loop over candidates."""
     n = len(rows)
-    if n > k:
-        kth = np.partition(scores, n - k)[n - k]  # the k-th best score
-        pool = np.flatnonzero(scores >= kth)
-    else:
-        pool = np.arange(n)
+    if n <= SORT_ALL:  # one sort of everything is cheaper than partitioning first
+        return np.lexsort((tie_rank[rows], -scores))[:k]
+    kth = np.partition(scores, n - k)[n - k]  # the k-th best score
+    pool = np.flatnonzero(scores >= kth)
     order = np.lexsort((tie_rank[rows[pool]], -scores[pool]))
     return pool[order[:k]]
 
@@ -169,7 +173,7 @@ async def recommend(
     gate = blend_gate(enc.n_history, towers.fill_mode, towers.blend_tau)
     virtual = None
     if gate > 0 and key is not None:
-        if cached is not None and cached.size == int(np.prod(towers.virtual_shape)):
+        if cached is not None and cached.size == towers.virtual_size:
             virtual = cached.reshape(towers.virtual_shape)
         else:
             virtual = await virtual_behavior(state, model, key, enc, redis_ok)

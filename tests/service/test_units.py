@@ -17,7 +17,7 @@ from service.errors import UnknownVariant
 from service.experiments import Experiment, ExperimentFileError, Variant, default_experiment, load_experiment
 from service.inference import CPU, CUDA, DeviceUnavailable, SessionOptions, requested_providers
 from service.metrics import Metrics
-from service.recommend import top_k
+from service.recommend import SORT_ALL, top_k
 
 
 def _experiment(weights: dict[str, float]) -> Experiment:
@@ -81,6 +81,16 @@ def test_top_k_breaks_ties_by_item_id() -> None:
     best = top_k(scores, rows, 3, rank)
     assert ids[rows[best]].tolist() == ["a", "b", "c"]  # 0.9, then the 0.5 ties by id: b, c, e
     assert ids[rows[top_k(scores, rows, 10, rank)]].tolist() == ["a", "b", "c", "e", "d"]
+
+
+@pytest.mark.parametrize("n", [7, SORT_ALL, SORT_ALL + 1, 1682])
+def test_top_k_equals_a_full_sort_on_both_paths(n: int) -> None:
+    rng = np.random.default_rng(n)
+    rows = rng.permutation(np.arange(1, 2000))[:n]
+    scores = (rng.integers(0, 20, n) / 20).astype(np.float32)  # many ties, at the cut too
+    rank = rng.permutation(2000)
+    want = sorted(range(n), key=lambda i: (-scores[i], rank[rows[i]]))[:10]
+    assert top_k(scores, rows, 10, rank).tolist() == want
 
 
 def test_circuit_breaker_opens_waits_and_probes_once() -> None:
