@@ -90,6 +90,18 @@ async def drive(
     return cpu / n * 1e6, wall / n * 1e6
 
 
+def inference_means(exposition: str) -> dict[str, float]:
+    """Mean duration of each tower's onnxruntime calls over the process's life (warm-up included)."""
+    sums: dict[str, float] = {}
+    counts: dict[str, float] = {}
+    for ln in exposition.splitlines():
+        for suffix, into in (("_sum{", sums), ("_count{", counts)):
+            if ln.startswith("mailrec_inference_duration_seconds" + suffix):
+                tower = ln.split('tower="')[1].split('"')[0]
+                into[tower] = into.get(tower, 0.0) + float(ln.rpartition(" ")[2])
+    return {t: round(sums[t] / counts[t] * 1e6, 1) for t in sums if counts.get(t)}
+
+
 async def main_async(args: argparse.Namespace) -> None:
     from service.config import Settings
     from service.main import create_app
@@ -117,6 +129,7 @@ async def main_async(args: argparse.Namespace) -> None:
             if ln.startswith("mailrec_cache_requests_total{")
         }
         print(f"cache lookups: {cache}")
+        print(f"mean onnxruntime call, us: {inference_means(text)}")
     finally:
         redis_proc.stop()
     cpu = [r[0] for r in runs]
