@@ -6,7 +6,10 @@ connections on one worker) that took longer than the request's Redis budget: mea
 lookups timed out and the breaker opened on a healthy Redis, which also dropped the impression
 records. Here the protocol's `data_received` resolves each caller's future as soon as the bytes are
 in, so the budget measures Redis, not the event loop; and every command of every request shares
-one connection, written with one `transport.write` per call (Redis answers in order, RESP2).
+one connection (Redis answers in order, RESP2). The calls submitted in one pass of the event loop
+go out in one `transport.write` at the end of that pass (measured: each loopback round trip cost
+the service ~100 us of CPU at 32 connections when every call had its own send and read; sharing
+them took in-process CPU per cold request from ~450 to ~340 us).
 
 `submit(commands)` never blocks: it returns a future of the replies (a list, one per command). A
 RESP error reply raises `ReplyError` for the whole call; a lost connection fails every call in
@@ -181,6 +184,7 @@ class RespClient:
         self._transport: asyncio.Transport | None = None
         self._connecting: asyncio.Task[None] | None = None
         self._queued: list[bytes] = []  # written once the connection is up
+        self._outbox: list[bytes] = []  # this loop pass's calls, written together (`_flush`)
 
     def submit(self, commands: list[Command]) -> asyncio.Future[list[Reply]]:
         """Send `commands` now (or as soon as connected); the future gets their replies."""
@@ -191,7 +195,9 @@ class RespClient:
         self.pending.append(batch)
         data = encode(commands)
         if self._transport is not None:
-            self._transport.write(data)
+            self._outbox.append(data)
+            if len(self._outbox) == 1:
+                loop.call_soon(self._flush)
         else:
             self._queued.append(data)
             if self._connecting is None:
@@ -232,6 +238,13 @@ class RespClient:
             transport.write(data)
         self._queued.clear()
 
+    def _flush(self) -> None:
+        """One write for every call submitted since the last one: under load, the requests that
+        run in one pass of the event loop share a send, and Redis answers them in one read."""
+        if self._transport is not None and self._outbox:
+            self._transport.write(b"".join(self._outbox))
+        self._outbox.clear()
+
     def _handshake_done(self, future: asyncio.Future[list[Reply]]) -> None:
         if not future.cancelled() and future.exception() is not None:
             self.lost(RedisConnectionError(f"Redis refused the handshake: {future.exception()}"))
@@ -241,6 +254,7 @@ class RespClient:
         transport, self._transport = self._transport, None
         self.protocol = None
         self._queued.clear()
+        self._outbox.clear()
         pending, self.pending = self.pending, deque()
         for batch in pending:
             batch.fail(exc)

@@ -89,6 +89,29 @@ def test_pipelined_calls_get_their_own_replies(server: RedisServer) -> None:
     asyncio.run(run())
 
 
+def test_calls_of_one_loop_pass_share_one_write(server: RedisServer) -> None:
+    async def run() -> None:
+        client = RespClient(server.url, 1.0)
+        await client.submit([("PING",)])  # connected
+        assert client._transport is not None
+        writes: list[bytes] = []
+        write = client._transport.write
+
+        def counted(data: bytes | bytearray | memoryview) -> None:
+            writes.append(bytes(data))
+            write(data)
+
+        client._transport.write = counted  # type: ignore[method-assign]
+        calls = [client.submit([("SET", f"w{i}", i), ("GET", f"w{i}")]) for i in range(50)]
+        assert await asyncio.gather(*calls) == [[b"OK", str(i).encode()] for i in range(50)]
+        assert len(writes) == 1 and writes[0].count(b"SET") == 50
+        assert await client.submit([("GET", "w3")]) == [b"3"]  # a later pass: a write of its own
+        assert len(writes) == 2
+        client.close()
+
+    asyncio.run(run())
+
+
 def test_stop_fails_calls_and_a_restart_reconnects(server: RedisServer) -> None:
     async def run() -> None:
         client = RespClient(server.url, 0.5)
@@ -126,8 +149,10 @@ def test_a_reply_that_came_in_time_is_kept_however_late_the_loop_is(server: Redi
     async def run() -> None:
         client = RespClient(server.url, 0.5)
         await client.submit([("SET", "y", "v")])
+        call = client.submit([("GET", "y")])
+        await asyncio.sleep(0)  # the end of this loop pass: the call is written
         asyncio.get_running_loop().call_soon(time.sleep, 0.05)  # 50 ms busy: past the 20 ms budget
-        assert await within(client.submit([("GET", "y")]), 0.02) == [b"v"]
+        assert await within(call, 0.02) == [b"v"]
         client.close()
 
     if loop == "uvloop":
