@@ -5,6 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 
+def cpu(run: dict[str, Any], who: str) -> str:
+    value = run.get(f"{who}_cpu_us_per_request")
+    return f"{value:,.0f}" if value is not None else "n/a"
+
+
 def markdown(r: dict[str, Any]) -> str:
     m, v, s = r["machine"], r["versions"], r["setup"]
     c = s["connections"]
@@ -22,8 +27,9 @@ def markdown(r: dict[str, Any]) -> str:
         f"{s['seconds']:g} s measured after {s['warmup_seconds']:g} s of warm-up per run.",
         "",
         f"| scenario | service req/s (c={c}) | floor req/s | ratio | service p50 / p99 ms (c={c}) "
-        f"| floor p50 / p99 ms | service p50 ms (c=1) | floor p50 ms (c=1) | response bytes |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| floor p50 / p99 ms | service p50 ms (c=1) | floor p50 ms (c=1) "
+        f"| CPU us/request, service / floor (c={c}) | CPU ratio | response bytes |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in r["scenarios"]:
         hi, lo = row.get(f"c{c}"), row.get("c1")
@@ -33,8 +39,16 @@ def markdown(r: dict[str, Any]) -> str:
         lines.append(
             f"| {row['name']} | {sv['rps']:,.0f} | {fl['rps']:,.0f} | **{hi['rps_ratio']:.2f}** "
             f"| {sv['p50_ms']:.2f} / {sv['p99_ms']:.2f} | {fl['p50_ms']:.2f} / {fl['p99_ms']:.2f} "
-            f"| {lo['service']['p50_ms']:.2f} | {lo['floor']['p50_ms']:.2f} | {row['response_bytes']:,} |"
+            f"| {lo['service']['p50_ms']:.2f} | {lo['floor']['p50_ms']:.2f} "
+            f"| {cpu(hi, 'service')} / {cpu(hi, 'floor')} | {hi.get('cpu_ratio', float('nan')):.2f} "
+            f"| {row['response_bytes']:,} |"
         )
+    lines += [
+        "",
+        "ratio: service req/s over floor req/s, both at the same concurrency in the same run. CPU "
+        "ratio: floor CPU over service CPU per request (the server process's user + system time over "
+        "the measured run, from /proc): the same comparison with the host's noise mostly taken out.",
+    ]
     lines += ["", "Scenarios:"]
     lines += [f"- `{row['name']}`: {row['description']}." for row in r["scenarios"]]
     checks = []

@@ -19,7 +19,7 @@ from typing import Any
 from benchmarks.serving import profile, scenarios
 from benchmarks.serving.bundles import REPO, bench_bundles
 from benchmarks.serving.loadgen import Load, WrkResult, run_wrk, wrk_binary
-from benchmarks.serving.procs import Proc, start_floor, start_redis, start_service
+from benchmarks.serving.procs import Proc, cpu_seconds, start_floor, start_redis, start_service
 from benchmarks.serving.report import markdown
 
 RESULTS = REPO / "benchmarks" / "results"
@@ -79,10 +79,16 @@ def capture(url: str, body: str, headers: dict[str, str], out: Path) -> int:
     return len(payload)
 
 
-def measure(url: str, load: Load, connections: int, seconds: float, warmup: float, work: Path) -> WrkResult:
+def measure(
+    url: str, pid: int, load: Load, connections: int, seconds: float, warmup: float, work: Path
+) -> tuple[WrkResult, float]:
+    """wrk's figures, and the server's CPU microseconds per completed request over the measured run:
+    the cost behind req/s, which a busy or throttled host moves far less than it moves wall time."""
     if warmup > 0:
         run_wrk(url, load, connections, warmup, work, LOAD_CPU)
-    return run_wrk(url, load, connections, seconds, work, LOAD_CPU)
+    cpu = cpu_seconds(pid)
+    result = run_wrk(url, load, connections, seconds, work, LOAD_CPU)
+    return result, (cpu_seconds(pid) - cpu) / max(result.requests, 1) * 1e6
 
 
 def wait_quiet(minutes: float) -> float:
@@ -168,19 +174,23 @@ def run_scenarios(
             try:
                 for c in sorted({args.connections, 1}, reverse=True):
                     before = metric_samples(url)
-                    svc = measure(url, sc.load, c, args.seconds, args.warmup, work)
+                    svc, svc_cpu = measure(url, service.pid, sc.load, c, args.seconds, args.warmup, work)
                     checks = summarize_metrics(before, metric_samples(url))
-                    ref = measure(floor_url, sc.load, c, args.seconds, args.warmup, work)
+                    ref, ref_cpu = measure(floor_url, floor.pid, sc.load, c, args.seconds, args.warmup, work)
                     row[f"c{c}"] = {
                         "service": svc.to_dict(),
                         "floor": ref.to_dict(),
                         "rps_ratio": round(svc.rps / ref.rps, 3),
+                        "service_cpu_us_per_request": round(svc_cpu, 1),
+                        "floor_cpu_us_per_request": round(ref_cpu, 1),
+                        "cpu_ratio": round(ref_cpu / svc_cpu, 3),
                         "p50_ratio": round(svc.p50_ms / ref.p50_ms, 2),
                         "p50_above_floor_ms": round(svc.p50_ms - ref.p50_ms, 3),
                         "service_metrics": checks,
                     }
                     print(f"    c={c:<3} service {_brief(svc)} | floor {_brief(ref)}", end="", flush=True)
-                    print(f" | ratio {svc.rps / ref.rps:.2f}  {checks}", flush=True)
+                    print(f" | ratio {svc.rps / ref.rps:.2f}", end="")
+                    print(f" | CPU/request {svc_cpu:.0f} vs {ref_cpu:.0f} us  {checks}", flush=True)
                 if args.profile:
                     row["profile"] = profile.record(
                         service.pid, url, sc.load, args.connections, args.profile, work, LOAD_CPU
