@@ -30,7 +30,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from functools import partial
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import redis.asyncio as aioredis
@@ -40,7 +41,7 @@ from redis.retry import Retry
 
 from service.contract import FloatArray, IntArray
 from service.metrics import Metrics
-from service.resp import Command, RespClient
+from service.resp import Command, Reply, RespClient
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -138,20 +139,29 @@ class RecentVectors:
             self._items.popitem(last=False)
 
 
-async def within(op: Awaitable[T], seconds: float) -> T:
-    """`op`'s result if it is in by `seconds`; TimeoutError (op cancelled) if not.
+async def within(op: Awaitable[T], seconds: float, sent_at: Callable[[], float | None] | None = None) -> T:
+    """`op`'s result if Redis answers in `seconds`; TimeoutError (op cancelled) if not.
 
-    Unlike `asyncio.wait_for`, a reply that arrived in time is never thrown away because the event
-    loop was late to hand it over: under load the loop runs the timeout before the task that would
-    read the buffered reply (measured at 32 connections: most cache lookups failed and the breaker
-    opened on a healthy Redis). One more loop pass lets such a reply be read; a Redis that really
-    did not answer (stalled, down) still costs the budget and no more.
+    The time that counts is Redis's, not this process's. Unlike `asyncio.wait_for`, a reply that
+    arrived in time is never thrown away because the event loop was late to hand it over: under
+    load the loop runs the timeout before the task that would read the buffered reply (measured at
+    32 connections: most cache lookups failed and the breaker opened on a healthy Redis); one more
+    loop pass lets such a reply be read. And with `sent_at` (the loop time the call was written,
+    `RespClient.sent_at`), a call that waited in this process before it went out gets `seconds`
+    from that write. A Redis that really does not answer (stalled, down) still costs the budget,
+    and no more than the budget once the call is out.
     """
     task = asyncio.ensure_future(op)
+    loop = asyncio.get_running_loop()
     try:
         await asyncio.wait((task,), timeout=seconds)
         if not task.done():
             await asyncio.sleep(0)  # one pass of the loop for replies already received
+        sent = sent_at() if sent_at is not None and not task.done() else None
+        if sent is not None and sent + seconds > loop.time():  # written late: Redis's time is left
+            await asyncio.wait((task,), timeout=sent + seconds - loop.time())
+            if not task.done():
+                await asyncio.sleep(0)
     except BaseException:
         task.cancel()
         raise
@@ -195,14 +205,22 @@ class RedisStore:
     def budget(self) -> Budget:
         return Budget(self.budget_s)
 
-    async def _call(self, op: Callable[[], Awaitable[T]], budget: Budget) -> tuple[bool, T | None]:
-        """Run one Redis operation within the budget and the breaker: (answered, result)."""
+    async def _call(
+        self, op: Callable[[], Awaitable[T]], budget: Budget, pipelined: bool = False
+    ) -> tuple[bool, T | None]:
+        """Run one Redis operation within the budget and the breaker: (answered, result).
+        `pipelined`: `op` submits to the RespClient, whose write time then starts Redis's clock."""
         left = budget.left()
         if left <= 0 or not self.breaker.allow():
             self._set_up(None)
             return False, None
         try:
-            result = await within(op(), left)
+            call = op()
+            sent_at = None
+            if pipelined:
+                future = cast("asyncio.Future[list[Reply]]", call)
+                sent_at = partial(self.pipe.sent_at, future)
+            result = await within(call, left, sent_at)
         except (RedisError, OSError, TimeoutError) as exc:
             self.breaker.failure()
             self._set_up(False)
@@ -231,7 +249,7 @@ class RedisStore:
 
         history: Command = ("LRANGE", self._history_key(user_id), 0, -1)
         commands: list[Command] = [("GET", vkey), history] if vkey is not None else [history]
-        answered, out = await self._call(lambda: self.pipe.submit(commands), budget)
+        answered, out = await self._call(lambda: self.pipe.submit(commands), budget, pipelined=True)
         if not answered or out is None:
             if vkey is not None:
                 self.metrics.cache.labels("bypass" if self.breaker.is_open else "error").inc()
@@ -251,7 +269,7 @@ class RedisStore:
 
         async def write() -> None:
             command = ("SET", vkey, vector.tobytes(), "EX", self.vector_ttl_s)
-            await self._call(lambda: self.pipe.submit([command]), self.budget())
+            await self._call(lambda: self.pipe.submit([command]), self.budget(), pipelined=True)
 
         task = asyncio.get_running_loop().create_task(write())
         self._tasks.add(task)
@@ -260,7 +278,7 @@ class RedisStore:
     async def save_impression(self, request_id: str, imp: Impression, budget: Budget) -> bool:
         payload = json.dumps(imp.__dict__, separators=(",", ":"))
         command = ("SET", f"{self.prefix}:imp:{request_id}", payload, "EX", self.window_s)
-        answered, _ = await self._call(lambda: self.pipe.submit([command]), budget)
+        answered, _ = await self._call(lambda: self.pipe.submit([command]), budget, pipelined=True)
         return answered
 
     async def load_impression(self, request_id: str, budget: Budget) -> tuple[Impression | None, bool]:

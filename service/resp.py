@@ -100,6 +100,7 @@ class Batch:
     future: asyncio.Future[list[Reply]]
     count: int
     replies: list[Reply | ReplyError] = field(default_factory=list)
+    sent_at: float | None = None  # loop time of the write that carried it
 
     def add(self, reply: Reply | ReplyError) -> bool:
         self.replies.append(reply)
@@ -189,6 +190,7 @@ class RespClient:
         self._connecting: asyncio.Task[None] | None = None
         self._queued: list[bytes] = []  # written once the connection is up
         self._outbox: list[bytes] = []  # this loop pass's calls, written together (`_flush`)
+        self._outbox_batches: list[Batch] = []
 
     def submit(self, commands: list[Command]) -> asyncio.Future[list[Reply]]:
         """Send `commands` now (or as soon as connected); the future gets their replies."""
@@ -200,6 +202,7 @@ class RespClient:
         data = encode(commands)
         if self._transport is not None:
             self._outbox.append(data)
+            self._outbox_batches.append(batch)
             if len(self._outbox) == 1:
                 loop.call_soon(self._flush)
             elif len(self._outbox) >= WRITE_BATCH:
@@ -240,8 +243,11 @@ class RespClient:
         self._transport = transport
         self.protocol = protocol
         self._connecting = None
-        for data in self._queued:
-            transport.write(data)
+        if self._queued:
+            transport.write(b"".join(self._queued))
+            now = loop.time()
+            for batch in self.pending:
+                batch.sent_at = batch.sent_at or now
         self._queued.clear()
 
     def _flush(self) -> None:
@@ -249,7 +255,15 @@ class RespClient:
         one pass of the event loop share a send, and Redis answers them in one read."""
         if self._transport is not None and self._outbox:
             self._transport.write(b"".join(self._outbox))
+            now = asyncio.get_running_loop().time()
+            for batch in self._outbox_batches:
+                batch.sent_at = now
         self._outbox.clear()
+        self._outbox_batches.clear()
+
+    def sent_at(self, future: asyncio.Future[list[Reply]]) -> float | None:
+        """Loop time at which the call behind `future` was written; None if not (yet) or unknown."""
+        return next((b.sent_at for b in self.pending if b.future is future), None)
 
     def _handshake_done(self, future: asyncio.Future[list[Reply]]) -> None:
         if not future.cancelled() and future.exception() is not None:
@@ -261,6 +275,7 @@ class RespClient:
         self.protocol = None
         self._queued.clear()
         self._outbox.clear()
+        self._outbox_batches.clear()
         pending, self.pending = self.pending, deque()
         for batch in pending:
             batch.fail(exc)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from functools import partial
 
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -130,7 +131,8 @@ def test_a_stalled_redis_costs_the_budget_and_late_replies_pair_correctly(server
     async def run() -> None:
         client = RespClient(server.url, 0.5)
         await client.submit([("SET", "x", "1")])
-        server.client().execute_command("CLIENT", "PAUSE", "500")
+        with server.client() as admin:
+            admin.execute_command("CLIENT", "PAUSE", "500")
         started = time.perf_counter()
         with pytest.raises(TimeoutError):
             await within(client.submit([("GET", "x")]), 0.02)
@@ -153,6 +155,34 @@ def test_a_reply_that_came_in_time_is_kept_however_late_the_loop_is(server: Redi
         await asyncio.sleep(0)  # the end of this loop pass: the call is written
         asyncio.get_running_loop().call_soon(time.sleep, 0.05)  # 50 ms busy: past the 20 ms budget
         assert await within(call, 0.02) == [b"v"]
+        client.close()
+
+    if loop == "uvloop":
+        import uvloop
+
+        uvloop.run(run())
+    else:
+        asyncio.run(run())
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_call_written_late_gets_its_budget_from_the_write(server: RedisServer, loop: str) -> None:
+    """The loop blocked past the budget before the call went out: the delay is ours, not Redis's;
+    a stalled Redis still fails the call about a budget after the write."""
+
+    async def run() -> None:
+        client = RespClient(server.url, 0.5)
+        await client.submit([("SET", "z", "v")])
+        asyncio.get_running_loop().call_soon(time.sleep, 0.05)  # 50 ms busy before this pass's write
+        call = client.submit([("GET", "z")])
+        assert await within(call, 0.02, partial(client.sent_at, call)) == [b"v"]
+        with server.client() as admin:
+            admin.execute_command("CLIENT", "PAUSE", "500")
+        call = client.submit([("GET", "z")])
+        started = time.perf_counter()
+        with pytest.raises(TimeoutError):
+            await within(call, 0.02, partial(client.sent_at, call))
+        assert time.perf_counter() - started < 0.2
         client.close()
 
     if loop == "uvloop":
