@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import time
 from collections import OrderedDict
@@ -34,6 +33,7 @@ from functools import partial
 from typing import Any, TypeVar, cast
 
 import numpy as np
+import orjson
 import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -276,7 +276,7 @@ class RedisStore:
         task.add_done_callback(self._tasks.discard)
 
     async def save_impression(self, request_id: str, imp: Impression, budget: Budget) -> bool:
-        payload = json.dumps(imp.__dict__, separators=(",", ":"))
+        payload = orjson.dumps(imp.__dict__)
         command = ("SET", f"{self.prefix}:imp:{request_id}", payload, "EX", self.window_s)
         answered, _ = await self._call(lambda: self.pipe.submit([command]), budget, pipelined=True)
         return answered
@@ -285,7 +285,7 @@ class RedisStore:
         """(record or None, whether Redis answered)."""
         key = f"{self.prefix}:imp:{request_id}"
         answered, raw = await self._call(lambda: self.client.get(key), budget)
-        return (Impression(**json.loads(raw)) if raw is not None else None), answered
+        return (Impression(**orjson.loads(raw)) if raw is not None else None), answered
 
     async def record_click(
         self, request_id: str, imp: Impression, item_id: str, budget: Budget

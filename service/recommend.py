@@ -168,7 +168,8 @@ async def recommend(
     index = model.bundle.catalog.index
     click_rows = np.fromiter((index[c] for c in clicks if c in index), np.int64)
     history = np.concatenate([request_rows, click_rows]) if len(click_rows) else request_rows
-    enc = enc.with_history(history)
+    if len(history):  # `encode` already gave the cold encoding (no behavior)
+        enc = enc.with_history(history)
 
     gate = blend_gate(enc.n_history, towers.fill_mode, towers.blend_tau)
     virtual = None
