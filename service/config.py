@@ -31,8 +31,8 @@ class Settings(BaseSettings):
     redis_budget_ms: float = Field(
         20.0,
         gt=0,
-        description="Most latency a request may add waiting for Redis; past it, "
-        "the request goes on without Redis.",
+        description="Most time a request waits for Redis, from its start (or, for a call this "
+        "process wrote late under load, from that write); past it, the request goes on without Redis.",
     )
     breaker_failures: int = Field(
         3, ge=1, description="Consecutive Redis failures that open the circuit breaker."
