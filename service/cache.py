@@ -30,7 +30,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import numpy as np
 import orjson
@@ -206,21 +206,20 @@ class RedisStore:
         return Budget(self.budget_s)
 
     async def _call(
-        self, op: Callable[[], Awaitable[T]], budget: Budget, pipelined: bool = False
+        self,
+        op: Callable[[], Awaitable[T]],
+        budget: Budget,
+        sent_at: Callable[[Awaitable[T]], float | None] | None = None,
     ) -> tuple[bool, T | None]:
         """Run one Redis operation within the budget and the breaker: (answered, result).
-        `pipelined`: `op` submits to the RespClient, whose write time then starts Redis's clock."""
+        `sent_at(call)`: when the call went out, which starts Redis's clock (`within`)."""
         left = budget.left()
         if left <= 0 or not self.breaker.allow():
             self._set_up(None)
             return False, None
         try:
             call = op()
-            sent_at = None
-            if pipelined:
-                future = cast("asyncio.Future[list[Reply]]", call)
-                sent_at = partial(self.pipe.sent_at, future)
-            result = await within(call, left, sent_at)
+            result = await within(call, left, partial(sent_at, call) if sent_at is not None else None)
         except (RedisError, OSError, TimeoutError) as exc:
             self.breaker.failure()
             self._set_up(False)
@@ -229,6 +228,10 @@ class RedisStore:
         self.breaker.success()
         self._set_up(True)
         return True, result
+
+    async def _submit(self, commands: list[Command], budget: Budget) -> tuple[bool, list[Reply] | None]:
+        """`_call` through the request path's pipelined client."""
+        return await self._call(lambda: self.pipe.submit(commands), budget, self.pipe.sent_at)
 
     def _set_up(self, up: bool | None) -> None:
         if up is not None:
@@ -249,7 +252,7 @@ class RedisStore:
 
         history: Command = ("LRANGE", self._history_key(user_id), 0, -1)
         commands: list[Command] = [("GET", vkey), history] if vkey is not None else [history]
-        answered, out = await self._call(lambda: self.pipe.submit(commands), budget, pipelined=True)
+        answered, out = await self._submit(commands, budget)
         if not answered or out is None:
             if vkey is not None:
                 self.metrics.cache.labels("bypass" if self.breaker.is_open else "error").inc()
@@ -269,7 +272,7 @@ class RedisStore:
 
         async def write() -> None:
             command = ("SET", vkey, vector.tobytes(), "EX", self.vector_ttl_s)
-            await self._call(lambda: self.pipe.submit([command]), self.budget(), pipelined=True)
+            await self._submit([command], self.budget())
 
         task = asyncio.get_running_loop().create_task(write())
         self._tasks.add(task)
@@ -278,7 +281,7 @@ class RedisStore:
     async def save_impression(self, request_id: str, imp: Impression, budget: Budget) -> bool:
         payload = orjson.dumps(imp.__dict__)
         command = ("SET", f"{self.prefix}:imp:{request_id}", payload, "EX", self.window_s)
-        answered, _ = await self._call(lambda: self.pipe.submit([command]), budget, pipelined=True)
+        answered, _ = await self._submit([command], budget)
         return answered
 
     async def load_impression(self, request_id: str, budget: Budget) -> tuple[Impression | None, bool]:

@@ -66,8 +66,8 @@ def encode_request(req: RecommendRequest, model: ServedModel) -> tuple[Encoded, 
         enc = encode(schema, bundle.catalog, req.user_id, req.attributes, (), context)
         history = bundle.catalog.rows(req.history) if req.history else np.zeros(0, np.int64)
         # deduplicated by id, first occurrence kept (a dict in C: cheaper than np.unique on rows)
-        given = list(dict.fromkeys(req.candidates)) if req.candidates is not None else None
-        candidates = bundle.catalog.rows(given) if given is not None else None
+        unique = list(dict.fromkeys(req.candidates)) if req.candidates is not None else None
+        candidates = bundle.catalog.rows(unique) if unique is not None else None
     except UnknownItems as exc:
         raise InvalidInput({"message": "unknown item ids", "item_ids": exc.ids[:100]}) from exc
     except ContractError as exc:

@@ -189,8 +189,7 @@ class RespClient:
         self._transport: asyncio.Transport | None = None
         self._connecting: asyncio.Task[None] | None = None
         self._queued: list[bytes] = []  # written once the connection is up
-        self._outbox: list[bytes] = []  # this loop pass's calls, written together (`_flush`)
-        self._outbox_batches: list[Batch] = []
+        self._outbox: list[tuple[bytes, Batch]] = []  # this pass's calls, written together (`_flush`)
 
     def submit(self, commands: list[Command]) -> asyncio.Future[list[Reply]]:
         """Send `commands` now (or as soon as connected); the future gets their replies."""
@@ -201,8 +200,7 @@ class RespClient:
         self.pending.append(batch)
         data = encode(commands)
         if self._transport is not None:
-            self._outbox.append(data)
-            self._outbox_batches.append(batch)
+            self._outbox.append((data, batch))
             if len(self._outbox) == 1:
                 loop.call_soon(self._flush)
             elif len(self._outbox) >= WRITE_BATCH:
@@ -254,15 +252,15 @@ class RespClient:
         """One write for the calls submitted since the last one: under load, requests that run in
         one pass of the event loop share a send, and Redis answers them in one read."""
         if self._transport is not None and self._outbox:
-            self._transport.write(b"".join(self._outbox))
+            self._transport.write(b"".join(data for data, _ in self._outbox))
             now = asyncio.get_running_loop().time()
-            for batch in self._outbox_batches:
+            for _, batch in self._outbox:
                 batch.sent_at = now
         self._outbox.clear()
-        self._outbox_batches.clear()
 
-    def sent_at(self, future: asyncio.Future[list[Reply]]) -> float | None:
-        """Loop time at which the call behind `future` was written; None if not (yet) or unknown."""
+    def sent_at(self, future: object) -> float | None:
+        """Loop time at which the call behind `future` (from `submit`) was written; None if not
+        (yet) or unknown."""
         return next((b.sent_at for b in self.pending if b.future is future), None)
 
     def _handshake_done(self, future: asyncio.Future[list[Reply]]) -> None:
@@ -275,7 +273,6 @@ class RespClient:
         self.protocol = None
         self._queued.clear()
         self._outbox.clear()
-        self._outbox_batches.clear()
         pending, self.pending = self.pending, deque()
         for batch in pending:
             batch.fail(exc)
