@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from model_export.catalog import user_id_slot
 from model_export.model import (
     FeatureEmbeddings,
     MailModel,
@@ -151,16 +152,6 @@ def llae(rank_weight: float, attr_weight: float = 1.0) -> GeneratorHooks:
 
 
 # --- DropoutNet -----------------------------------------------------------------------------
-
-
-def user_id_slot(schema: Schema) -> int:
-    """Column of the user id in the user attribute ids."""
-    start = 0
-    for f in schema.user_fields:
-        if f.name == "user_id":
-            return start
-        start += f.slots
-    raise ValueError("the schema has no user_id field")
 
 
 class DropoutNet(TrainHooks):

@@ -15,10 +15,20 @@ from typing import Any
 
 import numpy as np
 
+from model_export import catalog as task
 from model_export import data as datasets
 from model_export import metrics
 from model_export.protocol import chronological_order
-from service.contract import SPLIT_FILE, Bundle, blend_gate, encode, load_bundle
+from service.contract import (
+    SPLIT_FILE,
+    Bundle,
+    Encoded,
+    FloatArray,
+    IntArray,
+    blend_gate,
+    encode,
+    load_bundle,
+)
 from service.inference import SessionOptions, Towers
 
 
@@ -43,7 +53,41 @@ def _histories(
     return out
 
 
+class _Encoder:
+    """A user's model inputs at a moment, as a live request sends them (history = earlier
+    interactions, none for a new user unless the oracle), with the virtual behavior it gets."""
+
+    def __init__(self, bundle: Bundle, towers: Towers, raw: datasets.Interactions, split: dict[str, Any]):
+        man = bundle.manifest
+        self.bundle, self.towers, self.raw = bundle, towers, raw
+        self.histories = _histories(raw, man["behavior"]["source"] == "clicks", int(split["seed"]))
+        self.derived = split.get("derived_user_attributes", {})
+        self.new_users = set(split["new_users"])
+        self.oracle = man["model"] == "oracle"
+
+    def __call__(self, user: str, ts: int | None) -> tuple[Encoded, FloatArray | None, float]:
+        attributes = {
+            **self.raw.users.get(user, {}),
+            **{k: v[user] for k, v in self.derived.items() if user in v},
+        }
+        items, times = self.histories.get(user, ([], []))
+        if user in self.new_users and not self.oracle:
+            history: list[str] = []
+        elif ts is None:
+            history = items
+        else:
+            history = items[: int(np.searchsorted(times, ts, side="left"))]
+        context = {"timestamp": ts} if ts is not None else {}
+        enc = encode(self.bundle.schema, self.bundle.catalog, user, attributes, history, context)
+        gate = blend_gate(enc.n_history, self.towers.fill_mode, self.towers.blend_tau)
+        virtual = self.towers.virtual_behavior(enc.user_attrs) if gate > 0 else None
+        return enc, virtual, gate
+
+
 def evaluate_bundle(bundle_dir: Path, data_dir: str | None, progress: bool = True) -> dict[str, Any]:
+    """The run's test metrics again, through onnxruntime alone: the task's AUC, GAUC and log loss
+    (rated test samples, or each liked test sample against its recorded sampled negatives) and
+    the whole-catalog ranking of every recorded case."""
     from tqdm import tqdm
 
     bundle: Bundle = load_bundle(bundle_dir)
@@ -51,48 +95,83 @@ def evaluate_bundle(bundle_dir: Path, data_dir: str | None, progress: bool = Tru
     man = bundle.manifest
     raw = datasets.load(man["dataset"], data_dir, seed=int(man["split_seed"]))
     towers = Towers(bundle, SessionOptions(device="cpu", intra_op_threads=2))
-    behavior = man["behavior"]
-    histories = _histories(raw, behavior["source"] == "clicks", int(split["seed"]))
-    derived = split.get("derived_user_attributes", {})
-    new_users = set(split["new_users"])
-    oracle = man["model"] == "oracle"
+    at = _Encoder(bundle, towers, raw, split)
+    catalog = bundle.catalog
     test = split["test"]
     stamps = test["timestamp"] or [None] * len(test["user"])
-    scores = np.zeros(len(test["user"]), np.float64)
-    rows = zip(test["user"], test["item"], stamps, strict=True)
-    for i, (user, item, ts) in enumerate(
-        tqdm(rows, total=len(scores), desc="evaluate", disable=not progress)
-    ):
-        attributes = {
-            **raw.users.get(user, {}),
-            **{k: v[user] for k, v in derived.items() if user in v},
-        }
-        items, times = histories.get(user, ([], []))
-        if user in new_users and not oracle:
-            history: list[str] = []
-        elif ts is None:
-            history = items
-        else:
-            history = items[: int(np.searchsorted(times, ts, side="left"))]
-        context = {"timestamp": ts} if ts is not None else {}
-        enc = encode(bundle.schema, bundle.catalog, user, attributes, history, context)
-        gate = blend_gate(enc.n_history, towers.fill_mode, towers.blend_tau)
-        virtual = towers.virtual_behavior(enc.user_attrs) if gate > 0 else None
-        scores[i] = towers.score(enc, virtual, gate, bundle.catalog.rows([item]))[0]
-    is_new = np.array([u in new_users for u in test["user"]])
-    result = metrics.by_group(np.array(test["user"]), np.array(test["label"]), scores, is_new)
-    return {"test": result, "expected": man["metrics"], "bundle": str(bundle.path)}
+    sampled = split.get("sampled_negatives") if (split.get("task") or {}).get("task") == "catalog" else None
+    users: list[str] = []
+    labels: list[int] = []
+    scores: list[float] = []
+    negatives = iter(sampled["items"]) if sampled else None
+    rows = zip(test["user"], test["item"], test["label"], stamps, strict=True)
+    for user, item, label, ts in tqdm(rows, total=len(stamps), desc="evaluate", disable=not progress):
+        if negatives is not None and not label:
+            continue  # the catalog task scores liked samples against their sampled negatives
+        enc, virtual, gate = at(user, ts)
+        items = [item, *next(negatives)] if negatives is not None else [item]
+        s = towers.score(enc, virtual, gate, catalog.rows(items))
+        users += [user] * len(items)
+        labels += [1] + [0] * (len(items) - 1) if negatives is not None else [label]
+        scores += s.tolist()
+    is_new = np.array([u in at.new_users for u in users])
+    result: dict[str, Any] = {
+        "test": metrics.by_group(np.array(users), np.array(labels), np.array(scores), is_new),
+        "expected": man["metrics"],
+        "bundle": str(bundle.path),
+    }
+    if split.get("ranking"):
+        result["ranking"] = rank_cases(split["ranking"]["cases"], at, towers, catalog, at.new_users)
+        result["expected_ranking"] = man.get("ranking_metrics")
+    return result
+
+
+def rank_cases(
+    cases: list[dict[str, Any]], at: _Encoder, towers: Towers, catalog: Any, new_users: set[str]
+) -> dict[str, Any]:
+    """Whole-catalog ranking metrics of the recorded cases, every catalog item scored by onnxruntime."""
+    n = len(catalog)
+    all_rows = np.arange(1, n + 1, dtype=np.int64)
+    ranking = task.RankingSet(
+        rows=np.arange(len(cases), dtype=np.int64),
+        positives=[catalog.rows(c["positives"]) for c in cases],
+        exclude=[catalog.rows(c["exclude"]) for c in cases],
+        is_new=np.array([c["user"] in new_users for c in cases], bool),
+    )
+
+    def score(idx: IntArray) -> FloatArray:
+        out = np.empty((len(idx), n), np.float32)
+        for b, i in enumerate(idx.tolist()):
+            enc, virtual, gate = at(cases[i]["user"], cases[i]["timestamp"])
+            out[b] = towers.score(enc, virtual, gate, all_rows)
+        return out
+
+    order = np.argsort(np.array(catalog.ids, dtype=object), kind="stable")
+    tie_rank = np.empty(n, np.int64)
+    tie_rank[order] = np.arange(n)
+    return task.ranking_metrics(ranking, score, n, tie_rank)
+
+
+RANKING_ATOL = 2e-3  # float32 probabilities vs float64 logits can swap near-tied items
 
 
 def compare(result: dict[str, Any]) -> float:
-    """Largest absolute difference between recomputed and recorded metrics (AUC, GAUC, log loss)."""
+    """Largest absolute difference between recomputed and recorded metrics (AUC, GAUC, log loss;
+    whole-catalog metrics scaled so that RANKING_ATOL counts as the pairwise tolerance, 1e-4)."""
     worst = 0.0
-    for group in ("new", "old", "all"):
-        for name in ("auc", "gauc", "logloss"):
-            got, want = result["test"][group][name], result["expected"][group][name]
-            if want is None or (isinstance(got, float) and math.isnan(got)):
-                if not (want is None and math.isnan(got)):
-                    return math.inf
-                continue
-            worst = max(worst, abs(got - want))
+    pairs: list[tuple[Any, Any, tuple[str, ...], float]] = [
+        (result["test"], result["expected"], ("auc", "gauc", "logloss"), 1.0)
+    ]
+    if result.get("expected_ranking"):
+        names: tuple[str, ...] = ("hr@10", "precision@10", "ndcg@10", "recall@50")
+        pairs.append((result["ranking"], result["expected_ranking"], names, 1e-4 / RANKING_ATOL))
+    for got_all, want_all, names, scale in pairs:
+        for group in ("new", "old", "all"):
+            for name in names:
+                got, want = got_all[group][name], want_all[group][name]
+                if want is None or (isinstance(got, float) and math.isnan(got)):
+                    if not (want is None and math.isnan(got)):
+                        return math.inf
+                    continue
+                worst = max(worst, abs(got - want) * scale)
     return worst

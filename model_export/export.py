@@ -351,9 +351,10 @@ def export_bundle(run_dir: Path, out: Path) -> dict[str, Any]:
             model, ckpt["parity"], tmp / RANKER_FILE, tmp / RANKER_BATCH_FILE, len(catalog["ids"])
         )
         (tmp / SCHEMA_FILE).write_text(json.dumps(schema.to_dict()))
-        (tmp / CATALOG_FILE).write_text(
-            json.dumps({"ids": catalog["ids"], "titles": catalog["titles"], "features": features.tolist()})
-        )
+        items = {"ids": catalog["ids"], "titles": catalog["titles"], "features": features.tolist()}
+        if catalog.get("popularity") is not None:
+            items["popularity"] = np.asarray(catalog["popularity"]).tolist()
+        (tmp / CATALOG_FILE).write_text(json.dumps(items))
         shutil.copyfile(run_dir / SPLIT_FILE, tmp / SPLIT_FILE)
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
         manifest = _manifest(ckpt, schema, files, has_zst, parity, run_dir)
@@ -389,7 +390,8 @@ def _manifest(
     cfg = ckpt["config"]
     run = ckpt["run"]
     metrics_path = run_dir / METRICS
-    metrics = json.loads(metrics_path.read_text())["test"] if metrics_path.exists() else ckpt["metrics"]
+    report = json.loads(metrics_path.read_text()) if metrics_path.exists() else {"test": ckpt["metrics"]}
+    metrics = report["test"]
     golden = parity.pop("golden")
     signatures = {"ranker": ranker_signature(schema), "ranker_batch": ranker_batch_signature(schema)}
     if has_zst:
@@ -427,7 +429,9 @@ def _manifest(
             }
             for tower, sig in signatures.items()
         },
+        "task": report.get("task", {"task": "rating"}),
         "metrics": metrics,
+        "ranking_metrics": (report.get("ranking") or {}).get("test"),
         "parity": parity,
         "golden": golden,
         "files": files,

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from model_export.catalog import EvalSet, NegativeSampler, RankingSet, eval_set, keys
 from model_export.data import FieldPlan, Interactions
-from model_export.protocol import TEST, TRAIN, VAL, Split, chronological_order
+from model_export.protocol import TEST, TRAIN, UNUSED, VAL, Split, chronological_order
 from service.contract import Catalog, FieldSpec, IntArray, Schema, build_vocab
 
 
@@ -34,6 +35,14 @@ class EncodedData:
     part: npt.NDArray[np.int8]  # (n,) TRAIN / VAL / TEST
     is_new: npt.NDArray[np.bool_]  # (n,)
     source: npt.NDArray[np.int64]  # (n,) index of the interaction in the raw data
+    # the catalog task (model_export.catalog), for VAL and TEST: whole-catalog ranking cases and
+    # the fixed sampled-negative evaluation sets; keys (user row, catalog row) of what training
+    # knows each user interacted with (negatives are never drawn from them); liked training
+    # interactions per catalog row (popularity)
+    ranking: dict[int, RankingSet]
+    sampled_eval: dict[int, EvalSet]
+    known_train: npt.NDArray[np.int64]
+    item_counts: IntArray  # (I + 1,)
 
     def __len__(self) -> int:
         return len(self.label)
@@ -141,20 +150,107 @@ def encode_data(
         context = np.stack([schema.encode_context({"timestamp": int(t)}) for t in data.timestamp[samples]])
     else:
         context = np.tile(schema.encode_context({}), (len(samples), 1))
+    user = np.array([user_row[u] for u in data.user[samples]], np.int64)
+    item = catalog.rows(data.item[samples].tolist())
+    label = data.label[samples].astype(np.float32)
+    part = split.part[samples]
+    is_new = np.isin(data.user[samples], list(split.new_users))
+    # every interaction of a sample user: user row, catalog row, part (behavior-only: UNUSED)
+    mine = np.flatnonzero(np.isin(data.user, user_ids))
+    everyone = Interacted(
+        user=np.array([user_row[u] for u in data.user[mine]], np.int64),
+        item=catalog.rows(data.item[mine].tolist()),
+        part=split.part[mine],
+        liked=data.label[mine] == 1,
+        sample=data.is_sample[mine],
+        new=np.isin(data.user[mine], list(split.new_users)),
+    )
+    n_items = len(catalog)
+    in_train = (everyone.part == TRAIN) | ~everyone.sample
+    known_train = keys(everyone.user[in_train], everyone.item[in_train], n_items)
+    ever = NegativeSampler(keys(everyone.user, everyone.item, n_items), n_items)
+    ts = data.timestamp[samples] if data.timestamp is not None else np.zeros(len(samples), np.int64)
+    ranking, sampled = {}, {}
+    for held in (VAL, TEST):
+        ranking[held] = ranking_cases(user, part, ts, is_new, held, everyone)
+        liked = np.flatnonzero((part == held) & (label == 1))
+        sampled[held] = eval_set(liked, user, item, ever, split.config.seed * 10 + held)
+    counts = np.bincount(item[(part == TRAIN) & (label == 1)], minlength=n_items + 1).astype(np.int64)
     return EncodedData(
         schema=schema,
         catalog=catalog,
         user_ids=user_ids,
         user_attrs=user_attrs,
-        user=np.array([user_row[u] for u in data.user[samples]], np.int64),
-        item=catalog.rows(data.item[samples].tolist()),
+        user=user,
+        item=item,
         context=context.astype(np.int64),
         behavior=behavior_matrix(data, catalog, samples, behavior_len, split.config.seed, clicks_only),
-        label=data.label[samples].astype(np.float32),
-        part=split.part[samples],
-        is_new=np.isin(data.user[samples], list(split.new_users)),
+        label=label,
+        part=part,
+        is_new=is_new,
         source=samples.astype(np.int64),
+        ranking=ranking,
+        sampled_eval=sampled,
+        known_train=known_train,
+        item_counts=counts,
     )
+
+
+@dataclass(frozen=True)
+class Interacted:
+    """Every interaction of the sample users (behavior-only ones too), aligned arrays."""
+
+    user: IntArray  # user row
+    item: IntArray  # catalog row
+    part: npt.NDArray[np.int8]  # TRAIN / VAL / TEST, UNUSED (behavior-only, or a strict new user's)
+    liked: npt.NDArray[np.bool_]
+    sample: npt.NDArray[np.bool_]
+    new: npt.NDArray[np.bool_]
+
+
+def ranking_cases(
+    user: IntArray,
+    part: npt.NDArray[np.int8],
+    ts: npt.NDArray[np.int64],
+    is_new: npt.NDArray[np.bool_],
+    held: int,
+    everyone: Interacted,
+) -> RankingSet:
+    """One whole-catalog case per user with liked held-out items, scored at their first `held` row.
+
+    Positives: liked items of the `held` part, and for TEST also a strict new user's interactions
+    that training never saw (UNUSED samples). Not ranked: items of parts before `held` (TRAIN, and
+    VAL for TEST), and an old user's behavior-only items.
+    """
+    e = everyone
+    if held == TEST:
+        truth = e.sample & e.liked & ((e.part == TEST) | (e.part == UNUSED))
+        known = (e.part == TRAIN) | (e.part == VAL)
+    else:
+        truth = e.sample & e.liked & (e.part == VAL)
+        known = e.part == TRAIN
+    known = (known & e.sample) | (~e.sample & ~e.new)
+    n_users = int(max(user.max(initial=0), e.user.max(initial=0))) + 1
+    positives = _by_user(e.user[truth], e.item[truth], n_users)
+    exclude = _by_user(e.user[known], e.item[known], n_users)
+    rows = np.flatnonzero(part == held)
+    rows = rows[np.lexsort((rows, ts[rows], user[rows]))]  # by user, then time, then row
+    firsts = rows[np.r_[True, user[rows][1:] != user[rows][:-1]]] if len(rows) else rows
+    reps = [r for r in firsts.tolist() if len(positives[user[r]])]
+    return RankingSet(
+        rows=np.array(reps, np.int64),
+        positives=[positives[user[r]] for r in reps],
+        exclude=[np.setdiff1d(exclude[user[r]], positives[user[r]]) for r in reps],
+        is_new=is_new[reps] if reps else np.zeros(0, bool),
+    )
+
+
+def _by_user(user: IntArray, item: IntArray, n_users: int) -> list[IntArray]:
+    """Sorted unique items of each user row."""
+    order = np.lexsort((item, user))
+    user, item = user[order], item[order]
+    bounds = np.searchsorted(user, np.arange(n_users + 1))
+    return [np.unique(item[bounds[u] : bounds[u + 1]]) for u in range(n_users)]
 
 
 __all__ = ["TEST", "TRAIN", "VAL", "EncodedData", "encode_data", "fit_schema", "behavior_matrix"]

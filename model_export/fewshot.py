@@ -15,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from model_export.catalog import RankingSet
 from model_export.data import Interactions
 from model_export.features import EncodedData
 from model_export.model import MailModel
@@ -62,6 +63,28 @@ def revealed_behavior(data: Interactions, encoded: EncodedData, revealed: Reveal
         idx = idx[data.timestamp[idx] < row_time[row]][::-1][:length]  # most recent first
         out[row, : len(idx)] = encoded.catalog.rows(data.item[idx].tolist())
     return out
+
+
+def revealed_cases(
+    cases: RankingSet, encoded: EncodedData, data: Interactions, revealed: Revealed
+) -> RankingSet:
+    """The whole-catalog cases with each new user's revealed items known: not ranked, no longer
+    positives; new users only (old users are unaffected), and only those with positives left."""
+    keep, positives, exclude = [], [], []
+    for i in np.flatnonzero(cases.is_new).tolist():
+        idx = revealed.get(encoded.user_ids[encoded.user[cases.rows[i]]])
+        seen = (
+            encoded.catalog.rows(data.item[idx].tolist())
+            if idx is not None and len(idx)
+            else cases.exclude[i][:0]
+        )
+        left = np.setdiff1d(cases.positives[i], seen)
+        if len(left):
+            keep.append(i)
+            positives.append(left)
+            exclude.append(np.union1d(cases.exclude[i], seen))
+    rows = cases.rows[keep]
+    return RankingSet(rows, positives, exclude, np.ones(len(rows), bool))
 
 
 def evaluate_revealed(

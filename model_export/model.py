@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from model_export.catalog import user_id_slot
 from service.contract import Schema
 
 NEG = -1e9  # logit of a masked position
@@ -496,6 +497,10 @@ class ModelConfig:
     fill_train: bool = True  # new users get virtual behavior in training too (paper's reading)
     fill: str = "hard"  # at inference: "hard" switch on empty behavior | "blend" | "off"
     blend_tau: float = 3.0  # blend: gate = tau / (tau + n_history)
+    # whether the zero-shot tower (or a generator in its place) reads the user id among the
+    # attributes; a new user's id is always out of vocabulary, so by default it reads only what a
+    # new user has (checkpoints from before this setting read it)
+    zst_user_id: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -511,6 +516,7 @@ class ModelConfig:
             fill_train=d.get("fill_train", True),
             fill=d.get("fill", "hard"),
             blend_tau=d.get("blend_tau", 3.0),
+            zst_user_id=d.get("zst_user_id", True),
         )
 
 
@@ -527,6 +533,11 @@ class MailModel(nn.Module):
             raise ValueError(
                 f"schema has {schema.virtual_slots} virtual slots, ranker wants {self.ranker.virtual_slots}"
             )
+        keep = torch.ones(1, schema.user_slots, dtype=torch.long)
+        if not cfg.zst_user_id and any(f.name == "user_id" for f in schema.user_fields):
+            keep[0, user_id_slot(schema)] = 0
+        self.zst_keep: Tensor
+        self.register_buffer("zst_keep", keep, persistent=False)
         self.zst: ZeroShotTower | None = None
         if cfg.model == "mail":
             self.zst = ZeroShotTower(
@@ -540,12 +551,17 @@ class MailModel(nn.Module):
     def virtual_slots(self) -> int:
         return self.ranker.virtual_slots
 
+    def zst_fields(self, attrs: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, A) attribute ids -> the user fields the zero-shot tower reads (embeddings, mask):
+        without the user id (set to PAD: no embedding, masked) unless `cfg.zst_user_id`."""
+        return self.emb.user_fields(attrs * self.zst_keep)
+
     def virtual_behavior(self, attrs: Tensor) -> Tensor:
         """(B, A) attribute ids -> (B, K, d); zeros without a zero-shot tower."""
         b = attrs.shape[0]
         if self.zst is None:
             return torch.zeros(b, self.virtual_slots, self.emb.d)
-        emb, mask = self.emb.user_fields(attrs)
+        emb, mask = self.zst_fields(attrs)
         return self.zst.virtual_behavior(emb, mask)
 
     def ranker_parameters(self) -> list[nn.Parameter]:

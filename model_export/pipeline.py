@@ -8,11 +8,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from model_export import data as datasets
+from model_export.catalog import EVAL_NEGATIVES, RECALL_K, TOP_K
 from model_export.features import EncodedData, encode_data
 from model_export.model import RANKERS, MailModel, ModelConfig, RankerConfig, ZeroShotConfig
-from model_export.protocol import Split, SplitConfig, add_declared_genres, make_split, split_record
-from model_export.train import TrainConfig, TrainHooks, full_report, save_run, train
+from model_export.protocol import TEST, Split, SplitConfig, add_declared_genres, make_split, split_record
+from model_export.train import TrainConfig, TrainHooks, full_report, save_run, task_record, train
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +58,45 @@ def prepare(spec: RunSpec) -> Prepared:
     return Prepared(raw, split, encoded, time.perf_counter() - started)
 
 
+def task_split_record(prepared: Prepared, tcfg: TrainConfig) -> dict[str, Any]:
+    """split.json: the split (`protocol.split_record`), the task, and the catalog task's fixed
+    test negatives: for each liked test sample, in the order of `test`, the raw ids of the
+    EVAL_NEGATIVES never-interacted items it is compared with for AUC."""
+    record = split_record(prepared.interactions, prepared.split)
+    record["task"] = task_record(tcfg)
+    enc = prepared.encoded
+    ev = enc.sampled_eval[TEST]
+    n_pos = int(ev.labels.sum())
+    negatives = (
+        ev.items[n_pos:].reshape(n_pos, EVAL_NEGATIVES) if n_pos else np.zeros((0, EVAL_NEGATIVES), int)
+    )
+    ids = enc.catalog.ids
+    record["sampled_negatives"] = {
+        "per_positive": EVAL_NEGATIVES,
+        "about": "for each test sample with label 1, in order: items the user never interacted with",
+        "items": [[ids[r - 1] for r in row] for row in negatives.tolist()],
+    }
+    cases = enc.ranking[TEST]
+    ts = prepared.interactions.timestamp
+    record["ranking"] = {
+        "about": "whole catalog, one case per test user with liked held-out items, scored at the "
+        "time of their first test sample; positives: liked test items (and a strict new user's "
+        "never-trained interactions); exclude: items never ranked for the user (known before)",
+        "k": TOP_K,
+        "recall_k": RECALL_K,
+        "cases": [
+            {
+                "user": enc.user_ids[enc.user[row]],
+                "timestamp": None if ts is None else int(ts[enc.source[row]]),
+                "positives": [ids[r - 1] for r in pos.tolist()],
+                "exclude": [ids[r - 1] for r in exc.tolist()],
+            }
+            for row, pos, exc in zip(cases.rows.tolist(), cases.positives, cases.exclude, strict=True)
+        ],
+    }
+    return record
+
+
 def run(
     spec: RunSpec,
     out: Path | None,
@@ -72,7 +114,7 @@ def run(
     if cfg.model == "mail" and cfg.zero_shot is None:
         cfg.zero_shot = ZeroShotConfig()
     model, history = train(prepared.encoded, cfg, spec.train, hooks)
-    report = full_report(model, prepared.encoded, history)
+    report = full_report(model, prepared.encoded, history, spec.train)
     report["prepare_seconds"] = round(prepared.seconds, 2)
     report["history_batches"] = history.batches
     info = {
@@ -91,7 +133,7 @@ def run(
             prepared.encoded,
             spec.train,
             report,
-            split_record(prepared.interactions, prepared.split),
+            task_split_record(prepared, spec.train),
             info,
         )
     return model, report

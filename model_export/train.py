@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from model_export import catalog as task
 from model_export import metrics
 from model_export.features import EncodedData
 from model_export.model import MailModel, ModelConfig, UserInputs, ZstLosses
@@ -52,6 +53,31 @@ class TrainConfig:
     seed: int = 0
     threads: int = 2
     progress: bool = True
+    # the task (model_export.catalog): "catalog" (rank the whole catalog; the product's) | "rating"
+    task: str = "catalog"
+    positives: str = "liked"  # catalog: "liked" (label 1) | "any" (every rated item)
+    rated_negatives: bool = False  # catalog, liked: rated-but-not-liked rows train as negatives
+    negatives: int = 4  # catalog: never-interacted items sampled per positive, afresh each epoch
+    sampling: str = "uniform"  # catalog: "uniform" | "popularity" (training count^0.75)
+    cold_rows: float | None = None  # share of rows shown as a new user; None: catalog 0.2, rating 0
+
+    def __post_init__(self) -> None:
+        for name, value, allowed in (
+            ("task", self.task, task.TASKS),
+            ("positives", self.positives, task.POSITIVES),
+            ("sampling", self.sampling, task.SAMPLING),
+        ):
+            if value not in allowed:
+                raise ValueError(f"unknown {name} {value!r}; choose from {allowed}")
+
+    @property
+    def cold_share(self) -> float:
+        if self.cold_rows is not None:
+            return self.cold_rows
+        return CATALOG_COLD_ROWS if self.task == "catalog" else 0.0
+
+
+CATALOG_COLD_ROWS = 0.2
 
 
 class TrainHooks:
@@ -104,7 +130,7 @@ def user_inputs(
     cold = gate[:, 0] > 0
     if model.zst is not None and bool(cold.any()):
         zst = model.zst
-        emb, mask = model.emb.user_fields(attrs[cold])
+        emb, mask = model.zst_fields(attrs[cold])
         if zst.cfg.variant == "none":  # MAIL-None learns its linear map through L_rt alone
             virtual[cold] = zst.virtual_behavior(emb.detach(), mask)
         else:
@@ -129,19 +155,57 @@ class Batches:
         self.is_new = torch.from_numpy(data.is_new)
 
     def iterate(
-        self, rows: npt.NDArray[np.int64], batch_size: int, rng: np.random.Generator | None = None
+        self,
+        rows: npt.NDArray[np.int64],
+        batch_size: int,
+        rng: np.random.Generator | None = None,
+        items: npt.NDArray[np.int64] | None = None,
+        labels: npt.NDArray[np.float32] | None = None,
     ) -> Iterator[tuple[Tensor, ...]]:
-        order = rng.permutation(rows) if rng is not None else rows
+        """Batches of (attrs, context, behavior, item, label, is_new) for `rows`; with `items` and
+        `labels` (aligned with `rows`), row i scores items[i] with label labels[i] instead."""
+        perm = rng.permutation(len(rows)) if rng is not None else np.arange(len(rows))
+        item = torch.from_numpy(items[perm]) if items is not None else None
+        label = torch.from_numpy(labels[perm]) if labels is not None else None
+        order = rows[perm]
         for start in range(0, len(order), batch_size):
-            idx = torch.from_numpy(order[start : start + batch_size])
+            end = start + batch_size
+            idx = torch.from_numpy(order[start:end])
             yield (
                 self.attrs[idx],
                 self.context[idx],
                 self.behavior[idx],
-                self.item[idx],
-                self.label[idx],
+                self.item[idx] if item is None else item[start:end],
+                self.label[idx] if label is None else label[start:end],
                 self.is_new[idx],
             )
+
+
+def training_rows(
+    data: EncodedData, tcfg: TrainConfig, sampler: task.NegativeSampler | None, rng: np.random.Generator
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+    """One epoch's (rows, items, labels): the rated rows (rating task), or positives with
+    negatives drawn afresh (catalog task; `model_export.catalog`)."""
+    train = data.rows(TRAIN)
+    if tcfg.task == "rating":
+        return train, data.item[train], data.label[train]
+    assert sampler is not None
+    liked = data.label[train] == 1
+    pos = train if tcfg.positives == "any" else train[liked]
+    rated_neg = train[~liked] if tcfg.positives == "liked" and tcfg.rated_negatives else train[:0]
+    neg = np.repeat(pos, tcfg.negatives)
+    neg_items = sampler.draw(data.user[neg], rng)
+    rows = np.r_[pos, rated_neg, neg]
+    items = np.r_[data.item[pos], data.item[rated_neg], neg_items]
+    labels = np.r_[np.ones(len(pos)), np.zeros(len(rated_neg) + len(neg))].astype(np.float32)
+    return rows.astype(np.int64), items.astype(np.int64), labels
+
+
+def make_sampler(data: EncodedData, tcfg: TrainConfig) -> task.NegativeSampler | None:
+    if tcfg.task != "catalog":
+        return None
+    weights = task.popularity_weights(data.item_counts) if tcfg.sampling == "popularity" else None
+    return task.NegativeSampler(data.known_train, len(data.catalog), weights)
 
 
 def zst_step_losses(model: MailModel, attrs: Tensor, behavior: Tensor, is_new: Tensor) -> ZstLosses | None:
@@ -152,18 +216,22 @@ def zst_step_losses(model: MailModel, attrs: Tensor, behavior: Tensor, is_new: T
     if int(rows.sum()) < 2:
         return None
     with torch.no_grad():
-        emb, mask = model.emb.user_fields(attrs[rows])
+        emb, mask = model.zst_fields(attrs[rows])
         target, target_mask = model.ranker.behavior_target(behavior[rows])
     return model.zst.losses(emb.detach(), mask, target.detach(), target_mask)
 
 
 def predict(
-    model: MailModel, batches: Batches, rows: npt.NDArray[np.int64], batch_size: int = 4096
+    model: MailModel,
+    batches: Batches,
+    rows: npt.NDArray[np.int64],
+    batch_size: int = 4096,
+    items: npt.NDArray[np.int64] | None = None,
 ) -> npt.NDArray[np.float64]:
     model.eval()
     out = []
     with torch.no_grad():
-        for attrs, ctx, beh, item, _, _ in batches.iterate(rows, batch_size):
+        for attrs, ctx, beh, item, _, _ in batches.iterate(rows, batch_size, items=items):
             logits = model.ranker(user_inputs(model, attrs, ctx, beh, training=False), item)
             out.append(torch.sigmoid(logits).double().numpy())
     return np.concatenate(out) if out else np.zeros(0)
@@ -173,6 +241,83 @@ def evaluate_rows(model: MailModel, batches: Batches, rows: npt.NDArray[np.int64
     data = batches.data
     scores = predict(model, batches, rows)
     return metrics.by_group(data.user[rows], data.label[rows], scores, data.is_new[rows])
+
+
+def part_pairs(data: EncodedData, part: int, tcfg: TrainConfig) -> task.EvalSet:
+    """What the task's AUC scores on VAL or TEST: liked samples against their sampled negatives
+    (catalog), or the rated samples with their labels (rating)."""
+    if tcfg.task == "catalog":
+        return data.sampled_eval[part]
+    rows = data.rows(part)
+    return task.EvalSet(rows, data.item[rows], data.label[rows])
+
+
+def evaluate_part(model: MailModel, batches: Batches, part: int, tcfg: TrainConfig) -> dict[str, Any]:
+    """The task's AUC, GAUC and log loss by group on VAL or TEST."""
+    data = batches.data
+    ev = part_pairs(data, part, tcfg)
+    scores = predict(model, batches, ev.rows, items=ev.items)
+    return metrics.by_group(data.user[ev.rows], ev.labels, scores, data.is_new[ev.rows])
+
+
+def popularity_report(data: EncodedData, tcfg: TrainConfig) -> dict[str, Any]:
+    """`full_report`'s metrics for the most-liked-items list (no model): every user gets the
+    training counts as scores; whole-catalog ranking drops what the user is known to have seen."""
+    counts = data.item_counts.astype(np.float64)
+    report: dict[str, Any] = {"task": task_record(tcfg), "ranking": {}}
+    for name, part in (("test", TEST), ("val", VAL)):
+        ev = part_pairs(data, part, tcfg)
+        report[name] = metrics.by_group(data.user[ev.rows], ev.labels, counts[ev.items], data.is_new[ev.rows])
+        report["ranking"][name] = rank_popular(data, data.ranking[part])
+    return {**report, "train_seconds": 0.0, "best_epoch": 0, "epochs": []}
+
+
+def rank_popular(data: EncodedData, cases: task.RankingSet) -> dict[str, Any]:
+    """Whole-catalog ranking metrics of the most-liked-items list for `cases`."""
+    scores = data.item_counts[1:].astype(np.float64)
+    n_items = len(data.catalog)
+
+    def score(idx: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+        return np.broadcast_to(scores, (len(idx), n_items))
+
+    return task.ranking_metrics(cases, score, n_items, tie_rank(data))
+
+
+def tie_rank(data: EncodedData) -> npt.NDArray[np.int64]:
+    """Rank of each catalog row's raw id (rows 1..I), the service's tie-break."""
+    order = np.argsort(np.array(data.catalog.ids, dtype=object), kind="stable")
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order))
+    return rank
+
+
+def catalog_scorer(model: MailModel, batches: Batches, cases: task.RankingSet) -> task.CatalogScorer:
+    """Scores of every catalog item for ranking cases, through the ranking tower (owner batching)."""
+    n_items = len(batches.data.catalog)
+    all_items = torch.arange(1, n_items + 1)
+
+    def score(idx: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+        rows = torch.from_numpy(cases.rows[idx])
+        model.eval()
+        with torch.no_grad():
+            user = user_inputs(
+                model, batches.attrs[rows], batches.context[rows], batches.behavior[rows], training=False
+            )
+            owner = torch.arange(len(idx)).repeat_interleave(n_items)
+            logits = model.ranker(user, all_items.repeat(len(idx)), owner)
+        return logits.reshape(len(idx), n_items).double().numpy()
+
+    return score
+
+
+def rank_part(
+    model: MailModel, batches: Batches, part: int, cases: task.RankingSet | None = None
+) -> dict[str, Any]:
+    """Whole-catalog ranking metrics by group for the part's cases (or the given ones)."""
+    data = batches.data
+    cases = cases if cases is not None else data.ranking[part]
+    score = catalog_scorer(model, batches, cases)
+    return task.ranking_metrics(cases, score, len(data.catalog), tie_rank(data))
 
 
 def train(
@@ -190,7 +335,9 @@ def train(
         if model.zst is not None and any(True for _ in model.zst.parameters())
         else None  # a parameter-free generator (mean-fill) has nothing to step
     )
-    train_rows, val_rows = data.rows(TRAIN), data.rows(VAL)
+    sampler = make_sampler(data, tcfg)
+    id_slot = task.user_id_slot(data.schema)
+    cold_share = tcfg.cold_share
     history = History()
     best_auc, best_state, stale = -math.inf, copy.deepcopy(model.state_dict()), 0
     started = time.perf_counter()
@@ -199,16 +346,17 @@ def train(
     for epoch in range(1, tcfg.epochs + 1):
         model.train()
         sums = dict.fromkeys(LOSS_NAMES, 0.0)
-        n_batches = math.ceil(len(train_rows) / tcfg.batch_size)
+        rows, items, labels = training_rows(data, tcfg, sampler, rng)
+        n_batches = math.ceil(len(rows) / tcfg.batch_size)
         bar = tqdm(
-            batches.iterate(train_rows, tcfg.batch_size, rng),
+            batches.iterate(rows, tcfg.batch_size, rng, items, labels),
             total=n_batches,
             desc=f"epoch {epoch}/{tcfg.epochs}",
             disable=not tcfg.progress,
             leave=False,
         )
         for raw_batch in bar:
-            batch = hooks.batch(raw_batch)
+            batch = hooks.batch(_cold_rows(raw_batch, cold_share, id_slot, rng))
             attrs, ctx, beh, item, label, is_new = batch
             user = user_inputs(model, attrs, ctx, beh, training=True)
             logits = model.ranker(user, item)
@@ -238,7 +386,7 @@ def train(
                 sums[k] = sums.get(k, 0.0) + v
             bar.set_postfix({k: f"{v:.4f}" for k, v in values.items()})
         means = {k: v / max(n_batches, 1) for k, v in sums.items()}
-        val = evaluate_rows(model, batches, val_rows)
+        val = evaluate_part(model, batches, VAL, tcfg)
         record = {
             "epoch": epoch,
             **means,
@@ -267,6 +415,21 @@ def train(
     model.eval()
     history.seconds = time.perf_counter() - started
     return model, history
+
+
+def _cold_rows(
+    batch: tuple[Tensor, ...], share: float, id_slot: int, rng: np.random.Generator
+) -> tuple[Tensor, ...]:
+    """A `share` of the batch's rows shown as a new user looks: user id OOV, no behavior."""
+    if share <= 0:
+        return batch
+    attrs, ctx, beh, item, label, is_new = batch
+    pick = rng.random(len(attrs)) < share
+    if not pick.any():
+        return batch
+    attrs, beh = attrs.clone(), beh.clone()
+    task.as_new_user(attrs.numpy(), beh.numpy(), pick, id_slot)
+    return attrs, ctx, beh, item, label, is_new
 
 
 def _embedding_l2(model: MailModel, attrs: Tensor, ctx: Tensor, beh: Tensor, item: Tensor) -> Tensor:
@@ -315,13 +478,16 @@ def mean_behavior(model: MailModel, batches: Batches, rows: npt.NDArray[np.int64
     return total / count.clamp(min=1)
 
 
-def full_report(model: MailModel, data: EncodedData, history: History) -> dict[str, Any]:
-    """metrics.json: test metrics by user group, validation, diagnostics and losses."""
+def full_report(model: MailModel, data: EncodedData, history: History, tcfg: TrainConfig) -> dict[str, Any]:
+    """metrics.json: the task's test metrics by user group (AUC on the catalog task's sampled
+    negatives, or on rated rows), whole-catalog ranking, validation, diagnostics and losses."""
     batches = Batches(data, fill_new_users=model.cfg.model == "oracle")
-    test_rows, val_rows, train_rows = data.rows(TEST), data.rows(VAL), data.rows(TRAIN)
+    test_rows, train_rows = data.rows(TEST), data.rows(TRAIN)
     report: dict[str, Any] = {
-        "test": evaluate_rows(model, batches, test_rows),
-        "val": evaluate_rows(model, batches, val_rows),
+        "task": task_record(tcfg),
+        "test": evaluate_part(model, batches, TEST, tcfg),
+        "val": evaluate_part(model, batches, VAL, tcfg),
+        "ranking": {"test": rank_part(model, batches, TEST), "val": rank_part(model, batches, VAL)},
         "train_seconds": round(history.seconds, 2),
         "best_epoch": history.best_epoch,
         "epochs": history.epochs,
@@ -337,6 +503,20 @@ def full_report(model: MailModel, data: EncodedData, history: History) -> dict[s
             "behavior of old users (what mean-fill would give)",
         }
     return report
+
+
+def task_record(tcfg: TrainConfig) -> dict[str, Any]:
+    """The task as trained, for metrics.json and the split record."""
+    if tcfg.task == "rating":
+        return {"task": "rating", "cold_rows": tcfg.cold_share}
+    return {
+        "task": "catalog",
+        "positives": tcfg.positives,
+        "rated_negatives": tcfg.rated_negatives,
+        "negatives": tcfg.negatives,
+        "sampling": tcfg.sampling,
+        "cold_rows": tcfg.cold_share,
+    }
 
 
 def save_run(
@@ -360,6 +540,7 @@ def save_run(
                 "ids": data.catalog.ids,
                 "titles": data.catalog.titles,
                 "features": data.catalog.features,
+                "popularity": data.item_counts[1:],
             },
             "state_dict": model.state_dict(),
             "run": run_info,

@@ -116,7 +116,7 @@ def test_tiny_run_on_the_fixture() -> None:
             ranker=RankerConfig(hidden=(16, 8), d_attention=8),
             zero_shot=ZeroShotConfig(d_hidden=8, width=16, d_attention=8),
         ),
-        train=TrainConfig(epochs=1, batch_size=16, progress=False, threads=1),
+        train=TrainConfig(task="rating", epochs=1, batch_size=16, progress=False, threads=1),
     )
     _, report = run(spec, None)
     assert report["test"]["all"]["samples"] == int((_day_of_fixture() == _day_of_fixture().max()).sum())

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from model_export import baselines
+from model_export.catalog import user_id_slot
 from model_export.model import FeatureEmbeddings, ModelConfig, RankerConfig
 from model_export.pipeline import Prepared, RunSpec, prepare, run
 from model_export.protocol import TRAIN
@@ -80,7 +81,7 @@ def test_dropoutnet_drops_behavior_and_id_of_old_users_only(prepared: Prepared) 
     attrs, ctx, beh, item, label, is_new = _batch(prepared)
     is_new = torch.arange(len(attrs)) % 4 == 0  # a quarter marked new, to check they are spared
     out = hooks.batch((attrs, ctx, beh, item, label, is_new))
-    slot = baselines.user_id_slot(prepared.encoded.schema)
+    slot = user_id_slot(prepared.encoded.schema)
     dropped = out[0][:, slot] == OOV
     assert not dropped[is_new].any()
     assert 0.35 < dropped[~is_new].float().mean() < 0.65

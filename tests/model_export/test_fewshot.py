@@ -7,12 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from model_export import data as datasets
 from model_export.features import encode_data
-from model_export.fewshot import evaluate_revealed, reveal, revealed_behavior
+from model_export.fewshot import evaluate_revealed, reveal, revealed_behavior, revealed_cases
 from model_export.protocol import TEST, VAL, SplitConfig, make_split
-from model_export.train import load_checkpoint
+from model_export.train import Batches, evaluate_rows, load_checkpoint, rank_part
 from tests.conftest import TinyRun
 
 
@@ -74,10 +75,39 @@ def test_nothing_revealed_gives_the_cold_start_metrics(tiny_run: TinyRun) -> Non
     raw = datasets.make_synthetic(seed=0)
     split = make_split(raw, SplitConfig(protocol="strict", seed=0))
     encoded = encode_data(raw, split, behavior_len=8, d_embed=8)
+    recorded = json.loads((run_dir / "metrics.json").read_text())["ranking"]["test"]
+
+    def ranked(revealed: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+        batches = Batches(encoded, fill_new_users=False)
+        batches.behavior = torch.from_numpy(revealed_behavior(raw, encoded, revealed))
+        cases = revealed_cases(encoded.ranking[TEST], encoded, raw, revealed)
+        return rank_part(model, batches, TEST, cases)
+
+    cold = ranked({})
+    assert cold["new"]["ndcg@10"] == pytest.approx(recorded["new"]["ndcg@10"], abs=1e-12)
+    assert cold["new"]["users"] == recorded["new"]["users"] and cold["old"]["users"] == 0
+    five = reveal(raw, split, 5)
+    warm = ranked(five)
+    assert warm["new"]["ndcg@10"] != pytest.approx(cold["new"]["ndcg@10"], abs=1e-6)
+    # the revealed items are known: never ranked, no longer positives
+    cases = revealed_cases(encoded.ranking[TEST], encoded, raw, five)
+    for i, row in enumerate(cases.rows.tolist()):
+        seen = encoded.catalog.rows(raw.item[five[encoded.user_ids[encoded.user[row]]]].tolist())
+        assert set(seen.tolist()) <= set(cases.exclude[i].tolist())
+        assert not set(seen.tolist()) & set(cases.positives[i].tolist())
+
+
+def test_rating_task_few_shot_with_nothing_revealed(tiny_run: TinyRun) -> None:
+    """`evaluate_revealed` (the rating task's few-shot) with no reveal equals plain evaluation."""
+    run_dir = tiny_run("mail", "base")
+    model, _ = load_checkpoint(run_dir)
+    raw = datasets.make_synthetic(seed=0)
+    split = make_split(raw, SplitConfig(protocol="strict", seed=0))
+    encoded = encode_data(raw, split, behavior_len=8, d_embed=8)
     rows = encoded.rows(TEST)
     cold = evaluate_revealed(model, encoded, revealed_behavior(raw, encoded, {}), rows)
-    recorded = json.loads((run_dir / "metrics.json").read_text())["test"]
-    assert cold["new"]["auc"] == pytest.approx(recorded["new"]["auc"], abs=1e-9)
+    plain = evaluate_rows(model, Batches(encoded, fill_new_users=False), rows)
+    assert cold == plain
     warm = evaluate_revealed(model, encoded, revealed_behavior(raw, encoded, reveal(raw, split, 5)), rows)
-    assert warm["old"]["auc"] == pytest.approx(recorded["old"]["auc"], abs=1e-9)
+    assert warm["old"]["auc"] == pytest.approx(cold["old"]["auc"], abs=1e-9)
     assert warm["new"]["auc"] != pytest.approx(cold["new"]["auc"], abs=1e-6)

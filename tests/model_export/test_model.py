@@ -149,7 +149,17 @@ def test_tiny_end_to_end_run(tiny_run: TinyRun) -> None:
     assert metrics["diagnostics"]["virtual_r2_new"] > 0.05
     assert {"L_rt", "L_a", "L_v", "L_d"} <= set(metrics["epochs"][0])
     split = json.loads((run_dir / "split.json").read_text())
-    assert len(split["test"]["user"]) == metrics["test"]["all"]["samples"]
+    # the catalog task: each liked test sample against its recorded never-interacted items
+    liked = sum(split["test"]["label"])
+    assert len(split["sampled_negatives"]["items"]) == liked
+    assert metrics["test"]["all"]["samples"] == liked * (1 + split["sampled_negatives"]["per_positive"])
+    ranking = metrics["ranking"]["test"]
+    assert (
+        ranking["all"]["users"]
+        == len(split["ranking"]["cases"])
+        == ranking["new"]["users"] + ranking["old"]["users"]
+    )
+    assert ranking["new"]["ndcg@10"] > 0 and metrics["task"]["task"] == "catalog"
     assert (run_dir / "model.pt").is_file() and (run_dir / "config.json").is_file()
 
 
@@ -179,8 +189,12 @@ def test_cli_trains_on_real_data(data_dir: Path, tmp_path: Path) -> None:
     )
     assert code == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["test"]["all"]["samples"] == 20_000
+    split = json.loads((out / "split.json").read_text())
+    assert metrics["test"]["all"]["samples"] == 11 * sum(split["test"]["label"])
     assert 0.5 < metrics["test"]["old"]["auc"] < 1.0
+    # whole catalog: every new user of the strict split has liked items to find
+    assert metrics["ranking"]["test"]["new"]["users"] == len(split["new_users"]) == 377
+    assert 0.0 < metrics["ranking"]["test"]["new"]["ndcg@10"] < 1.0
     assert np.isfinite(metrics["diagnostics"]["virtual_r2_new"])
 
 

@@ -1,0 +1,138 @@
+"""The catalog task: ranking metrics by hand, negatives never known items, cases and their rules."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from model_export import catalog as task
+from model_export import data as datasets
+from model_export.features import encode_data
+from model_export.protocol import TEST, TRAIN, UNUSED, VAL, SplitConfig, make_split
+from model_export.train import TrainConfig, make_sampler, training_rows
+
+
+def _cases(positives: list[list[int]], exclude: list[list[int]] | None = None) -> task.RankingSet:
+    n = len(positives)
+    return task.RankingSet(
+        rows=np.arange(n, dtype=np.int64),
+        positives=[np.array(p, np.int64) for p in positives],
+        exclude=[np.array(e, np.int64) for e in (exclude or [[]] * n)],
+        is_new=np.array([i % 2 == 0 for i in range(n)]),
+    )
+
+
+def test_ranking_metrics_match_hand_computed_values() -> None:
+    n_items = 60
+    scores = np.arange(n_items, 0, -1, dtype=np.float64)  # row 1 best, row 60 worst
+    cases = _cases([[1, 3, 12], [59, 60]], exclude=[[2], []])
+    out = task.ranking_metrics(cases, lambda idx: np.tile(scores, (len(idx), 1)), n_items, np.arange(n_items))
+    # user 0: row 2 not ranked, so the top 10 is rows 1, 3..11: hits at ranks 1 and 2
+    gains = 1 / np.log2(np.arange(2, 12))
+    assert out["new"]["ndcg@10"] == pytest.approx((gains[0] + gains[1]) / gains[:3].sum())
+    assert out["new"]["precision@10"] == pytest.approx(0.2)
+    assert out["new"]["hr@10"] == 1.0
+    assert out["new"]["recall@50"] == pytest.approx(1.0)  # row 12 is 11th: within 50
+    # user 1: rows 59 and 60 are last of 60: no hit in the top 50
+    assert out["old"] == {"hr@10": 0.0, "precision@10": 0.0, "ndcg@10": 0.0, "recall@50": 0.0, "users": 1}
+    assert out["all"]["ndcg@10"] == pytest.approx(out["new"]["ndcg@10"] / 2)
+
+
+def test_ties_are_broken_by_the_raw_id_order_given() -> None:
+    n_items = 20
+    flat = np.zeros(n_items)
+    cases = _cases([[20]])
+    first = np.arange(n_items)[::-1].copy()  # row 20 ranks first among equals
+    last = np.arange(n_items)
+    got_first = task.ranking_metrics(cases, lambda idx: np.tile(flat, (len(idx), 1)), n_items, first)
+    got_last = task.ranking_metrics(cases, lambda idx: np.tile(flat, (len(idx), 1)), n_items, last)
+    assert got_first["new"]["ndcg@10"] == 1.0 and got_last["new"]["hr@10"] == 0.0
+
+
+def test_negative_sampler_never_draws_a_known_item() -> None:
+    rng = np.random.default_rng(0)
+    n_items = 30
+    users = rng.integers(0, 20, 200)  # each user knows about a third of the items
+    items = rng.integers(1, n_items + 1, 200)
+    sampler = task.NegativeSampler(task.keys(users, items, n_items), n_items)
+    known = set(zip(users.tolist(), items.tolist(), strict=True))
+    for weights in (None, task.popularity_weights(np.arange(n_items + 1))):
+        sampler.p = None if weights is None else weights / weights.sum()
+        ask = rng.integers(0, 20, 5000)
+        drawn = sampler.draw(ask, rng)
+        assert ((drawn >= 1) & (drawn <= n_items)).all()
+        assert not any((u, i) in known for u, i in zip(ask.tolist(), drawn.tolist(), strict=True))
+
+
+@pytest.fixture(scope="module")
+def encoded():  # type: ignore[no-untyped-def]
+    raw = datasets.make_synthetic(seed=0)
+    split = make_split(raw, SplitConfig(protocol="strict", seed=0))
+    return raw, split, encode_data(raw, split, behavior_len=8, d_embed=8)
+
+
+def test_cases_follow_the_rules_for_new_and_old_users(encoded) -> None:  # type: ignore[no-untyped-def]
+    raw, split, enc = encoded
+    cases = enc.ranking[TEST]
+    row_of = {enc.user_ids[u]: u for u in range(len(enc.user_ids))}
+    for i in range(len(cases.rows)):
+        user = enc.user_ids[enc.user[cases.rows[i]]]
+        mine = raw.user == user
+        liked = mine & (raw.label == 1)
+        items = enc.catalog.rows(raw.item[liked].tolist())
+        parts = split.part[liked]
+        if user in split.new_users:
+            assert cases.is_new[i]
+            # a strict new user: every liked interaction training never saw, but the validation ones
+            want = set(items[(parts == TEST) | (parts == UNUSED)].tolist())
+            assert set(cases.positives[i].tolist()) == want
+            val_items = set(enc.catalog.rows(raw.item[mine & (split.part == VAL)].tolist()).tolist())
+            assert set(cases.exclude[i].tolist()) == val_items - want
+        else:
+            assert not cases.is_new[i]
+            assert set(cases.positives[i].tolist()) == set(items[parts == TEST].tolist())
+            seen = mine & np.isin(split.part, (TRAIN, VAL))
+            want_excl = set(enc.catalog.rows(raw.item[seen].tolist()).tolist()) - set(
+                cases.positives[i].tolist()
+            )
+            assert set(cases.exclude[i].tolist()) == want_excl
+        # scored at the user's first test sample
+        rep = cases.rows[i]
+        assert enc.part[rep] == TEST and enc.user[rep] == row_of[user]
+        test_times = raw.timestamp[enc.source[(enc.user == enc.user[rep]) & (enc.part == TEST)]]
+        assert raw.timestamp[enc.source[rep]] == test_times.min()
+
+
+def test_training_rows_of_the_catalog_task(encoded) -> None:  # type: ignore[no-untyped-def]
+    _, _, enc = encoded
+    tcfg = TrainConfig(negatives=3)
+    rows, items, labels = training_rows(enc, tcfg, make_sampler(enc, tcfg), np.random.default_rng(0))
+    train = enc.rows(TRAIN)
+    liked = train[enc.label[train] == 1]
+    assert labels.sum() == len(liked) and len(rows) == 4 * len(liked)
+    assert set(rows.tolist()) <= set(liked.tolist())  # negatives stand in a positive's place
+    known = set(task.keys(enc.user[train], enc.item[train], len(enc.catalog)).tolist())
+    negatives = task.keys(enc.user[rows[labels == 0]], items[labels == 0], len(enc.catalog))
+    assert not known & set(negatives.tolist())
+    again = training_rows(enc, tcfg, make_sampler(enc, tcfg), np.random.default_rng(1))[1]
+    assert not np.array_equal(again, items)  # afresh each epoch
+    rating = TrainConfig(task="rating")
+    r_rows, r_items, r_labels = training_rows(enc, rating, None, np.random.default_rng(0))
+    assert np.array_equal(r_rows, train) and np.array_equal(r_labels, enc.label[train])
+    assert TrainConfig().cold_share == 0.2 and rating.cold_share == 0.0
+    with pytest.raises(ValueError, match="unknown task"):
+        TrainConfig(task="clicks")
+
+
+def test_sampled_evaluation_negatives_were_never_interacted(encoded) -> None:  # type: ignore[no-untyped-def]
+    raw, _, enc = encoded
+    ev = enc.sampled_eval[TEST]
+    n_pos = int(ev.labels.sum())
+    assert len(ev.labels) == n_pos * (1 + task.EVAL_NEGATIVES)
+    ever = set(zip(raw.user.tolist(), raw.item.tolist(), strict=True))
+    users = [enc.user_ids[u] for u in enc.user[ev.rows[n_pos:]]]
+    items = [enc.catalog.ids[r - 1] for r in ev.items[n_pos:]]
+    assert not any(pair in ever for pair in zip(users, items, strict=True))
+    assert math.isclose(float(ev.labels[:n_pos].mean()), 1.0)
