@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from service.batching import MicroBatcher
-from service.contract import Bundle, ContractError, IntArray, load_bundle
+from service.contract import Bundle, ContractError, FloatArray, IntArray, load_bundle
 from service.errors import BadBundle
 from service.inference import SessionOptions, Towers
 
@@ -49,15 +49,24 @@ class ServedModel:
     item_ids: npt.NDArray[np.object_] = field(init=False)  # (I + 1,) raw id by row ("" for PAD)
     tie_rank: IntArray = field(init=False)  # (I + 1,) rank of each row's raw id, for tie-breaks
     batcher: MicroBatcher | None = field(init=False)  # ranker calls merged across requests, if on
+    kind: str = "model"  # "popularity": ranks by the catalog's training counts, not the towers
+    popularity: FloatArray | None = field(init=False)  # (I + 1,) the scores a popularity variant serves
 
     def __post_init__(self) -> None:
         opts = self.towers.options
         self.batcher = (
             MicroBatcher(self.towers, opts.microbatch_wait_ms / 1000, opts.microbatch_max_rows)
-            if self.towers.ranker_batch is not None
+            if self.towers.ranker_batch is not None and self.kind == "model"
             else None
         )
         catalog = self.bundle.catalog
+        self.popularity = None
+        if self.kind == "popularity":
+            if catalog.popularity is None:
+                raise BadBundle(
+                    f"{self.bundle.path}: no popularity counts in its catalog (exported before them)"
+                )
+            self.popularity = np.r_[0, catalog.popularity].astype(np.float32)
         self.all_rows = np.arange(1, len(catalog) + 1, dtype=np.int64)
         self.item_ids = np.array(["", *catalog.ids], dtype=object)
         order = np.argsort(self.item_ids, kind="stable")
@@ -68,11 +77,18 @@ class ServedModel:
     def version(self) -> str:
         return self.bundle.version
 
+    @property
+    def model_name(self) -> str:
+        """What this variant serves: the bundle's model, or `popularity`."""
+        return "popularity" if self.kind == "popularity" else self.bundle.model
+
     def describe(self) -> dict[str, Any]:
         man = self.bundle.manifest
         return {
             "variant": self.variant,
-            "model": man["model"],
+            "kind": self.kind,
+            "model": self.model_name,
+            "about": ABOUT.get(self.model_name, ""),
             "model_version": self.version,
             "ranker": man["ranker"],
             "provider": self.towers.provider,
@@ -81,15 +97,25 @@ class ServedModel:
             "protocol": man["protocol"],
             "fill": self.towers.fill_mode,
             "microbatch": self.batcher is not None,
-            "zero_shot": self.towers.zero_shot is not None,
+            "zero_shot": self.towers.zero_shot is not None and self.kind == "model",
             "catalog_items": len(self.bundle.catalog),
             "created_at": man["created_at"],
             "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.loaded_at)),
+            "task": man.get("task", {"task": "rating"}),
             "offline_metrics": man.get("metrics"),
+            "offline_ranking": man.get("ranking_metrics"),
         }
 
 
-def load_model(variant: str, path: Path, options: SessionOptions) -> ServedModel:
+ABOUT = {
+    "mail": "ranking tower + zero-shot tower: a cold user's virtual behavior from their attributes",
+    "control": "ranking tower alone: a cold user has empty behavior",
+    "oracle": "ranking tower trained with new users' real behavior (offline ceiling)",
+    "popularity": "the items most liked in training, minus what the user has seen; no model",
+}
+
+
+def load_model(variant: str, path: Path, options: SessionOptions, kind: str = "model") -> ServedModel:
     """Load, validate and warm one bundle (blocking: call it off the event loop)."""
     try:
         bundle = load_bundle(path)
@@ -107,7 +133,7 @@ def load_model(variant: str, path: Path, options: SessionOptions) -> ServedModel
         path,
         towers.provider,
     )
-    return ServedModel(variant, bundle, towers, time.time())
+    return ServedModel(variant, bundle, towers, time.time(), kind)
 
 
 class ModelRegistry:
@@ -125,11 +151,13 @@ class ModelRegistry:
     def put(self, model: ServedModel) -> None:
         self._models[model.variant] = model
 
-    async def reload(self, variant: str, path: Path) -> tuple[ServedModel, ServedModel | None]:
+    async def reload(
+        self, variant: str, path: Path, kind: str = "model"
+    ) -> tuple[ServedModel, ServedModel | None]:
         """Load `path` for `variant` and swap it in; returns (new, old). Raises BadBundle."""
         async with self._lock:  # one reload at a time
             loop = asyncio.get_running_loop()
-            new = await loop.run_in_executor(None, load_model, variant, path, self.options)
+            new = await loop.run_in_executor(None, load_model, variant, path, self.options, kind)
             old = self._models.get(variant)
             self._models[variant] = new  # the swap: one reference, atomic for readers
             settle_heap()

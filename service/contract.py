@@ -372,12 +372,19 @@ class Catalog:
     ids: list[str]  # raw id of rows 1..n
     titles: list[str]
     features: IntArray  # (n + 1, M)
+    # liked training interactions of rows 1..n (the popularity a "most popular" variant ranks by);
+    # None in bundles from before it was recorded
+    popularity: IntArray | None = None
     index: dict[str, int] = field(init=False)
 
     def __post_init__(self) -> None:
         self.index = {item: row for row, item in enumerate(self.ids, start=1)}
         if len(self.index) != len(self.ids):
             raise ContractError("duplicate item ids in catalog")
+        if self.popularity is not None and len(self.popularity) != len(self.ids):
+            raise ContractError(
+                f"catalog popularity has {len(self.popularity)} counts for {len(self.ids)} items"
+            )
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -699,7 +706,9 @@ def _read_tables(root: Path) -> tuple[Schema, Catalog]:
         schema = Schema.from_dict(_read_json(root, SCHEMA_FILE))
         items = _read_json(root, CATALOG_FILE)
         features = np.asarray(items["features"], dtype=np.int64).reshape(-1, schema.item_slots)
-        return schema, Catalog(list(items["ids"]), list(items["titles"]), features)
+        counts = items.get("popularity")
+        popularity = None if counts is None else np.asarray(counts, dtype=np.int64)
+        return schema, Catalog(list(items["ids"]), list(items["titles"]), features, popularity)
     except (KeyError, TypeError, ValueError, ContractError) as exc:
         raise BundleError(root, f"schema or catalog unreadable ({exc})") from None
 

@@ -23,11 +23,25 @@ class ExperimentFileError(ValueError):
     """An experiments file that cannot be served."""
 
 
+KINDS = ("model", "popularity")
+
+
 @dataclass(frozen=True)
 class Variant:
+    """A share of users served by a bundle: its ranking model (`model`), or the most popular items
+    by the training counts the bundle records (`popularity`: the fallback most engines serve a cold
+    user, so an experiment can measure a model against it)."""
+
     name: str
     weight: float
     bundle: Path
+    kind: str = "model"
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ExperimentFileError(
+                f"variant {self.name!r}: unknown kind {self.kind!r}; choose from {KINDS}"
+            )
 
 
 @dataclass(frozen=True)
@@ -93,7 +107,12 @@ def load_experiment(path: Path) -> Experiment:
         doc: dict[str, Any] = tomllib.loads(path.read_text())
         exp = doc["experiment"]
         variants = tuple(
-            Variant(str(v["name"]), float(v.get("weight", 1)), _resolve(path, str(v["bundle"])))
+            Variant(
+                str(v["name"]),
+                float(v.get("weight", 1)),
+                _resolve(path, str(v["bundle"])),
+                str(v.get("kind", "model")),
+            )
             for v in exp["variants"]
         )
         overridable = frozenset(exp.get("override", [v.name for v in variants]))

@@ -196,12 +196,12 @@ async def _load_variants(state: AppState) -> None:
     loop = asyncio.get_running_loop()
     for variant in state.experiment.variants:
         model = await loop.run_in_executor(
-            None, load_model, variant.name, variant.bundle, state.registry.options
+            None, load_model, variant.name, variant.bundle, state.registry.options, variant.kind
         )
         state.registry.put(model)
         man = model.bundle.manifest
         state.metrics.set_model(
-            variant.name, man["model"], model.version, man["ranker"], model.towers.provider
+            variant.name, model.model_name, model.version, man["ranker"], model.towers.provider
         )
     state.metrics.init_experiment(state.experiment.name, state.experiment.names)
     state.ready = True

@@ -137,7 +137,10 @@ async def virtual_behavior(
 async def score(
     state: AppState, model: ServedModel, enc: Encoded, virtual: FloatArray | None, gate: float, rows: IntArray
 ) -> FloatArray:
-    """ranker.onnx inline (cheaper than a thread hop at these sizes on CPU), or via the micro-batcher."""
+    """ranker.onnx inline (cheaper than a thread hop at these sizes on CPU), or via the micro-batcher;
+    a popularity variant's scores are its training counts."""
+    if model.popularity is not None:
+        return model.popularity[rows]
     towers = model.towers
     observe = state.metrics.child(state.metrics.inference, "ranker", towers.provider).observe
     if not len(rows):
@@ -163,7 +166,8 @@ async def recommend(
 
     store = state.store
     budget = store.budget()
-    key = vector_key(store.prefix, model.version, enc.user_attrs) if towers.zero_shot is not None else None
+    use_zst = towers.zero_shot is not None and model.popularity is None
+    key = vector_key(store.prefix, model.version, enc.user_attrs) if use_zst else None
     cached, clicks, redis_ok = await store.read_user(key, req.user_id, budget)
     index = model.bundle.catalog.index
     click_rows = np.fromiter((index[c] for c in clicks if c in index), np.int64)

@@ -110,7 +110,10 @@ async def models(state: StateDep) -> dict[str, Any]:
         "experiment": {
             "name": exp.name,
             "salt": exp.salt,
-            "variants": [{"name": v.name, "weight": v.weight, "bundle": str(v.bundle)} for v in exp.variants],
+            "variants": [
+                {"name": v.name, "weight": v.weight, "bundle": str(v.bundle), "kind": v.kind}
+                for v in exp.variants
+            ],
             "override_allowed": sorted(exp.overridable),
         },
         "models": [m.describe() for m in state.registry.all()],
@@ -141,16 +144,16 @@ async def reload(
     names = state.experiment.names
     if req.variant not in names:
         raise UnknownVariant(req.variant, names)
-    default = next(v.bundle for v in state.experiment.variants if v.name == req.variant)
-    path = Path(req.bundle) if req.bundle else default
+    served = next(v for v in state.experiment.variants if v.name == req.variant)
+    path = Path(req.bundle) if req.bundle else served.bundle
     try:
-        new, old = await state.registry.reload(req.variant, path)
+        new, old = await state.registry.reload(req.variant, path, served.kind)
     except Exception:
         state.metrics.reloads.labels(req.variant, "failure").inc()
         raise
     state.metrics.reloads.labels(req.variant, "success").inc()
     man = new.bundle.manifest
-    state.metrics.set_model(req.variant, man["model"], new.version, man["ranker"], new.towers.provider)
+    state.metrics.set_model(req.variant, new.model_name, new.version, man["ranker"], new.towers.provider)
     return {
         "variant": req.variant,
         "model_version": new.version,

@@ -149,6 +149,7 @@ def write_experiment(
     weights: dict[str, int] | None = None,
     name: str = "cold-start",
     salt: str = "test",
+    kinds: dict[str, str] | None = None,
 ) -> Path:
     lines = ["[experiment]", f'name = "{name}"', f'salt = "{salt}"', ""]
     for variant, bundle in bundles.items():
@@ -158,6 +159,7 @@ def write_experiment(
             f'name = "{variant}"',
             f"weight = {weight}",
             f'bundle = "{bundle}"',
+            f'kind = "{(kinds or {}).get(variant, "model")}"',
             "",
         ]
     path.write_text("\n".join(lines))

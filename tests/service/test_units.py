@@ -70,6 +70,16 @@ def test_experiment_file(tmp_path: Path) -> None:
     with pytest.raises(ExperimentFileError, match="unique"):
         load_experiment(f)
     assert default_experiment(Path("bundles")).names == ["control", "mail"]
+    assert {v.kind for v in exp.variants} == {"model"}  # the default kind
+    f.write_text(
+        '[experiment]\nname = "e"\n[[experiment.variants]]\nname = "pop"\nkind = "popularity"\nbundle = "x"\n'
+    )
+    assert load_experiment(f).variants[0].kind == "popularity"
+    f.write_text(
+        '[experiment]\nname = "e"\n[[experiment.variants]]\nname = "p"\nkind = "random"\nbundle = "x"\n'
+    )
+    with pytest.raises(ExperimentFileError, match="unknown kind 'random'"):
+        load_experiment(f)
 
 
 def test_top_k_breaks_ties_by_item_id() -> None:
