@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         for method in ("control", "mail", "oracle")
     ]
     rows_path = args.out.with_suffix(".jsonl")
-    wall = run_grid(Grid(cells), args.data_dir, rows_path, jobs=args.jobs)
+    wall = run_grid(Grid(cells, train={"task": "rating"}), args.data_dir, rows_path, jobs=args.jobs)
     rows = load_rows(rows_path, cells)
     base_mail = [r for r in rows if r["cell"]["protocol"] == "mail" and r["cell"]["ranker"] == "base"]
     summary = summarize(rows)

@@ -42,6 +42,10 @@ def _control(ranker: RankerConfig, zst: ZeroShotConfig, value: Value, seed: int)
     return Built(ModelConfig(model="control", ranker=replace(ranker, dropout=float(value or 0))))
 
 
+def _popularity(ranker: RankerConfig, zst: ZeroShotConfig, value: Value, seed: int) -> Built:
+    raise TypeError("popularity trains nothing: the suite scores it from the training counts")
+
+
 def _oracle(ranker: RankerConfig, zst: ZeroShotConfig, value: Value, seed: int) -> Built:
     return Built(ModelConfig(model="oracle", ranker=ranker))
 
@@ -80,6 +84,8 @@ METHODS: dict[str, Method] = {
         Method("control", "the ranking tower alone; cold users get empty behavior", "ranker dropout",
                (0.2, 0.5), _control),
         Method("oracle", "the same tower fed new users' real behavior: the ceiling", None, (None,), _oracle),
+        Method("popularity", "the items most liked in training, minus what the user has seen; no model",
+               None, (None,), _popularity),
         Method("mean-fill", "empty behavior := old users' mean behavior representation", "fill in training",
                (True, False), _mean_fill),
         Method("llae", "low-rank linear auto-encoder, attributes -> behavior (Li et al. 2019)",

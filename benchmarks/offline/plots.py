@@ -119,6 +119,26 @@ def sweep(
     plt.close(fig)
 
 
+def curve(points: dict[str, list[tuple[int, Record]]], path: Path, metric: str, ylabel: str) -> None:
+    """Absolute new-user `metric` (mean and std over seeds) against revealed interactions n."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for method, pts in points.items():
+        pts = sorted(pts, key=lambda p: p[0])
+        vals = [r[f"new_{metric}"] for _, r in pts]
+        ls = "--" if method == "popularity" else "-"
+        label = f"{method} ({len(pts[0][1]['seeds'])} seeds)"
+        ax.errorbar([n for n, _ in pts], [m for m, _ in vals], yerr=[s for _, s in vals], marker="o", ls=ls,
+                    capsize=3, label=label)  # fmt: skip
+    ax.set_xlabel("interactions known per new user (n)")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def fewshot(points: dict[str, list[tuple[int, Record]]], path: Path, metric: str = "auc") -> None:
     """Paired lift over control at the same n (%), against the number of revealed interactions."""
     plt = _pyplot()

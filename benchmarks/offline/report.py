@@ -10,6 +10,15 @@ import numpy as np
 
 GROUPS = ("new", "old")
 METRICS = ("auc", "gauc")
+RANKING = ("ndcg@10", "precision@10", "hr@10", "recall@50")  # whole catalog (rows with "ranking")
+VS_POPULARITY = ("ndcg@10", "precision@10")
+
+
+def value(row: dict[str, Any], group: str, metric: str) -> float:
+    """A test metric of a row: whole-catalog ranking metrics from its ranking, the rest from test."""
+    if metric in RANKING:
+        return float(row["ranking"]["test"][group][metric])
+    return float(row["test"][group][metric])
 
 
 def _setting(cell: dict[str, Any]) -> tuple[Any, ...]:
@@ -28,6 +37,13 @@ def paired_p(a: list[float], b: list[float]) -> float:
     return float(stats.ttest_rel(a, b).pvalue)
 
 
+def _has(row: dict[str, Any], group: str, metric: str) -> bool:
+    where: dict[str, Any] = (
+        (row.get("ranking") or {}).get("test") or {} if metric in RANKING else row.get("test") or {}
+    )
+    return group in where and where[group].get(metric) is not None
+
+
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One record per (setting, method): per-metric mean/std, lift and gap closed vs control."""
     by: dict[tuple[Any, ...], dict[str, dict[int, dict[str, Any]]]] = defaultdict(lambda: defaultdict(dict))
@@ -37,6 +53,8 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for setting, methods in sorted(by.items(), key=lambda kv: str(kv[0])):
         control = methods.get("control", {})
         oracle = methods.get("oracle", {})
+        popular = methods.get("popularity", {})
+        ranked = all(s.get("ranking") for seeds in methods.values() for s in seeds.values())
         for method, seeds in sorted(methods.items()):
             rec: dict[str, Any] = {
                 "dataset": setting[0],
@@ -50,21 +68,30 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             r2 = [s["diagnostics"]["virtual_r2_new"] for s in seeds.values() if s.get("diagnostics")]
             rec["virtual_r2_new"] = (float(np.mean(r2)), float(np.std(r2))) if r2 else None
             for g in GROUPS:
-                for m in METRICS:
-                    vals = [seeds[s]["test"][g][m] for s in sorted(seeds)]
+                for m in METRICS + (RANKING if ranked else ()):
+                    if any(not _has(seeds[s], g, m) for s in seeds):
+                        continue
+                    vals = [value(seeds[s], g, m) for s in sorted(seeds)]
                     rec[f"{g}_{m}"] = (float(np.mean(vals)), float(np.std(vals)))
                     common = [s for s in sorted(seeds) if s in control]
                     if common and method != "control":
-                        mine = [seeds[s]["test"][g][m] for s in common]
-                        base = [control[s]["test"][g][m] for s in common]
+                        mine = [value(seeds[s], g, m) for s in common]
+                        base = [value(control[s], g, m) for s in common]
                         lifts = [(a - b) / b * 100 for a, b in zip(mine, base, strict=True)]
                         rec[f"{g}_{m}_lift_pct"] = (float(np.mean(lifts)), float(np.std(lifts)))
                         rec[f"{g}_{m}_p"] = paired_p(mine, base)
+                    versus = [s for s in sorted(seeds) if s in popular]
+                    if ranked and m in VS_POPULARITY and versus and method != "popularity":
+                        mine = [value(seeds[s], g, m) for s in versus]
+                        base = [value(popular[s], g, m) for s in versus]
+                        lifts = [(a - b) / b * 100 for a, b in zip(mine, base, strict=True)]
+                        rec[f"{g}_{m}_vs_pop_pct"] = (float(np.mean(lifts)), float(np.std(lifts)))
+                        rec[f"{g}_{m}_vs_pop_p"] = paired_p(mine, base)
                     both = [s for s in common if s in oracle]
                     if both and method not in ("control", "oracle"):
-                        c = np.mean([control[s]["test"][g][m] for s in both])
-                        o = np.mean([oracle[s]["test"][g][m] for s in both])
-                        me = np.mean([seeds[s]["test"][g][m] for s in both])
+                        c = np.mean([value(control[s], g, m) for s in both])
+                        o = np.mean([value(oracle[s], g, m) for s in both])
+                        me = np.mean([value(seeds[s], g, m) for s in both])
                         rec[f"{g}_{m}_gap"] = float((me - c) / (o - c)) if abs(o - c) > 1e-9 else None
                         rec[f"{g}_{m}_headroom"] = float(o - c)
             out.append(rec)

@@ -117,6 +117,7 @@ def result_row(cell: Cell, seconds: float, report: dict[str, Any], **extra: Any)
         "best_epoch": report["best_epoch"],
         "test": report["test"],
         "val": report["val"],
+        "ranking": report.get("ranking"),
         "diagnostics": report.get("diagnostics"),
         "losses": report["epochs"],
     }

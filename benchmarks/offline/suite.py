@@ -23,20 +23,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from benchmarks.offline.methods import METHODS, Method, Value
 from benchmarks.offline.runner import Cell, result_row
-from model_export.fewshot import evaluate_revealed, reveal, revealed_behavior
+from model_export.fewshot import evaluate_revealed, reveal, revealed_behavior, revealed_cases
 from model_export.model import RANKERS, RankerConfig, ZeroShotConfig
 from model_export.pipeline import Prepared, RunSpec, prepare, run
 from model_export.protocol import TEST
-from model_export.train import TrainConfig
+from model_export.train import Batches, TrainConfig, popularity_report, rank_part, rank_popular
 
 log = logging.getLogger(__name__)
 
 FEWSHOT_N = (1, 3, 5)
-FEWSHOT_METHODS = ("control", "oracle", "mail", "mail-blend")
+FEWSHOT_N_CATALOG = (1, 3, 5, 10)
+FEWSHOT_METHODS = ("control", "oracle", "mail", "mail-blend", "popularity")
 LOSS_CURVES = ("mail", "mail-mse")  # runs whose per-batch losses are kept (first seed, tuning setting)
 
 
@@ -224,6 +226,8 @@ _CACHE: dict[str, Any] = {}  # per process: the last prepared dataset and its fe
 def run_job(job: Job) -> dict[str, Any]:
     """Train and evaluate one cell; a row of the results file."""
     cell, scale = job.cell, job.scale
+    if cell.method == "popularity":
+        return _popularity_row(job)
     built = METHODS[cell.method].build(job.ranker, scale.zst, job.value, cell.seed)
     spec = RunSpec(
         dataset=cell.dataset,
@@ -237,18 +241,75 @@ def run_job(job: Job) -> dict[str, Any]:
         model=built.model,
         train=TrainConfig(**{**scale.train, **built.train, "seed": cell.seed, "progress": False}),
     )
-    if _CACHE.get("key") != job.data_key():
-        _CACHE.clear()  # one prepared dataset at a time keeps memory flat
-        _CACHE.update(key=job.data_key(), prepared=prepare(spec))
-    prepared: Prepared = _CACHE["prepared"]
+    prepared = _prepared(job, spec)
     started = time.perf_counter()
     model, report = run(spec, None, prepared, built.hooks)
     row = result_row(cell, time.perf_counter() - started, report, value=job.value)
     if job.fewshot:
-        row["fewshot"] = _fewshot(model, prepared, scale.behavior == "clicks")
+        if spec.train.task == "catalog":
+            row["fewshot"] = _fewshot_catalog(model, prepared, scale.behavior == "clicks")
+        else:
+            row["fewshot"] = _fewshot(model, prepared, scale.behavior == "clicks")
     if job.keep_batches:
         row["batches"] = report["history_batches"]
     return row
+
+
+def _prepared(job: Job, spec: RunSpec) -> Prepared:
+    if _CACHE.get("key") != job.data_key():
+        _CACHE.clear()  # one prepared dataset at a time keeps memory flat
+        _CACHE.update(key=job.data_key(), prepared=prepare(spec))
+    prepared: Prepared = _CACHE["prepared"]
+    return prepared
+
+
+def _popularity_row(job: Job) -> dict[str, Any]:
+    """The most-liked-items list on the cell's split: no training, the same metrics."""
+    cell, scale = job.cell, job.scale
+    tcfg = TrainConfig(**{**scale.train, "seed": cell.seed, "progress": False})
+    spec = RunSpec(
+        dataset=cell.dataset,
+        data_dir=job.data_dir,
+        protocol=cell.protocol,
+        seed=cell.seed,
+        behavior_len=scale.behavior_len,
+        d_embed=scale.d_embed,
+        behavior=scale.behavior,
+        onboarding_noise=cell.onboarding_noise,
+        train=tcfg,
+    )
+    prepared = _prepared(job, spec)
+    started = time.perf_counter()
+    report = popularity_report(prepared.encoded, tcfg)
+    row = result_row(cell, time.perf_counter() - started, report, value=job.value)
+    if job.fewshot and tcfg.task == "catalog":
+        row["fewshot"] = _fewshot_catalog(None, prepared, scale.behavior == "clicks")
+    return row
+
+
+def _fewshot_catalog(model: Any, prepared: Prepared, clicks_only: bool) -> dict[str, Any]:
+    """New users' whole-catalog ranking with their first n interactions known (the model fed
+    them as behavior; popularity, `model` None, only drops them)."""
+    key = f"revealed-catalog-{clicks_only}"
+    if key not in _CACHE:
+        _CACHE[key] = {
+            n: reveal(prepared.interactions, prepared.split, n, clicks_only) for n in FEWSHOT_N_CATALOG
+        }
+    enc = prepared.encoded
+    out = {}
+    for n, revealed in _CACHE[key].items():
+        cases = revealed_cases(enc.ranking[TEST], enc, prepared.interactions, revealed)
+        if model is None:
+            ranking = rank_popular(enc, cases)
+        else:
+            batches = Batches(enc, fill_new_users=False)
+            batches.behavior = torch.from_numpy(revealed_behavior(prepared.interactions, enc, revealed))
+            ranking = rank_part(model, batches, TEST, cases)
+        out[str(n)] = {
+            "ranking": ranking,
+            "revealed_mean": float(np.mean([len(v) for v in revealed.values()])),
+        }
+    return out
 
 
 def _fewshot(model: Any, prepared: Prepared, clicks_only: bool) -> dict[str, Any]:
@@ -265,6 +326,21 @@ def _fewshot(model: Any, prepared: Prepared, clicks_only: bool) -> dict[str, Any
             "test": evaluate_revealed(model, prepared.encoded, behavior, test),
             "revealed_mean": float(np.mean([len(v) for v in revealed.values()])),
         }
+    return out
+
+
+def fewshot_rows_catalog(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows of the catalog few-shot points, protocol "<protocol>, n=<n>": new users' ranking only."""
+    out = []
+    for r in rows:
+        if r["cell"]["method"] == "oracle":
+            continue  # fed the revealed items only, it is no ceiling here
+        for n, fs in (r.get("fewshot") or {}).items():
+            cell = {**r["cell"], "protocol": f"{r['cell']['protocol']}, n={n}"}
+            out.append(
+                {**r, "cell": cell, "test": {}, "ranking": {"test": fs["ranking"]}, "diagnostics": None,
+                 "revealed_mean": fs["revealed_mean"]}
+            )  # fmt: skip
     return out
 
 

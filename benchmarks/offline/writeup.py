@@ -54,6 +54,42 @@ def method_table(records: Sequence[Record], order: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def catalog_table(
+    records: Sequence[Record], order: Sequence[str], x: Callable[[Record], str] | None = None, xname: str = ""
+) -> str:
+    """The catalog task: new users' whole-catalog NDCG@10 with its lift over control and over
+    popularity (paired p), gap closed; precision@10, HR@10, Recall@50, AUC; old users' NDCG@10
+    and its ratio to popularity's; R^2. With `x`, a first column (noise level, revealed count)."""
+    head = f"| {xname} " if x else ""
+    lines = [
+        head + "| method | seeds | new NDCG@10 | vs control (p) | vs popularity (p) | gap closed "
+        "| new P@10 | vs popularity (p) | new HR@10 | new R@50 | new AUC | old NDCG@10 | old vs popularity "
+        "| old vs control | R² virtual | train s |",
+        "|" + "---|" * (16 + (1 if x else 0)),
+    ]
+    rows = ordered(records, order)
+    if x:
+        rows = sorted(rows, key=x)
+    for r in rows:
+        lines.append(
+            (f"| {x(r)} " if x else "")
+            + f"| {r['method']} | {len(r['seeds'])} | {_pm(r.get('new_ndcg@10'))} | "
+            f"{_lift_p(r, 'new_ndcg@10_lift_pct', 'new_ndcg@10_p')} | "
+            f"{_lift_p(r, 'new_ndcg@10_vs_pop_pct', 'new_ndcg@10_vs_pop_p')} | {_gap(r, 'new_ndcg@10')} | "
+            f"{_pm(r.get('new_precision@10'))} | "
+            f"{_lift_p(r, 'new_precision@10_vs_pop_pct', 'new_precision@10_vs_pop_p')} | "
+            f"{_pm(r.get('new_hr@10'), 3)} | {_pm(r.get('new_recall@50'))} | {_pm(r.get('new_auc'))} | "
+            f"{_pm(r.get('old_ndcg@10'))} | {_lift(r.get('old_ndcg@10_vs_pop_pct'))} | "
+            f"{_lift(r.get('old_ndcg@10_lift_pct'))} | {_r2(r)} | {r['train_seconds']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def _lift_p(r: Record, lift: str, p: str) -> str:
+    pair = r.get(lift)
+    return "–" if pair is None else f"{pair[0]:+.1f}% ({_p(r.get(p))})"
+
+
 def _r2(r: Record) -> str:
     r2 = r.get("virtual_r2_new")
     return "–" if r2 is None else f"{r2[0]:.3f}"

@@ -24,6 +24,10 @@ def test_every_method_builds_on_both_towers(kind: str) -> None:
     schema, catalog = prepared.encoded.schema, torch.from_numpy(prepared.encoded.catalog.features)
     zst = ZeroShotConfig(d_hidden=8, width=16, d_attention=8)
     for method in METHODS.values():
+        if method.name == "popularity":  # trains nothing: the suite scores the training counts
+            with pytest.raises(TypeError):
+                method.build(RankerConfig(kind=kind), zst, None, 0)
+            continue
         assert method.values and (method.knob is None) == (len(method.values) == 1)
         for value in method.values:
             built = method.build(RankerConfig(kind=kind, hidden=(16, 8), d_attention=8), zst, value, 0)
@@ -50,7 +54,7 @@ def _cfg(kind: str):  # type: ignore[no-untyped-def]
 
 def test_smoke_benchmark_tunes_on_validation_and_writes_its_report(tmp_path: Path) -> None:
     out = tmp_path / "offline-smoke"
-    assert main(["--smoke", "--out", str(out), "--jobs", "2"]) == 0  # worker processes
+    assert main(["--smoke", "--task", "rating", "--out", str(out), "--jobs", "2"]) == 0  # worker processes
     result = json.loads(out.with_name("offline-smoke.json").read_text())
     rows = out.with_name("offline-smoke.jsonl").read_text().splitlines()
     # tuning: each tuned method tried all its values on seed 0 and kept the best validation AUC
@@ -81,8 +85,29 @@ def test_smoke_benchmark_tunes_on_validation_and_writes_its_report(tmp_path: Pat
     )
     # a rerun resumes: nothing trains again, the same numbers come out
     n_rows = len(rows)
-    assert main(["--smoke", "--out", str(out), "--no-plots", "--jobs", "1"]) == 0
+    assert main(["--smoke", "--task", "rating", "--out", str(out), "--no-plots", "--jobs", "1"]) == 0
     again = json.loads(out.with_name("offline-smoke.json").read_text())
     assert again["runs_this_invocation"] == 0 and again["summary"] == result["summary"]
     assert [i["runs"] for i in again["invocations"]] == [len(rows), 0]  # the measured run stays on record
     assert len(out.with_name("offline-smoke.jsonl").read_text().splitlines()) == n_rows
+
+
+def test_smoke_catalog_benchmark_ranks_the_whole_catalog_against_popularity(tmp_path: Path) -> None:
+    out = tmp_path / "offline-catalog-smoke"
+    assert main(["--smoke", "--out", str(out), "--jobs", "1"]) == 0
+    result = json.loads(out.with_name("offline-catalog-smoke.json").read_text())
+    assert result["tuning"] == [] and result["budget"]["train"]["task"] == "catalog"
+    methods = {(r["ranker"], r["method"]): r for r in result["summary"]}
+    mail, popular = methods[("base", "mail")], methods[("base", "popularity")]
+    assert popular["train_seconds"] == 0.0 and "new_ndcg@10_vs_pop_pct" not in popular
+    for key in ("new_ndcg@10", "new_precision@10", "new_hr@10", "new_recall@50", "new_auc", "old_ndcg@10"):
+        assert 0.0 <= mail[key][0] <= 1.0, key
+    assert "new_ndcg@10_vs_pop_pct" in mail and "new_ndcg@10_lift_pct" in mail
+    fewshot = {(r["protocol"], r["method"]) for r in result["fewshot"]}
+    assert fewshot == {
+        (f"strict, n={n}", m) for n in (1, 3, 5, 10) for m in ("control", "mail", "mail-blend", "popularity")
+    }
+    text = out.with_name("offline-catalog-smoke.md").read_text()
+    assert "| method | seeds | new NDCG@10 | vs control (p) | vs popularity (p) |" in text
+    for png in ("ndcg", "fewshot"):
+        assert out.with_name(f"offline-catalog-smoke-{png}.png").stat().st_size > 5_000

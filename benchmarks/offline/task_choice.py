@@ -1,0 +1,182 @@
+"""How the catalog task is set up, chosen on validation only (issue #12).
+
+    python -m benchmarks.offline.task_choice [--seeds 0] [--jobs 2]
+
+Trains `control` (and `mail`) on MovieLens 100K, strict protocol, BaseDNN, under each variant of
+the catalog task: positives = liked (rated >= 4) or any rating; rated-but-not-liked items as
+negatives or not; uniform or popularity-weighted sampled negatives; negatives per positive; the
+share of training rows shown as a new user; for MAIL, whether the zero-shot tower reads the user
+id. Every variant is read on the validation slice (whole-catalog NDCG@10 of new and old users);
+test figures are written beside them for the record and choose nothing. Writes
+benchmarks/results/catalog-task.jsonl (resumable), .json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from benchmarks.offline.runner import machine
+from model_export.model import ModelConfig, RankerConfig, ZeroShotConfig
+from model_export.pipeline import Prepared, RunSpec, prepare, run
+from model_export.train import TrainConfig
+
+RESULTS = Path(__file__).resolve().parent.parent / "results"
+BUDGET = {"epochs": 6, "threads": 1}
+DEFAULT: dict[str, Any] = {
+    "positives": "liked",
+    "rated_negatives": False,
+    "sampling": "uniform",
+    "negatives": 4,
+    "cold_rows": 0.2,
+}
+# (name, model, task overrides, model overrides): one knob moved from DEFAULT at a time
+VARIANTS: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
+    ("default", "control", {}, {}),
+    ("positives=any", "control", {"positives": "any"}, {}),
+    ("rated<4 as negatives", "control", {"rated_negatives": True}, {}),
+    ("popularity sampling", "control", {"sampling": "popularity"}, {}),
+    ("negatives=2", "control", {"negatives": 2}, {}),
+    ("negatives=8", "control", {"negatives": 8}, {}),
+    ("cold rows=0", "control", {"cold_rows": 0.0}, {}),
+    ("cold rows=0.5", "control", {"cold_rows": 0.5}, {}),
+    ("default", "mail", {}, {}),
+    ("zst reads user id", "mail", {}, {"zst_user_id": True}),
+]
+
+_PREPARED: dict[str, Prepared] = {}
+
+
+def run_variant(
+    name: str, model: str, task: dict[str, Any], change: dict[str, Any], seed: int, data_dir: str | None
+) -> dict[str, Any]:
+    cfg = ModelConfig(
+        model=model,
+        ranker=RankerConfig(),
+        zero_shot=ZeroShotConfig() if model == "mail" else None,
+        **change,
+    )
+    spec = RunSpec(
+        dataset="ml-100k",
+        data_dir=data_dir,
+        protocol="strict",
+        seed=seed,
+        behavior="clicks",
+        model=cfg,
+        train=TrainConfig(**{**BUDGET, **DEFAULT, **task, "seed": seed, "progress": False}),
+    )
+    if str(seed) not in _PREPARED:
+        _PREPARED.clear()
+        _PREPARED[str(seed)] = prepare(spec)
+    started = time.perf_counter()
+    _, report = run(spec, None, _PREPARED[str(seed)])
+    return {
+        "variant": name,
+        "model": model,
+        "seed": seed,
+        "task": {**DEFAULT, **task},
+        "model_change": change,
+        "seconds": round(time.perf_counter() - started, 1),
+        "best_epoch": report["best_epoch"],
+        "val": {"ranking": report["ranking"]["val"], "auc": report["val"]},
+        "test": {"ranking": report["ranking"]["test"], "auc": report["test"]},
+    }
+
+
+def _key(name: str, model: str, seed: int) -> str:
+    return f"{model}|{name}|{seed}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data-dir", default=os.environ.get("MAILREC_DATA_DIR"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--out", type=Path, default=RESULTS / "catalog-task")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    rows_path = args.out.with_name(args.out.name + ".jsonl")
+    rows = [json.loads(line) for line in rows_path.read_text().splitlines()] if rows_path.exists() else []
+    done = {_key(r["variant"], r["model"], r["seed"]) for r in rows}
+    todo = [(v, s) for s in args.seeds for v in VARIANTS if _key(v[0], v[1], s) not in done]
+    started = time.perf_counter()
+    with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(run_variant, *v, s, args.data_dir) for v, s in todo]
+        for f in futures:
+            row = f.result()
+            rows.append(row)
+            with rows_path.open("a") as fh:
+                fh.write(json.dumps(row) + "\n")
+            print(_line(row), flush=True)
+    result = {
+        "command": " ".join(["python -m benchmarks.offline.task_choice", *(argv or sys.argv[1:])]),
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine(),
+        "budget": BUDGET,
+        "default": DEFAULT,
+        "wall_seconds_this_invocation": round(time.perf_counter() - started, 1),
+        "rows": rows,
+    }
+    args.out.with_name(args.out.name + ".json").write_text(json.dumps(result, indent=1))
+    args.out.with_name(args.out.name + ".md").write_text(markdown(result))
+    return 0
+
+
+def _line(row: dict[str, Any]) -> str:
+    v, t = row["val"]["ranking"], row["test"]["ranking"]
+    return (
+        f"{row['model']:>7} {row['variant']:<22} seed {row['seed']}: "
+        f"val NDCG@10 new {v['new']['ndcg@10']:.4f} old {v['old']['ndcg@10']:.4f} | "
+        f"test new {t['new']['ndcg@10']:.4f} old {t['old']['ndcg@10']:.4f} "
+        f"({row['seconds']:.0f}s)"
+    )
+
+
+def markdown(result: dict[str, Any]) -> str:
+    import numpy as np
+
+    lines = [
+        "# The catalog task: what was tried, chosen on validation",
+        "",
+        f"`{result['command']}` on {result['date']} ({result['machine']['cores']} cores, torch "
+        f"{result['machine']['torch']}). MovieLens 100K, strict protocol, BaseDNN, budget "
+        f"{result['budget']}. Default: {result['default']}; each row moves one knob. Choice = validation "
+        "whole-catalog NDCG@10 of new users (the product's case), old users beside it; test columns are "
+        "for the record only.",
+        "",
+        "| model | variant | seeds | val NDCG@10 new | val NDCG@10 old | val AUC new "
+        "| test NDCG@10 new | test NDCG@10 old | s/run |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in result["rows"]:
+        groups.setdefault((r["model"], r["variant"]), []).append(r)
+    for (model, name), rs in groups.items():
+        cells = [
+            np.mean([r["val"]["ranking"]["new"]["ndcg@10"] for r in rs]),
+            np.mean([r["val"]["ranking"]["old"]["ndcg@10"] for r in rs]),
+            np.mean([r["val"]["auc"]["new"]["auc"] for r in rs]),
+            np.mean([r["test"]["ranking"]["new"]["ndcg@10"] for r in rs]),
+            np.mean([r["test"]["ranking"]["old"]["ndcg@10"] for r in rs]),
+        ]
+        seconds = np.mean([r["seconds"] for r in rs])
+        lines.append(
+            f"| {model} | {name} | {len(rs)} | "
+            + " | ".join(f"{c:.4f}" for c in cells)
+            + f" | {seconds:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
