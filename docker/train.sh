@@ -27,7 +27,7 @@ fi
 for model in control mail; do
   echo "==> training $model (ml-100k, $PROTOCOL protocol)"
   python -m model_export train --dataset ml-100k --data-dir "$DATA_DIR" --protocol "$PROTOCOL" \
-      --model "$model" --ranker base --behavior clicks --seed 0 --out "$RUNS/$model"
+      --task catalog --model "$model" --ranker base --behavior clicks --seed 0 --out "$RUNS/$model"
   echo "==> exporting $model to $BUNDLES/$model"
   # export writes a temporary folder beside the target and swaps it in once verified
   python -m model_export export --run "$RUNS/$model" --out "$BUNDLES/$model"

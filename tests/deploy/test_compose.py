@@ -316,12 +316,16 @@ def test_compose_experiment_loads_and_reads_the_training_bundles() -> None:
     env = environment(service)
     path = env["MAILREC_EXPERIMENTS"] or ""
     experiment = load_experiment(host_path(mount_of(service, path), path))
-    # the alert MailCtrBelowControl and the dashboard's lift compare these two variants
-    assert sorted(v.name for v in experiment.variants) == ["control", "mail"]
+    # the alert MailCtrBelowControl and the dashboard's lift compare these two variants; the
+    # popularity variant is there to be forced by X-Variant (weight 0), ranking by control's counts
+    split = {v.name: v.weight for v in experiment.variants if v.weight > 0}
+    assert sorted(split) == ["control", "mail"]
+    assert {(v.name, v.kind) for v in experiment.variants if v.weight == 0} == {("popular", "popularity")}
     for variant in experiment.variants:
         bundle = PurePosixPath(variant.bundle.as_posix())
         assert bundle.is_relative_to(env["MAILREC_BUNDLE_DIR"] or "/nowhere"), bundle
-        assert bundle.name == variant.name  # docker/train.sh exports <bundle dir>/<variant>
+        # docker/train.sh exports <bundle dir>/<variant>; popularity reads control's counts
+        assert bundle.name == (variant.name if variant.kind == "model" else "control")
 
 
 def test_redis_is_configured_as_a_cache() -> None:
