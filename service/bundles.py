@@ -76,6 +76,7 @@ class ServedModel:
             "model_version": self.version,
             "ranker": man["ranker"],
             "provider": self.towers.provider,
+            "device": self.towers.describe_device(),
             "bundle": str(self.bundle.path),
             "dataset": man["dataset"],
             "protocol": man["protocol"],

@@ -188,6 +188,9 @@ def _build_state(settings: Settings, metrics: Metrics) -> AppState:
         settings.microbatch,
         settings.microbatch_wait_ms,
         settings.microbatch_max_rows,
+        settings.cuda_device_id,
+        settings.cuda_mem_limit_mb,
+        settings.cuda_arena_extend,
     )
     return AppState(settings, experiment, ModelRegistry(options), store, metrics, embedded)
 
