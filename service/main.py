@@ -18,7 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.bundles import ModelRegistry, load_model, settle_heap
+from service.bundles import ModelRegistry, settle_heap
 from service.cache import CircuitBreaker, EmbeddedRedis, RedisStore, make_client
 from service.config import Settings
 from service.errors import PayloadTooLarge, ServiceError
@@ -198,9 +198,7 @@ def _build_state(settings: Settings, metrics: Metrics) -> AppState:
 async def _load_variants(state: AppState) -> None:
     loop = asyncio.get_running_loop()
     for variant in state.experiment.variants:
-        model = await loop.run_in_executor(
-            None, load_model, variant.name, variant.bundle, state.registry.options
-        )
+        model = await loop.run_in_executor(None, state.registry.load, variant.name, variant.bundle)
         state.registry.put(model)
         man = model.bundle.manifest
         state.metrics.set_model(
@@ -268,6 +266,7 @@ def create_app(settings: Settings | None = None) -> MailrecApp:
             await state.store.client.aclose()
             if state.embedded is not None:
                 state.embedded.close()
+            state.registry.close()
 
     app = MailrecApp(
         title="mailrec",

@@ -4,10 +4,13 @@ thread per reload. ONNX Runtime's real objects throughout; only the GPU itself i
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import subprocess
 import sys
+import threading
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +21,8 @@ import pytest
 from onnxruntime.capi.onnxruntime_inference_collection import check_and_normalize_provider_args
 
 import service.inference as inference
-from service.contract import load_bundle
+from service.bundles import ModelRegistry
+from service.contract import Encoded, load_bundle
 from service.inference import (
     CPU,
     CUDA,
@@ -160,3 +164,61 @@ def test_one_runtime_wheel_and_a_clear_error_without_any() -> None:
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert done.returncode != 0
     assert "mailrec needs ONNX Runtime" in done.stderr and "mailrec[gpu]" in done.stderr
+
+
+def _device_threads() -> list[str]:
+    return sorted(t.name for t in threading.enumerate() if t.name.startswith("mailrec-"))
+
+
+def test_reloads_start_no_thread_and_free_the_old_sessions(tiny_bundle: Callable[..., Path]) -> None:
+    path = tiny_bundle("mail", "base")
+
+    async def scenario() -> tuple[list[list[str]], list[weakref.ref[Towers]]]:
+        registry = ModelRegistry(SessionOptions(device="cpu", microbatch="on"))
+        threads, olds = [], []
+        try:
+            registry.put(await asyncio.get_running_loop().run_in_executor(None, registry.load, "mail", path))
+            for _ in range(6):
+                model = registry.get("mail")
+                assert model.batcher is not None
+                schema = model.bundle.schema
+                enc = Encoded(
+                    np.zeros((1, schema.user_slots), np.int64),
+                    np.zeros((1, schema.context_slots), np.int64),
+                    np.zeros((1, schema.behavior_len), np.int64),
+                    0,
+                )
+                rows = np.arange(1, 11, dtype=np.int64)
+                scores = await asyncio.gather(*(model.batcher.score(enc, None, 0.0, rows) for _ in range(3)))
+                assert all(np.array_equal(s, model.towers.score(enc, None, 0.0, rows)) for s in scores)
+                threads.append(_device_threads())
+                new, old = await registry.reload("mail", path)
+                assert old is model and new is registry.get("mail")
+                olds.append(weakref.ref(old.towers))
+                del model, old, new
+        finally:
+            registry.close()
+        return threads, olds
+
+    before = _device_threads()
+    threads, olds = asyncio.run(scenario())
+    assert threads == [[*before, "mailrec-device_0"]] * len(threads)  # one device thread, never more
+    assert _device_threads() == before  # and it ends with the registry
+    assert all(ref() is None for ref in olds)  # replaced sessions are released, not kept by a thread
+
+
+def test_device_calls_leave_the_event_loop_only_off_the_cpu(tiny_bundle: Callable[..., Path]) -> None:
+    path = tiny_bundle("control", "base")
+
+    async def where(inline: bool) -> str:
+        registry = ModelRegistry(SessionOptions(device="cpu"))
+        try:
+            model = registry.load("control", path)
+            assert model.towers.inline  # CPU sessions: inline
+            model.towers.inline = inline  # what a CUDA session sets
+            return await model.on_device(lambda: threading.current_thread().name)
+        finally:
+            registry.close()
+
+    assert asyncio.run(where(True)) == threading.current_thread().name
+    assert asyncio.run(where(False)) == "mailrec-device_0"
