@@ -17,10 +17,10 @@ help:
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check "$(TORCH)"
-	$(PY) -m pip install -q --disable-pip-version-check -e ".[train,bench,dev]"
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[cpu,train,bench,dev]"
 	touch $@
 
-venv: $(VENV)/.installed ## create the virtual environment (CPU torch, no CUDA download)
+venv: $(VENV)/.installed ## create the virtual environment (CPU torch and onnxruntime, no CUDA download)
 
 system-deps: ## install the Debian packages the tests need (redis-server, prometheus), if missing
 	bash scripts/system-deps.sh redis-server prometheus
