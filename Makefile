@@ -63,13 +63,15 @@ $(GPU_VENV)/.installed: pyproject.toml
 	$(GPU_PY) -m pip install -q --disable-pip-version-check -e ".[gpu]" "$(GPU_ORT)"
 	touch $@
 
-# The bundle is trained in $(VENV) (torch, CPU), then checked in $(GPU_VENV) (no torch).
+# The bundle is trained in $(VENV) (torch, CPU) unless $(GPU_BUNDLE) is there already (a bundle
+# brought from another machine: then no torch is installed), and checked in $(GPU_VENV).
 gpu-check: ## on an NVIDIA machine: CUDA vs CPU, placement, parity, latency, micro-batcher -> benchmarks/results/gpu.md
 	@if ! nvidia-smi -L >/dev/null 2>&1; then \
 		echo "gpu-check: no NVIDIA GPU here (nvidia-smi finds none): nothing measured, nothing written"; \
 	else \
-		$(MAKE) --no-print-directory $(VENV)/.installed $(GPU_VENV)/.installed \
-		&& $(PY) -m benchmarks.gpu_check --build-bundle $(GPU_BUNDLE) \
+		{ [ -f $(GPU_BUNDLE)/manifest.json ] || { $(MAKE) --no-print-directory $(VENV)/.installed \
+			&& $(PY) -m benchmarks.gpu_check --build-bundle $(GPU_BUNDLE); }; } \
+		&& $(MAKE) --no-print-directory $(GPU_VENV)/.installed \
 		&& $(GPU_PY) -m benchmarks.gpu_check --bundle $(GPU_BUNDLE) $(GPU_CHECK_ARGS); \
 	fi
 

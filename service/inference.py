@@ -272,6 +272,11 @@ class Towers:
                     placed.provider,
                     ", ".join(f"{n} ({op}, {p})" for n, op, p in placed.elsewhere),
                 )
+        self.wheels = runtime_wheels()
+        if len(self.wheels) > 1:
+            log.warning(
+                "%s all provide the onnxruntime module, which is one of them: install one", self.wheels
+            )
         # CPU calls (tens of microseconds) run inline: a thread hop costs about as much as the call.
         # A device call waits for the GPU (launch, copies, synchronisation): off the event loop.
         self.inline = all(s.get_providers()[0] == CPU for s in self.sessions().values())
@@ -292,6 +297,7 @@ class Towers:
         """What /models shows of the device: providers, their options, placement, the golden tolerance."""
         return {
             "provider": self.provider,
+            "onnxruntime": f"{ort.__version__} ({', '.join(self.wheels)})",
             "inline": self.inline,
             "golden_atol": GOLDEN_ATOL,
             "provider_options": self.provider_options(),

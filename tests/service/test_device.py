@@ -127,6 +127,7 @@ def test_towers_check_placement_of_every_graph_then_stop_profiling(tiny_bundle: 
     assert all(s.end_profiling() == "" for s in towers.sessions().values())  # profiling is over
     device = towers.describe_device()
     assert device["provider"] == "cpu" and device["inline"] is True and device["golden_atol"] == GOLDEN_ATOL
+    assert device["onnxruntime"] == f"{ort.__version__} (onnxruntime)"
     assert device["provider_options"] == {"zero_shot": {}, "ranker": {}, "ranker_batch": {}}
     towers.check_golden()
 
