@@ -5,11 +5,17 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
+# gpu-check's own environment: onnxruntime-gpu (never beside the CPU wheel), with CUDA and cuDNN from
+# NVIDIA's wheels (onnxruntime-gpu's cuda and cudnn extras) for machines that have only a driver.
+GPU_VENV ?= .venv-gpu
+GPU_PY := $(GPU_VENV)/bin/python
+GPU_ORT ?= onnxruntime-gpu[cuda,cudnn]
+GPU_BUNDLE ?= .cache/gpu-check/bundle
 # The data directory: given, else the shared folder beside a checkout, else the download cache.
 MAILREC_DATA_DIR ?= $(if $(wildcard ../shared/data/ml-100k),$(abspath ../shared/data),)
 export MAILREC_DATA_DIR
 
-.PHONY: help venv system-deps run test lint format bench bench-offline bench-offline-quick bench-serve up down clean
+.PHONY: help venv system-deps run test lint format bench bench-offline bench-offline-quick bench-serve gpu-check up down clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -17,10 +23,10 @@ help:
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check "$(TORCH)"
-	$(PY) -m pip install -q --disable-pip-version-check -e ".[train,bench,dev]"
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[cpu,train,bench,dev]"
 	touch $@
 
-venv: $(VENV)/.installed ## create the virtual environment (CPU torch, no CUDA download)
+venv: $(VENV)/.installed ## create the virtual environment (CPU torch and onnxruntime, no CUDA download)
 
 system-deps: ## install the Debian packages the tests need (redis-server, prometheus), if missing
 	bash scripts/system-deps.sh redis-server prometheus
@@ -51,6 +57,23 @@ bench-offline-quick: venv ## the same, at most 5 minutes
 bench-serve: venv ## load benchmark of the service against the HTTP floor
 	bash scripts/system-deps.sh redis-server wrk
 	$(PY) -m benchmarks.serving
+
+$(GPU_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(GPU_VENV)
+	$(GPU_PY) -m pip install -q --disable-pip-version-check -e ".[gpu]" "$(GPU_ORT)"
+	touch $@
+
+# The bundle is trained in $(VENV) (torch, CPU) unless $(GPU_BUNDLE) is there already (a bundle
+# brought from another machine: then no torch is installed), and checked in $(GPU_VENV).
+gpu-check: ## on an NVIDIA machine: CUDA vs CPU, placement, parity, latency, micro-batcher -> benchmarks/results/gpu.md
+	@if ! nvidia-smi -L >/dev/null 2>&1; then \
+		echo "gpu-check: no NVIDIA GPU here (nvidia-smi finds none): nothing measured, nothing written"; \
+	else \
+		{ [ -f $(GPU_BUNDLE)/manifest.json ] || { $(MAKE) --no-print-directory $(VENV)/.installed \
+			&& $(PY) -m benchmarks.gpu_check --build-bundle $(GPU_BUNDLE); }; } \
+		&& $(MAKE) --no-print-directory $(GPU_VENV)/.installed \
+		&& $(GPU_PY) -m benchmarks.gpu_check --bundle $(GPU_BUNDLE) $(GPU_CHECK_ARGS); \
+	fi
 
 up: ## the docker-compose stack (training job, service, Redis, Prometheus, Grafana)
 	docker compose up --build

@@ -1,10 +1,12 @@
 """Print the serving dependencies of pyproject.toml, one per line, for `pip install -r`.
 
 The images install exactly what pyproject.toml lists for serving (never the `train` extra, so
-never torch). `--replace onnxruntime=onnxruntime-gpu>=1.27` swaps one requirement for another: the
-CUDA image must not also install the CPU `onnxruntime`, which provides the same module.
+never torch) plus one ONNX Runtime extra: `--extra cpu` (onnxruntime) or `--extra gpu`
+(onnxruntime-gpu; the two provide the same module, so an image has one). `--replace
+onnxruntime-gpu=onnxruntime-gpu>=1.27` swaps one requirement for another (the CUDA image pins the
+builds for its CUDA).
 
-    python docker/requirements.py [--pyproject pyproject.toml] [--replace NAME=REQUIREMENT]
+    python docker/requirements.py [--pyproject pyproject.toml] [--extra NAME] [--replace NAME=REQUIREMENT]
 """
 
 from __future__ import annotations
@@ -24,9 +26,17 @@ def requirement_name(requirement: str) -> str:
     return re.sub(r"[-_.]+", "-", match.group(1)).lower()
 
 
-def serving_requirements(pyproject: Path, replace: dict[str, str] | None = None) -> list[str]:
-    """`[project].dependencies`, with each requirement named in `replace` swapped."""
-    dependencies: list[str] = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
+def serving_requirements(
+    pyproject: Path, replace: dict[str, str] | None = None, extras: list[str] | None = None
+) -> list[str]:
+    """`[project].dependencies` and those of `extras`, with each requirement named in `replace` swapped."""
+    project = tomllib.loads(pyproject.read_text())["project"]
+    dependencies: list[str] = list(project["dependencies"])
+    optional: dict[str, list[str]] = project.get("optional-dependencies", {})
+    for extra in extras or []:
+        if extra not in optional:
+            raise ValueError(f"--extra {extra}: {pyproject} has extras {sorted(optional)}")
+        dependencies += optional[extra]
     swaps = {requirement_name(name): new for name, new in (replace or {}).items()}
     unknown = set(swaps) - {requirement_name(d) for d in dependencies}
     if unknown:
@@ -37,11 +47,12 @@ def serving_requirements(pyproject: Path, replace: dict[str, str] | None = None)
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pyproject", type=Path, default=Path("pyproject.toml"))
+    parser.add_argument("--extra", action="append", default=[], metavar="NAME")
     parser.add_argument("--replace", action="append", default=[], metavar="NAME=REQUIREMENT")
     args = parser.parse_args(argv)
     replace = dict(item.split("=", 1) for item in args.replace)
     try:
-        requirements = serving_requirements(args.pyproject, replace)
+        requirements = serving_requirements(args.pyproject, replace, args.extra)
     except ValueError as exc:
         parser.error(str(exc))
     sys.stdout.write("".join(f"{r}\n" for r in requirements))

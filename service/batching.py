@@ -3,9 +3,11 @@
 On a GPU a ranker call costs a launch whatever its size, so requests that arrive within
 `max_wait` of each other are scored together through the bundle's `ranker_batch.onnx` (users
 stacked, candidates concatenated, `owner` telling whose each candidate is), up to `max_rows`
-candidates per call, on one worker thread so the event loop never waits for the device. On CPU a
-request of 100 candidates already gets most of the batching gain by itself, so `auto` enables this
-only when the ranker session really runs on CUDA (`MAILREC_MICROBATCH`).
+candidates per call, on the device thread so the event loop never waits for the device. That thread
+is the model registry's (`executor`), shared by every model it loads, so a reload starts no thread;
+a batcher given none owns one until `close`. On CPU a request of 100 candidates already gets most of
+the batching gain by itself, so `auto` enables this only when the ranker session really runs on CUDA
+(`MAILREC_MICROBATCH`).
 
 Scores are those of the one-user graph: ONNX Runtime computes each candidate's row on its own, so
 batched and unbatched scores are equal exactly (tested on CPU; checked at export).
@@ -16,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from service.contract import Encoded, FloatArray, IntArray
@@ -41,6 +43,7 @@ class MicroBatcher:
         max_wait_s: float,
         max_rows: int,
         observe: Callable[[float], None] | None = None,
+        executor: Executor | None = None,
     ) -> None:
         self.towers = towers
         self.max_wait_s = max_wait_s
@@ -50,7 +53,13 @@ class MicroBatcher:
         self._queue: list[Pending] = []
         self._rows = 0
         self._timer: asyncio.TimerHandle | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mailrec-ranker")
+        self._owned = executor is None
+        self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="mailrec-ranker")
+
+    def close(self) -> None:
+        """Stop the batcher's own thread once its calls are done (a shared executor stays open)."""
+        if self._owned:
+            self._executor.shutdown(wait=False)
 
     async def score(
         self, encoded: Encoded, virtual: FloatArray | None, gate: float, rows: IntArray

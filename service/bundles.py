@@ -4,6 +4,9 @@ A request reads `registry.get(variant)` once and uses that object throughout, so
 one request always come from one model version. A reload builds the new `ServedModel` off the
 event loop, checks it (bundle contract, ONNX signatures, golden scores, warm-up) and only then
 replaces the reference; a bad bundle raises and the old model keeps serving.
+
+Device calls that leave the event loop (the towers on CUDA, the micro-batcher's batches) run on the
+registry's one device thread, made once: a reload swaps sessions, never threads.
 """
 
 from __future__ import annotations
@@ -12,9 +15,11 @@ import asyncio
 import gc
 import logging
 import time
+from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -25,6 +30,7 @@ from service.errors import BadBundle
 from service.inference import SessionOptions, Towers
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def settle_heap() -> None:
@@ -45,17 +51,20 @@ class ServedModel:
     bundle: Bundle
     towers: Towers
     loaded_at: float
+    executor: Executor | None = None  # the registry's device thread (None: device calls inline)
+    kind: str = "model"  # "popularity": ranks by the catalog's training counts, not the towers
     all_rows: IntArray = field(init=False)  # (I,) catalog rows 1..I
     item_ids: npt.NDArray[np.object_] = field(init=False)  # (I + 1,) raw id by row ("" for PAD)
     tie_rank: IntArray = field(init=False)  # (I + 1,) rank of each row's raw id, for tie-breaks
     batcher: MicroBatcher | None = field(init=False)  # ranker calls merged across requests, if on
-    kind: str = "model"  # "popularity": ranks by the catalog's training counts, not the towers
     popularity: FloatArray | None = field(init=False)  # (I + 1,) the scores a popularity variant serves
 
     def __post_init__(self) -> None:
         opts = self.towers.options
         self.batcher = (
-            MicroBatcher(self.towers, opts.microbatch_wait_ms / 1000, opts.microbatch_max_rows)
+            MicroBatcher(
+                self.towers, opts.microbatch_wait_ms / 1000, opts.microbatch_max_rows, executor=self.executor
+            )
             if self.towers.ranker_batch is not None and self.kind == "model"
             else None
         )
@@ -82,6 +91,13 @@ class ServedModel:
         """What this variant serves: the bundle's model, or `popularity`."""
         return "popularity" if self.kind == "popularity" else self.bundle.model
 
+    async def on_device(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)`, a tower call: inline when every session runs on the CPU (the thread hop would
+        cost about what the call does), else on the device thread, so the event loop never waits."""
+        if self.towers.inline or self.executor is None:
+            return fn(*args)
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
     def describe(self) -> dict[str, Any]:
         man = self.bundle.manifest
         return {
@@ -92,6 +108,7 @@ class ServedModel:
             "model_version": self.version,
             "ranker": man["ranker"],
             "provider": self.towers.provider,
+            "device": self.towers.describe_device(),
             "bundle": str(self.bundle.path),
             "dataset": man["dataset"],
             "protocol": man["protocol"],
@@ -115,7 +132,9 @@ ABOUT = {
 }
 
 
-def load_model(variant: str, path: Path, options: SessionOptions, kind: str = "model") -> ServedModel:
+def load_model(
+    variant: str, path: Path, options: SessionOptions, executor: Executor | None = None, kind: str = "model"
+) -> ServedModel:
     """Load, validate and warm one bundle (blocking: call it off the event loop)."""
     try:
         bundle = load_bundle(path)
@@ -133,7 +152,7 @@ def load_model(variant: str, path: Path, options: SessionOptions, kind: str = "m
         path,
         towers.provider,
     )
-    return ServedModel(variant, bundle, towers, time.time(), kind)
+    return ServedModel(variant, bundle, towers, time.time(), executor, kind)
 
 
 class ModelRegistry:
@@ -141,6 +160,16 @@ class ModelRegistry:
         self.options = options
         self._models: dict[str, ServedModel] = {}
         self._lock = asyncio.Lock()
+        # one thread for every device call of every model (its thread starts on first use)
+        self.device = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mailrec-device")
+
+    def load(self, variant: str, path: Path, kind: str = "model") -> ServedModel:
+        """`load_model` with this registry's options and device thread (blocking)."""
+        return load_model(variant, path, self.options, self.device, kind)
+
+    def close(self) -> None:
+        """Let the device thread finish what it was given, then end it (at shutdown)."""
+        self.device.shutdown(wait=True)
 
     def get(self, variant: str) -> ServedModel:
         return self._models[variant]
@@ -157,7 +186,7 @@ class ModelRegistry:
         """Load `path` for `variant` and swap it in; returns (new, old). Raises BadBundle."""
         async with self._lock:  # one reload at a time
             loop = asyncio.get_running_loop()
-            new = await loop.run_in_executor(None, load_model, variant, path, self.options, kind)
+            new = await loop.run_in_executor(None, self.load, variant, path, kind)
             old = self._models.get(variant)
             self._models[variant] = new  # the swap: one reference, atomic for readers
             settle_heap()

@@ -52,6 +52,17 @@ class Settings(BaseSettings):
         description="ONNX Runtime device: auto uses CUDA only where a session really gets "
         "it; cuda refuses to start without it.",
     )
+    cuda_device_id: int = Field(0, ge=0, description="CUDA device the ONNX Runtime sessions run on.")
+    cuda_mem_limit_mb: int | None = Field(
+        None,
+        ge=1,
+        description="Cap on ONNX Runtime's CUDA memory arena per session (MiB). Unset: no cap.",
+    )
+    cuda_arena_extend: Literal["kSameAsRequested", "kNextPowerOfTwo"] = Field(
+        "kSameAsRequested",
+        description="How the CUDA memory arena grows: by what is asked (less memory held) or to "
+        "the next power of two.",
+    )
     intra_op_threads: int = Field(1, ge=0, description="ONNX Runtime intra-op threads per session.")
     inter_op_threads: int = Field(1, ge=0, description="ONNX Runtime inter-op threads per session.")
     default_k: int = Field(10, ge=1, description="Items returned when a request gives no k.")

@@ -18,7 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.bundles import ModelRegistry, load_model, settle_heap
+from service.bundles import ModelRegistry, settle_heap
 from service.cache import CircuitBreaker, EmbeddedRedis, RedisStore, make_client
 from service.config import Settings
 from service.errors import PayloadTooLarge, ServiceError
@@ -188,6 +188,9 @@ def _build_state(settings: Settings, metrics: Metrics) -> AppState:
         settings.microbatch,
         settings.microbatch_wait_ms,
         settings.microbatch_max_rows,
+        settings.cuda_device_id,
+        settings.cuda_mem_limit_mb,
+        settings.cuda_arena_extend,
     )
     return AppState(settings, experiment, ModelRegistry(options), store, metrics, embedded)
 
@@ -196,7 +199,7 @@ async def _load_variants(state: AppState) -> None:
     loop = asyncio.get_running_loop()
     for variant in state.experiment.variants:
         model = await loop.run_in_executor(
-            None, load_model, variant.name, variant.bundle, state.registry.options, variant.kind
+            None, state.registry.load, variant.name, variant.bundle, variant.kind
         )
         state.registry.put(model)
         man = model.bundle.manifest
@@ -265,6 +268,7 @@ def create_app(settings: Settings | None = None) -> MailrecApp:
             await state.store.client.aclose()
             if state.embedded is not None:
                 state.embedded.close()
+            state.registry.close()
 
     app = MailrecApp(
         title="mailrec",

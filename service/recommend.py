@@ -116,7 +116,7 @@ async def virtual_behavior(
     state.inflight[key] = future
     try:
         started = time.perf_counter()
-        vector = model.towers.virtual_behavior(enc.user_attrs)
+        vector = await model.on_device(model.towers.virtual_behavior, enc.user_attrs)
         state.metrics.child(state.metrics.inference, "zero_shot", model.towers.provider).observe(
             time.perf_counter() - started
         )
@@ -137,8 +137,8 @@ async def virtual_behavior(
 async def score(
     state: AppState, model: ServedModel, enc: Encoded, virtual: FloatArray | None, gate: float, rows: IntArray
 ) -> FloatArray:
-    """ranker.onnx inline (cheaper than a thread hop at these sizes on CPU), or via the micro-batcher;
-    a popularity variant's scores are its training counts."""
+    """ranker.onnx inline on CPU (cheaper than a thread hop at these sizes), on the device thread on
+    CUDA, or via the micro-batcher; a popularity variant's scores are its training counts."""
     if model.popularity is not None:
         return model.popularity[rows]
     towers = model.towers
@@ -149,7 +149,7 @@ async def score(
         model.batcher.observe = observe  # per ONNX call, so per batch
         return await model.batcher.score(enc, virtual, gate, rows)
     started = time.perf_counter()
-    scores = towers.score(enc, virtual, gate, rows)
+    scores = await model.on_device(towers.score, enc, virtual, gate, rows)
     observe(time.perf_counter() - started)
     return scores
 

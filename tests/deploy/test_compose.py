@@ -361,6 +361,7 @@ def test_serving_image_is_slim_non_root_torch_free_with_a_readyz_healthcheck() -
     assert "mailrec-healthcheck" in health
     assert "/readyz" in (DOCKER / "healthcheck.py").read_text()
     assert "torch" not in run_text(instructions).lower()
+    assert "requirements.py --extra cpu" in run_text(instructions)
     assert [i.args for i in instructions if i.name == "CMD"][-1] == '["python", "-m", "service"]'
 
 
@@ -369,7 +370,11 @@ def test_gpu_image_is_cuda_with_cudnn_and_onnxruntime_gpu_only() -> None:
     (base,) = [i.args for i in instructions if i.name == "FROM"]
     assert re.fullmatch(r"nvidia/cuda:1[3-9]\.\d+\.\d+-cudnn-runtime-ubuntu\d\d\.\d\d", base), base
     run = run_text(instructions)
-    assert '--replace "onnxruntime=${ORT_GPU}"' in run and "onnxruntime-gpu>=1.27" in path.read_text()
+    assert (
+        '--extra gpu --replace "onnxruntime-gpu=${ORT_GPU}"' in run
+        and "onnxruntime-gpu>=1.27" in path.read_text()
+    )
+    assert "--extra cpu" not in run
     assert "torch" not in run.lower()
     assert [i.args for i in instructions if i.name == "USER"][-1] not in ("root", "0")
     assert any(i.name == "HEALTHCHECK" and "mailrec-healthcheck" in i.args for i in instructions)
@@ -393,14 +398,19 @@ def test_requirements_script_lists_pyproject_serving_dependencies() -> None:
         argv = [*script, "--pyproject", str(REPO / "pyproject.toml"), *args]
         return subprocess.run(argv, check=True, capture_output=True, text=True).stdout.splitlines()
 
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert run() == pyproject
-    assert not any("torch" in r for r in pyproject)
-    gpu = run("--replace", "onnxruntime=onnxruntime-gpu>=1.27,<2")
-    assert "onnxruntime-gpu>=1.27,<2" in gpu
+    assert not any("torch" in r or "onnxruntime" in r for r in pyproject)  # ONNX Runtime: an extra
+    assert run("--extra", "cpu") == pyproject + extras["cpu"]
+    gpu = run("--extra", "gpu", "--replace", "onnxruntime-gpu=onnxruntime-gpu>=1.27,<2")
+    assert gpu == [*pyproject, "onnxruntime-gpu>=1.27,<2"]
     assert not any(re.match(r"onnxruntime(?!-gpu)\b", r) for r in gpu)
     argv = [sys.executable, str(DOCKER / "requirements.py"), "--replace", "nosuchpkg=x"]
     failed = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
     assert failed.returncode != 0 and "nosuchpkg" in failed.stderr
+    argv = [sys.executable, str(DOCKER / "requirements.py"), "--extra", "nosuchextra"]
+    failed = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
+    assert failed.returncode != 0 and "nosuchextra" in failed.stderr
 
 
 def test_make_up_and_down_drive_this_compose_file() -> None:
@@ -413,8 +423,8 @@ def test_make_up_and_down_drive_this_compose_file() -> None:
 
 
 def test_serving_image_dependencies_cover_every_import_of_the_service() -> None:
-    """The image installs pyproject's dependencies and copies service/ alone: every module the
-    service imports is in the standard library, in service/, or in those dependencies."""
+    """The image installs pyproject's dependencies and its `cpu` extra and copies service/ alone:
+    every module the service imports is in the standard library, in service/, or in those."""
     from importlib.metadata import packages_distributions, requires
 
     from packaging.requirements import Requirement
@@ -426,7 +436,8 @@ def test_serving_image_dependencies_cover_every_import_of_the_service() -> None:
         marker = Requirement(requirement).marker
         return marker is None or marker.evaluate({"extra": ""})
 
-    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    pyproject = project["dependencies"] + project["optional-dependencies"]["cpu"]
     installed: set[str] = set()
     todo = [name(r) for r in pyproject]
     while todo:  # the dependencies and theirs

@@ -246,6 +246,12 @@ def test_probes_models_and_metrics(client: httpx.Client) -> None:
     assert [m["variant"] for m in models["models"]] == ["control", "mail"]
     assert {m["provider"] for m in models["models"]} == {"cpu"}
     assert [m["zero_shot"] for m in models["models"]] == [False, True]
+    for m, graphs in zip(models["models"], (["ranker"], ["zero_shot", "ranker"]), strict=True):
+        device = m["device"]  # read from the sessions: every node that ran is on the CPU provider
+        assert device["provider"] == "cpu" and device["inline"] is True and device["golden_atol"] == 1e-5
+        assert list(device["placement"]) == graphs
+        for placed in device["placement"].values():
+            assert placed["provider"] == "cpu" and placed["nodes"] > 0 and placed["not_on_provider"] == []
     assert client.post("/recommend", json={"user_id": "probe-user", "k": 3}).status_code == 200
     text = metrics(client)
     for name in (

@@ -154,13 +154,16 @@ class _FakeGpuOrt:
         self.real = real
         self.has_gpu = has_gpu
         self.listed = real.get_available_providers()
+        self.asked: list[Any] = []  # the providers argument of each InferenceSession
 
     def get_available_providers(self) -> list[str]:
         return list(self.listed)
 
     def InferenceSession(self, path: str, sess_options: Any = None, providers: Any = None) -> Any:  # noqa: N802
         session = self.real.InferenceSession(path, sess_options=sess_options, providers=[CPU])
-        granted = [CUDA, CPU] if self.has_gpu and CUDA in providers else [CPU]
+        self.asked.append(providers)
+        names = [p[0] if isinstance(p, tuple) else p for p in providers]
+        granted = [CUDA, CPU] if self.has_gpu and CUDA in names else [CPU]
 
         class Session:
             def __getattr__(self, name: str) -> Any:
