@@ -15,7 +15,7 @@ GPU_BUNDLE ?= .cache/gpu-check/bundle
 MAILREC_DATA_DIR ?= $(if $(wildcard ../shared/data/ml-100k),$(abspath ../shared/data),)
 export MAILREC_DATA_DIR
 
-.PHONY: help venv system-deps run test lint format bench bench-offline bench-offline-quick bench-serve gpu-check up down clean
+.PHONY: help venv system-deps run test lint format bench bench-offline bench-offline-all bench-offline-quick bench-offline-rating bench-serve gpu-check up down clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -48,11 +48,17 @@ format: venv
 
 bench: bench-offline bench-serve ## every benchmark
 
-bench-offline: venv ## MAIL against the cold-start baselines (about an hour)
+bench-offline: venv ## catalog task: MAIL vs popularity, control, oracle; main + onboarding, 5 seeds (hours: see README)
+	$(PY) -m benchmarks.offline --blocks main,onboarding
+
+bench-offline-all: venv ## catalog task, every block (baselines, paper protocol, Book-Crossing, DIN)
 	$(PY) -m benchmarks.offline
 
-bench-offline-quick: venv ## the same, at most 5 minutes
+bench-offline-quick: venv ## catalog task, main + onboarding at one seed, 1 epoch
 	$(PY) -m benchmarks.offline --quick
+
+bench-offline-rating: venv ## issue #6's benchmark on the rating task (the paper comparison)
+	$(PY) -m benchmarks.offline --task rating
 
 bench-serve: venv ## load benchmark of the service against the HTTP floor
 	bash scripts/system-deps.sh redis-server wrk

@@ -75,11 +75,6 @@ def new_user_cases(bundle_dir: Path, data_dir: str | None, limit: int | None) ->
     return cases[:limit] if limit else cases
 
 
-def feedback_id(body: dict[str, Any]) -> str:
-    """The id /feedback credits: the server-issued impression id where the service has one."""
-    return str(body.get("impression_id") or body["request_id"])
-
-
 def replay(client: httpx.Client, cases: list[dict[str, Any]], variants: list[str], k: int) -> dict[str, Any]:
     from tqdm import tqdm
 
@@ -105,10 +100,8 @@ def replay(client: httpx.Client, cases: list[dict[str, Any]], variants: list[str
             clicks = 0
             for item in items:
                 if item in liked:
-                    f = client.post(
-                        "/feedback",
-                        json={"request_id": feedback_id(answer), "item_id": item, "event": "click"},
-                    )
+                    click = {"impression_id": answer["impression_id"], "item_id": item, "event": "click"}
+                    f = client.post("/feedback", json=click)
                     if f.status_code == 202 and f.json().get("status") == "counted":
                         clicks += 1
                     else:

@@ -188,6 +188,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--blocks", default=None, help="comma-separated block names to run (default: all)")
     parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: report the rows already in the results file",
+    )
+    parser.add_argument(
         "--seeds",
         type=int,
         default=None,
@@ -232,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows_path.unlink(missing_ok=True)
     started = time.perf_counter()
     suite = Suite(plan, args.data_dir, rows_path, progress=not args.smoke, jobs=args.jobs)
-    rows = suite.execute()
+    rows = suite.execute(run=not args.report_only)
     result = assemble(plan, suite, rows, argv if argv is not None else sys.argv[1:])
     result["jobs"] = args.jobs
     result["wall_seconds"] = round(time.perf_counter() - started, 1)

@@ -134,8 +134,12 @@ class Suite:
         self.tuning: list[dict[str, Any]] = []
         self.ran = 0
 
-    def execute(self) -> list[dict[str, Any]]:
-        """Tune, then run every cell; returns the rows of the chosen configurations, in plan order."""
+    def execute(self, run: bool = True) -> list[dict[str, Any]]:
+        """Tune, then run every cell; returns the rows of the chosen configurations, in plan order.
+        Without `run`, nothing trains: the rows already in the results file are reported."""
+        if not run:
+            keys = [row_key(c, self.value(c.method)) for c in self.plan.cells()]
+            return [self.rows[k] for k in keys if k in self.rows]
         self.rows_path.parent.mkdir(parents=True, exist_ok=True)
         cells = self.plan.cells()
         tuned = self._tuned()
