@@ -60,7 +60,12 @@ HISTORY_TTL_S = 90 * 86400
 
 
 class CircuitBreaker:
-    """Closed -> open after `failures` in a row; open -> one trial call after `reset_s`."""
+    """Closed -> open after `failures` in a row; open -> one trial call after `reset_s`.
+
+    Whatever ends the trial call decides: a success closes the breaker, a failure opens it again,
+    and a trial that ends undecided (cancelled: client gone, shutdown) is `abandon`ed, so the
+    next call is the trial. Nothing leaves the breaker waiting for a trial that is over.
+    """
 
     def __init__(self, failures: int, reset_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.threshold = failures
@@ -81,6 +86,10 @@ class CircuitBreaker:
             return False
         self.trial_in_flight = True  # half-open: this one call decides
         return True
+
+    def abandon(self) -> None:
+        """The trial call ended without an answer either way: the next call may try."""
+        self.trial_in_flight = False
 
     def success(self) -> None:
         self.failures = 0
@@ -217,6 +226,7 @@ class RedisStore:
         if left <= 0 or not self.breaker.allow():
             self._set_up(None)
             return False, None
+        trial = self.breaker.is_open  # an open breaker lets only its trial call through
         try:
             call = op()
             result = await within(call, left, partial(sent_at, call) if sent_at is not None else None)
@@ -225,6 +235,10 @@ class RedisStore:
             self._set_up(False)
             log.debug("redis call failed: %r", exc)
             return False, None
+        except BaseException:  # cancelled, or a bug: neither tells whether Redis is up
+            if trial:
+                self.breaker.abandon()
+            raise
         self.breaker.success()
         self._set_up(True)
         return True, result

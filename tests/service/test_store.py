@@ -1,0 +1,67 @@
+"""The Redis store against a real redis-server, in process: the breaker's trial, stale connections,
+impression records."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+
+from service.cache import CircuitBreaker, Impression, RedisStore, make_client
+from service.metrics import Metrics
+from service.resp import RespClient
+from tests.servers import RedisServer
+
+IMP = Impression("exp", "mail", "hash", "v1", "user-1", ["1", "2", "3"])
+
+
+@pytest.fixture()
+def server() -> Iterator[RedisServer]:
+    s = RedisServer().start()
+    yield s
+    s.close()
+
+
+def make_store(url: str, budget_s: float = 0.5, reset_s: float = 0.05) -> RedisStore:
+    return RedisStore(
+        make_client(url, budget_s),
+        RespClient(url, connect_timeout=budget_s),
+        "t",
+        Metrics(),
+        budget_s,
+        CircuitBreaker(3, reset_s),
+        vector_ttl_s=60,
+        window_s=60,
+        history_max=10,
+    )
+
+
+async def close(store: RedisStore) -> None:
+    store.pipe.close()
+    await store.client.aclose()
+
+
+def test_a_cancelled_trial_call_does_not_keep_the_breaker_open(server: RedisServer) -> None:
+    """Issue 17, defect 1: the half-open trial is cancelled (client gone, shutdown); the next
+    call after the reset time must get a trial of its own, and close the breaker."""
+
+    async def run() -> None:
+        store = make_store(server.url)
+        for _ in range(3):
+            store.breaker.failure()
+        assert store.breaker.is_open
+        await asyncio.sleep(0.06)  # past reset_s: the next call is the trial
+        with server.client() as admin:
+            admin.execute_command("CLIENT", "PAUSE", "300")  # the trial waits on Redis ...
+        trial = asyncio.ensure_future(store.ping())
+        await asyncio.sleep(0.05)
+        trial.cancel()  # ... and is cancelled there
+        with pytest.raises(asyncio.CancelledError):
+            await trial
+        await asyncio.sleep(0.4)  # Redis answers again
+        assert await store.ping()
+        assert not store.breaker.is_open
+        await close(store)
+
+    asyncio.run(run())
