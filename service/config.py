@@ -31,8 +31,14 @@ class Settings(BaseSettings):
     redis_budget_ms: float = Field(
         20.0,
         gt=0,
-        description="Most time a request waits for Redis, from its start (or, for a call this "
-        "process wrote late under load, from that write); past it, the request goes on without Redis.",
+        description="Most time a /recommend request waits for Redis: each call's time from its write "
+        "to its reply, added up; past it, the request goes on without Redis.",
+    )
+    feedback_budget_ms: float = Field(
+        250.0,
+        gt=0,
+        description="The same for a /feedback request (two calls), past which the click is refused "
+        "(503): larger, as nobody waits on a click's answer and a refused click is lost to the A/B test.",
     )
     breaker_failures: int = Field(
         3, ge=1, description="Consecutive Redis failures that open the circuit breaker."

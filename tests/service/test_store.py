@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from service.cache import CircuitBreaker, Impression, RedisStore, make_client
+from service.cache import CircuitBreaker, Impression, RedisStore
 from service.metrics import Metrics
 from service.resp import RespClient
 from tests.servers import RedisServer
@@ -25,10 +25,10 @@ def server() -> Iterator[RedisServer]:
 
 def make_store(url: str, budget_s: float = 0.5, reset_s: float = 0.05) -> RedisStore:
     return RedisStore(
-        make_client(url, budget_s),
         RespClient(url, connect_timeout=budget_s),
         "t",
         Metrics(),
+        budget_s,
         budget_s,
         CircuitBreaker(3, reset_s),
         vector_ttl_s=60,
@@ -39,7 +39,6 @@ def make_store(url: str, budget_s: float = 0.5, reset_s: float = 0.05) -> RedisS
 
 async def close(store: RedisStore) -> None:
     store.pipe.close()
-    await store.client.aclose()
 
 
 def test_a_cancelled_trial_call_does_not_keep_the_breaker_open(server: RedisServer) -> None:
@@ -62,6 +61,33 @@ def test_a_cancelled_trial_call_does_not_keep_the_breaker_open(server: RedisServ
         await asyncio.sleep(0.4)  # Redis answers again
         assert await store.ping()
         assert not store.breaker.is_open
+        await close(store)
+
+    asyncio.run(run())
+
+
+def test_a_dropped_connection_to_a_healthy_redis_is_made_again(server: RedisServer) -> None:
+    """Issue 17, defect 4: Redis closed every connection (a restart, a proxy, an idle timeout) and
+    the service has not seen it yet; the next calls are made on a new connection, and the breaker
+    counts nothing."""
+
+    async def run() -> None:
+        store = make_store(server.url, budget_s=0.5)
+        budget = store.budget()
+        assert await store.save_impression("imp-1", IMP, budget)
+        assert (await store.load_impression("imp-1", budget))[1]
+        with server.client() as admin:  # blocking: the loop cannot see the connections close
+            admin.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+        imp, answered = await store.load_impression("imp-1", store.budget())
+        assert answered and imp == IMP
+        with server.client() as admin:
+            admin.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+        assert await store.record_click("imp-1", IMP, "2", store.budget()) is True
+        with server.client() as admin:
+            admin.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+        vector, clicks, answered = await store.read_user(None, "user-1", store.budget())
+        assert answered and clicks == ["2"]
+        assert store.breaker.failures == 0 and not store.breaker.is_open
         await close(store)
 
     asyncio.run(run())
