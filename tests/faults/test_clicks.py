@@ -14,7 +14,7 @@ from tests.faults.load import lua_body_script, lua_string, run_wrk
 from tests.servers import metric_value
 from tests.service.conftest import NEW_USER, Live
 
-CLICK_KEY = "request_id"  # the id /feedback credits, as /recommend returns it
+CLICK_KEY = "impression_id"  # the id /feedback credits, as /recommend returns it
 
 
 def serve(client: httpx.Client, user: str, k: int = 10, **headers: str) -> dict[str, object]:

@@ -53,6 +53,7 @@ def test_redis_stopped_mid_test_then_restarted(own: Live) -> None:
             r = _cold(client, f"outage-{i}")
             elapsed = time.perf_counter() - started
             assert r.status_code == 200 and r.json()["items"]
+            assert r.json()["impression_id"] is None  # not recorded: no click on it can count
             assert elapsed < BUDGET_MS / 1000 + MARGIN_S, elapsed
         text = client.get("/metrics").text
         assert metric_value(text, "mailrec_redis_up") == 0
@@ -60,7 +61,7 @@ def test_redis_stopped_mid_test_then_restarted(own: Live) -> None:
         assert metric_value(text, "mailrec_cache_requests_total", result="bypass") > 0
         ready = client.get("/readyz")
         assert ready.status_code == 200 and ready.json()["redis"] == "down"
-        down = client.post("/feedback", json={"request_id": "x", "item_id": "1", "event": "click"})
+        down = client.post("/feedback", json={"impression_id": "x", "item_id": "1", "event": "click"})
         assert down.status_code == 503 and down.json()["error"] == "feedback_store_down"
 
         own.redis.start()  # same port, empty
@@ -98,7 +99,11 @@ def test_the_first_clicks_after_a_redis_restart_are_counted(own: Live) -> None:
         clicks = [
             client.post(
                 "/feedback",
-                json={"request_id": s["request_id"], "item_id": s["items"][0]["item_id"], "event": "click"},
+                json={
+                    "impression_id": s["impression_id"],
+                    "item_id": s["items"][0]["item_id"],
+                    "event": "click",
+                },
             )
             for s in served
         ]

@@ -91,3 +91,17 @@ def test_a_dropped_connection_to_a_healthy_redis_is_made_again(server: RedisServ
         await close(store)
 
     asyncio.run(run())
+
+
+def test_a_second_impression_record_never_replaces_the_first(server: RedisServer) -> None:
+    """Issue 17, defect 2: impression records are written with SET NX."""
+
+    async def run() -> None:
+        store = make_store(server.url)
+        other = Impression("exp", "control", "hash", "v2", "user-2", ["9"])
+        assert await store.save_impression("imp-9", IMP, store.budget())
+        assert await store.save_impression("imp-9", other, store.budget())  # answered, not written
+        assert (await store.load_impression("imp-9", store.budget()))[0] == IMP
+        await close(store)
+
+    asyncio.run(run())
