@@ -1,4 +1,5 @@
-"""Request and response bodies. Strict: unknown fields, NaN and infinities are refused (422)."""
+"""Request and response bodies. Strict: unknown fields, NaN and infinities are refused (422), and
+so are ids over their length or with control characters (they become Redis keys)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 Id = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@\-]+$")]
 # what `secrets.token_urlsafe` writes; any other string is not one of ours
 ImpressionId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")]
-ItemId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+# any printable text (catalogs use their own ids), but no control characters: ids become Redis keys
+ItemId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f-\x9f]+$")]
 Text = Annotated[str, StringConstraints(max_length=256)]
 AttributeValue = Text | int | float | list[Text] | None
 

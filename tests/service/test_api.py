@@ -341,3 +341,34 @@ def test_the_same_x_request_id_from_two_users_credits_each_click_to_its_own_user
         assert again["cold_start"] is False  # the user's own click is in the user's own history
         assert s["items"][0]["item_id"] not in {i["item_id"] for i in again["items"]}
 
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/recommend", {"user_id": "a\nb"}, "body.user_id"),
+        ("/recommend", {"user_id": "u" * 129}, "body.user_id"),
+        ("/recommend", {"user_id": "u1", "history": ["1", "2\r\n3"]}, "body.history.1"),
+        ("/recommend", {"user_id": "u1", "candidates": ["1\x00"]}, "body.candidates.0"),
+        ("/recommend", {"user_id": "u1", "candidates": ["9" * 10_000]}, "body.candidates.0"),
+        ("/feedback", {"impression_id": "a\nb", "item_id": "1", "event": "click"}, "body.impression_id"),
+        ("/feedback", {"impression_id": "x" * 65, "item_id": "1", "event": "click"}, "body.impression_id"),
+        ("/feedback", {"impression_id": "abc", "item_id": "1\n2", "event": "click"}, "body.item_id"),
+        ("/feedback", {"impression_id": "abc", "item_id": "\x7f", "event": "click"}, "body.item_id"),
+        ("/feedback", {"impression_id": "abc", "item_id": "1" * 10_000, "event": "click"}, "body.item_id"),
+    ],
+)
+def test_over_long_ids_and_control_characters_are_a_422_naming_the_field(
+    client: httpx.Client, path: str, body: dict[str, Any], field: str
+) -> None:
+    """No id with a newline or of 10 KB ever reaches Redis (issue 17)."""
+    r = client.post(path, json=body)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"] == "validation"
+    assert [d["field"] for d in r.json()["detail"]] == [field]
+
+
+def test_the_openapi_schema_documents_the_impression_id(client: httpx.Client) -> None:
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    assert "impression_id" in schemas["RecommendResponse"]["properties"]
+    assert schemas["FeedbackRequest"]["required"] == ["impression_id", "item_id", "event"]
+    assert "request_id" not in schemas["FeedbackRequest"]["properties"]
