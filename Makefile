@@ -28,8 +28,8 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed ## create the virtual environment (CPU torch and onnxruntime, no CUDA download)
 
-system-deps: ## install the Debian packages the tests need (redis-server, prometheus), if missing
-	bash scripts/system-deps.sh redis-server prometheus
+system-deps: ## install the Debian packages the tests need (redis-server, prometheus, wrk, jq), if missing
+	bash scripts/system-deps.sh redis-server prometheus wrk jq
 
 run: venv ## data, training (control + mail), export, and the service on an embedded Redis
 	bash scripts/run.sh

@@ -180,5 +180,3 @@ def _user_metrics(ordered: IntArray, positives: IntArray) -> tuple[float, float,
     ideal = gains[: min(len(positives), TOP_K)].sum()
     ndcg = float((top * gains[: len(top)]).sum() / ideal) if ideal > 0 else 0.0
     return float(top.any()), float(top.sum() / TOP_K), ndcg, float(hit.sum() / len(positives))
-
-

