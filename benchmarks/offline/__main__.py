@@ -354,11 +354,11 @@ def _setting(result: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in result["tuning_setting"].items() if k != "seed"}
 
 
-def markdown(result: dict[str, Any], out: Path) -> str:
-    summary = result["summary"]
+def _header(result: dict[str, Any], out: Path, title: str) -> list[str]:
+    """Title, machine, the invocations that wrote the results, and a hand-written reading if any."""
     m = result["machine"]
     text = [
-        "# Offline benchmark: MAIL against the cold-start baselines",
+        f"# {title}",
         "",
         f"Machine: {m['cores']} cores ({m['cpu']}), Python {m['python']}, torch {m['torch']}. The runs in "
         f"the results file took {result['seconds_all_runs'] / 60:.1f} min summed over worker processes; "
@@ -374,6 +374,12 @@ def markdown(result: dict[str, Any], out: Path) -> str:
     reading = out.with_name(out.name + "-reading.md")
     if reading.exists():
         text += [reading.read_text().strip(), ""]
+    return text
+
+
+def markdown(result: dict[str, Any], out: Path) -> str:
+    summary = result["summary"]
+    text = _header(result, out, "Offline benchmark: MAIL against the cold-start baselines")
     text += [
         "## How to read this",
         "",
@@ -447,24 +453,9 @@ def draw_catalog(result: dict[str, Any], out: Path) -> list[str]:
 
 def catalog_markdown(result: dict[str, Any], out: Path) -> str:
     summary = result["summary"]
-    m = result["machine"]
-    text = [
-        "# Offline benchmark, catalog task: MAIL against popularity and the cold-start baselines",
-        "",
-        f"Machine: {m['cores']} cores ({m['cpu']}), Python {m['python']}, torch {m['torch']}. The runs in "
-        f"the results file took {result['seconds_all_runs'] / 60:.1f} min summed over worker processes; "
-        "the commands that wrote it, and the wall time of each:",
-        "",
-        *(
-            f"- {i['date']} `{i['command']}`: {i['wall_seconds'] / 60:.1f} min, {i['runs']} runs, "
-            f"{i['jobs']} worker processes"
-            for i in result["invocations"]
-        ),
-        "",
-    ]
-    reading = out.with_name(out.name + "-reading.md")
-    if reading.exists():
-        text += [reading.read_text().strip(), ""]
+    text = _header(
+        result, out, "Offline benchmark, catalog task: MAIL against popularity and the cold-start baselines"
+    )
     text += [
         "## How to read this",
         "",

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from benchmarks.offline.methods import METHODS, Method, Value
 from benchmarks.offline.runner import Cell, result_row
 from model_export.fewshot import evaluate_revealed, reveal, revealed_behavior, revealed_cases
-from model_export.model import RANKERS, RankerConfig, ZeroShotConfig
+from model_export.model import RANKERS, ModelConfig, RankerConfig, ZeroShotConfig
 from model_export.pipeline import Prepared, RunSpec, prepare, run
 from model_export.protocol import TEST
 from model_export.train import Batches, TrainConfig, popularity_report, rank_part, rank_popular
@@ -233,18 +233,7 @@ def run_job(job: Job) -> dict[str, Any]:
     if cell.method == "popularity":
         return _popularity_row(job)
     built = METHODS[cell.method].build(job.ranker, scale.zst, job.value, cell.seed)
-    spec = RunSpec(
-        dataset=cell.dataset,
-        data_dir=job.data_dir,
-        protocol=cell.protocol,
-        seed=cell.seed,
-        behavior_len=scale.behavior_len,
-        d_embed=scale.d_embed,
-        behavior=scale.behavior,
-        onboarding_noise=cell.onboarding_noise,
-        model=built.model,
-        train=TrainConfig(**{**scale.train, **built.train, "seed": cell.seed, "progress": False}),
-    )
+    spec = _spec(job, built.model, built.train)
     prepared = _prepared(job, spec)
     started = time.perf_counter()
     model, report = run(spec, None, prepared, built.hooks)
@@ -259,6 +248,24 @@ def run_job(job: Job) -> dict[str, Any]:
     return row
 
 
+def _spec(job: Job, model: ModelConfig | None = None, train: dict[str, Any] | None = None) -> RunSpec:
+    """The cell's run: its data and split at the plan's scale, `model` trained with the scale's
+    budget and the method's `train` overrides (no model: the data and task alone)."""
+    cell, scale = job.cell, job.scale
+    return RunSpec(
+        dataset=cell.dataset,
+        data_dir=job.data_dir,
+        protocol=cell.protocol,
+        seed=cell.seed,
+        behavior_len=scale.behavior_len,
+        d_embed=scale.d_embed,
+        behavior=scale.behavior,
+        onboarding_noise=cell.onboarding_noise,
+        model=model or ModelConfig(),
+        train=TrainConfig(**{**scale.train, **(train or {}), "seed": cell.seed, "progress": False}),
+    )
+
+
 def _prepared(job: Job, spec: RunSpec) -> Prepared:
     if _CACHE.get("key") != job.data_key():
         _CACHE.clear()  # one prepared dataset at a time keeps memory flat
@@ -270,18 +277,8 @@ def _prepared(job: Job, spec: RunSpec) -> Prepared:
 def _popularity_row(job: Job) -> dict[str, Any]:
     """The most-liked-items list on the cell's split: no training, the same metrics."""
     cell, scale = job.cell, job.scale
-    tcfg = TrainConfig(**{**scale.train, "seed": cell.seed, "progress": False})
-    spec = RunSpec(
-        dataset=cell.dataset,
-        data_dir=job.data_dir,
-        protocol=cell.protocol,
-        seed=cell.seed,
-        behavior_len=scale.behavior_len,
-        d_embed=scale.d_embed,
-        behavior=scale.behavior,
-        onboarding_noise=cell.onboarding_noise,
-        train=tcfg,
-    )
+    spec = _spec(job)
+    tcfg = spec.train
     prepared = _prepared(job, spec)
     started = time.perf_counter()
     report = popularity_report(prepared.encoded, tcfg)
