@@ -35,7 +35,11 @@ def test_every_method_builds_on_both_towers(kind: str) -> None:
             assert isinstance(model, MailModel) and isinstance(model.ranker, RANKERS[kind])
             is_mail = method.name.startswith("mail")
             assert (type(model.zst) is ZeroShotTower) == is_mail, method.name
-    zst_of = {m: METHODS[m].build(RankerConfig(), zst, None, 0).model.zero_shot for m in METHODS}
+    zst_of = {
+        m: METHODS[m].build(RankerConfig(), zst, None, 0).model.zero_shot
+        for m in METHODS
+        if m != "popularity"
+    }
     assert zst_of["mail"] is not None and zst_of["mail"].align == "mmd"
     assert zst_of["mail-mse"] is not None and zst_of["mail-mse"].align == "mse"
     assert zst_of["mail-none"] is not None and zst_of["mail-none"].variant == "none"
