@@ -53,6 +53,12 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=None,
         help="share of training rows shown as a new user (id unknown, no behavior); default: the task's",
     )
+    p.add_argument(
+        "--select",
+        choices=["ndcg", "auc"],
+        default=None,
+        help="catalog: the checkpoint early stopping keeps, by validation NDCG@10 (default) or AUC",
+    )
     p.add_argument("--behavior-len", type=int, default=32)
     p.add_argument(
         "--behavior",
@@ -95,7 +101,7 @@ def _train(args: argparse.Namespace) -> int:
         model_cfg.zero_shot = None
     tcfg = TrainConfig(**{**overrides.get("train", {}), "seed": args.seed, "progress": not args.quiet})
     tcfg.task = args.task
-    for name in ("epochs", "batch_size", "lr", "positives", "negatives", "sampling", "cold_rows"):
+    for name in ("epochs", "batch_size", "lr", "positives", "negatives", "sampling", "cold_rows", "select"):
         if getattr(args, name) is not None:
             setattr(tcfg, name, getattr(args, name))
     spec = RunSpec(

@@ -218,17 +218,13 @@ def ranking_cases(
 ) -> RankingSet:
     """One whole-catalog case per user with liked held-out items, scored at their first `held` row.
 
-    Positives: liked items of the `held` part, and for TEST also a strict new user's interactions
-    that training never saw (UNUSED samples). Not ranked: items of parts before `held` (TRAIN, and
-    VAL for TEST), and an old user's behavior-only items.
+    Positives: liked items of the `held` part, and a strict new user's samples that training never
+    saw (UNUSED; such a user is held in one part only, VAL or TEST). Not ranked: items of parts
+    before `held` (TRAIN, and VAL for TEST), and an old user's behavior-only items.
     """
     e = everyone
-    if held == TEST:
-        truth = e.sample & e.liked & ((e.part == TEST) | (e.part == UNUSED))
-        known = (e.part == TRAIN) | (e.part == VAL)
-    else:
-        truth = e.sample & e.liked & (e.part == VAL)
-        known = e.part == TRAIN
+    truth = e.sample & e.liked & ((e.part == held) | (e.part == UNUSED))
+    known = (e.part == TRAIN) | (e.part == VAL) if held == TEST else e.part == TRAIN
     known = (known & e.sample) | (~e.sample & ~e.new)
     n_users = int(max(user.max(initial=0), e.user.max(initial=0))) + 1
     positives = _by_user(e.user[truth], e.item[truth], n_users)

@@ -37,6 +37,10 @@ class RankerConfig:
     dropout: float = 0.2
     d_attention: int = 64  # width of the attention MLPs (Eq. 1-2 pooling, DIN's activation unit)
     virtual_slots: int = 0  # 0: the tower's default (base: 1 pooled vector; din: 4 recent items)
+    # a learned per-item bias added to the logit (the first-order term of FM / wide & deep): how
+    # much an item is chosen regardless of the user, which is all a tower knows of a new user's
+    # taste when the attributes say little (checkpoints from before this setting have none)
+    item_bias: bool = False
 
 
 @dataclass
@@ -243,6 +247,13 @@ class Ranker(nn.Module):
         self.cfg = cfg
         self.emb = emb
         self.virtual_slots = cfg.virtual_slots or self.default_slots
+        self.item_bias: nn.Parameter | None = (
+            nn.Parameter(torch.zeros(emb.catalog.shape[0])) if cfg.item_bias else None
+        )
+
+    def _bias(self, items: Tensor) -> Tensor | float:
+        """The item bias of target catalog rows (N,), or 0 without one."""
+        return self.item_bias[items] if self.item_bias is not None else 0.0
 
     def behavior_target(self, behavior: Tensor) -> tuple[Tensor, Tensor]:
         """What the tower consumes as behavior: (U, K, d) vectors and their (U, K) mask."""
@@ -318,7 +329,7 @@ class BaseDNN(Ranker):
         if owner is not None:
             u = u[owner]  # (N, H0)
         h = F.leaky_relu(self.bn(u + self._item_hidden(items)))  # (N, H0)
-        return self.out(self.top(h)).squeeze(-1)
+        return self.out(self.top(h)).squeeze(-1) + self._bias(items)
 
 
 class DINRanker(Ranker):
@@ -375,7 +386,7 @@ class DINRanker(Ranker):
         z_v = (1 - gate) * real + gate * self._attend(virtual, virtual_mask, z_t, query)  # (N, d)
         n = z_t.shape[0]
         z = torch.cat([z_a.expand(n, -1), z_v, z_c.expand(n, -1), z_t], -1)  # (N, 4d)
-        return self.out(self.head(z)).squeeze(-1)
+        return self.out(self.head(z)).squeeze(-1) + self._bias(items)
 
 
 RANKERS: dict[str, type[Ranker]] = {"base": BaseDNN, "din": DINRanker}

@@ -4,8 +4,12 @@
   validation slice is cut from the end of the rest. A seeded 40% of users are new: their behavior
   is deleted from every sample (train and test); their samples stay in training.
 * `strict` (beyond the paper): the same split, but new users never appear in training at all:
-  their training samples are dropped and their user id is out of vocabulary at test. Their
-  validation slice stays, for early stopping and tuning only.
+  their training samples are dropped and their user id is out of vocabulary at test. A seeded
+  `val_new_share` of the new users validate instead of testing, and look exactly as test new users
+  do: their last `test_fraction` of samples is VAL, the rest unused (never trained on, liked ones
+  still count as the user's positives), so early stopping and every choice made on validation see
+  the case the test measures, a new user's whole first page. The other new users test: their last
+  samples are TEST, the rest unused.
 * `days` (the paper's on Alimama): a global time split, the last day is test and the days before
   train, the last `val_fraction` of training samples in time validate; new users as in `mail`.
 
@@ -37,6 +41,7 @@ class SplitConfig:
     new_fraction: float = 0.4
     test_fraction: float = 0.2
     val_fraction: float = 0.1  # of each user's non-test samples, from their end
+    val_new_share: float = 0.25  # strict: share of the new users who validate (the rest test)
 
 
 @dataclass
@@ -44,6 +49,7 @@ class Split:
     config: SplitConfig
     new_users: frozenset[str]
     part: npt.NDArray[np.int8]  # per interaction: TRAIN, VAL, TEST or UNUSED (behavior-only rows)
+    val_new_users: frozenset[str] = frozenset()  # strict: the new users who validate, not test
 
     def mask(self, part: int) -> npt.NDArray[np.bool_]:
         return self.part == part
@@ -67,6 +73,11 @@ def make_split(data: Interactions, config: SplitConfig) -> Split:
     if config.protocol == "days":
         return Split(config, new_users, day_parts(data, config))
 
+    val_new: frozenset[str] = frozenset()
+    if config.protocol == "strict":
+        n_val_new = int(round(config.val_new_share * len(new_users)))
+        pick = np.random.default_rng([config.seed, 1]).permutation(sorted(new_users))[:n_val_new]
+        val_new = frozenset(pick.tolist())
     part = np.full(len(data), UNUSED, np.int8)
     order = chronological_order(data, config.seed)
     order = order[data.is_sample[order]]
@@ -82,8 +93,9 @@ def make_split(data: Interactions, config: SplitConfig) -> Split:
         part[idx[n - n_test - n_val : n - n_test]] = VAL
         part[idx[n - n_test :]] = TEST
         if config.protocol == "strict" and users[start] in new_users:
-            part[idx[: n - n_test - n_val]] = UNUSED
-    return Split(config, new_users, part)
+            part[idx[: n - n_test]] = UNUSED
+            part[idx[n - n_test :]] = VAL if users[start] in val_new else TEST
+    return Split(config, new_users, part, val_new)
 
 
 def day_parts(data: Interactions, config: SplitConfig, train_days: int = 7) -> npt.NDArray[np.int8]:
@@ -117,6 +129,8 @@ def split_record(data: Interactions, split: Split) -> dict[str, Any]:
         "val_fraction": split.config.val_fraction,
         "label": data.notes.get("label"),
         "new_users": sorted(split.new_users, key=_natural),
+        # strict: new users who validate (their samples are never tested; a subset of new_users)
+        "validation_new_users": sorted(split.val_new_users, key=_natural),
         "counts": {
             "users": int(len(np.unique(data.user[data.is_sample]))),
             "new_users": len(split.new_users),

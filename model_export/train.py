@@ -49,7 +49,10 @@ class TrainConfig:
     lr_zst: float = 5e-4  # G_A: zero-shot tower (the official code's 0.5 x lr)
     weight_decay: float = 0.0
     embed_l2: float = 1e-5  # L2 on the embeddings looked up in a batch
-    patience: int = 2  # epochs without a better validation AUC before stopping
+    patience: int = 2  # epochs without a better validation score (`select`) before stopping
+    # what early stopping keeps: "ndcg" (validation whole-catalog NDCG@10 of all users, the
+    # catalog task's product metric) | "auc" (validation AUC); the rating task always uses AUC
+    select: str = "ndcg"
     seed: int = 0
     threads: int = 2
     progress: bool = True
@@ -66,6 +69,7 @@ class TrainConfig:
             ("task", self.task, task.TASKS),
             ("positives", self.positives, task.POSITIVES),
             ("sampling", self.sampling, task.SAMPLING),
+            ("select", self.select, SELECT),
         ):
             if value not in allowed:
                 raise ValueError(f"unknown {name} {value!r}; choose from {allowed}")
@@ -78,6 +82,7 @@ class TrainConfig:
 
 
 CATALOG_COLD_ROWS = 0.2
+SELECT = ("ndcg", "auc")
 
 
 class TrainHooks:
@@ -208,11 +213,16 @@ def make_sampler(data: EncodedData, tcfg: TrainConfig) -> task.NegativeSampler |
     return task.NegativeSampler(data.known_train, len(data.catalog), weights)
 
 
-def zst_step_losses(model: MailModel, attrs: Tensor, behavior: Tensor, is_new: Tensor) -> ZstLosses | None:
-    """L_a, L_v, L_d on old users with real behavior; inputs and targets detached."""
+def zst_step_losses(
+    model: MailModel, attrs: Tensor, behavior: Tensor, is_new: Tensor, keep: Tensor | None = None
+) -> ZstLosses | None:
+    """L_a, L_v, L_d on old users with real behavior (among `keep` rows); inputs and targets
+    detached."""
     if model.zst is None or model.zst.cfg.variant == "none":
         return None
     rows = ~is_new & (behavior > 0).any(1)
+    if keep is not None:
+        rows &= keep
     if int(rows.sum()) < 2:
         return None
     with torch.no_grad():
@@ -339,7 +349,8 @@ def train(
     id_slot = task.user_id_slot(data.schema)
     cold_share = tcfg.cold_share
     history = History()
-    best_auc, best_state, stale = -math.inf, copy.deepcopy(model.state_dict()), 0
+    best, best_state, stale = -math.inf, copy.deepcopy(model.state_dict()), 0
+    by_ndcg = tcfg.task == "catalog" and tcfg.select == "ndcg"
     started = time.perf_counter()
     from tqdm import tqdm
 
@@ -359,10 +370,11 @@ def train(
             batch = hooks.batch(_cold_rows(raw_batch, cold_share, id_slot, rng))
             attrs, ctx, beh, item, label, is_new = batch
             user = user_inputs(model, attrs, ctx, beh, training=True)
-            logits = model.ranker(user, item)
-            l_rt = F.binary_cross_entropy_with_logits(logits, label)
+            l_rt = F.binary_cross_entropy_with_logits(model.ranker(user, item), label)
             loss = l_rt + tcfg.embed_l2 * _embedding_l2(model, attrs, ctx, beh, item)
-            zl = zst_step_losses(model, attrs, beh, is_new)
+            # catalog task: a sampled negative repeats its positive's user and behavior, so the
+            # zero-shot losses read the positives only (same expectation, 1 + negatives times fewer)
+            zl = zst_step_losses(model, attrs, beh, is_new, label > 0 if tcfg.task == "catalog" else None)
             if zl is not None:
                 assert model.zst is not None
                 loss = loss + zl.total(model.zst.cfg)
@@ -393,9 +405,14 @@ def train(
             "val_auc": val["all"]["auc"],
             "val_auc_new": val["new"]["auc"],
         }
+        score = val["all"]["auc"]
+        if by_ndcg:
+            ranked = rank_part(model, batches, VAL)
+            record.update(val_ndcg=ranked["all"]["ndcg@10"], val_ndcg_new=ranked["new"]["ndcg@10"])
+            score = ranked["all"]["ndcg@10"]
         history.epochs.append(record)
         log.info(
-            "epoch %d  L_rt %.4f  L_a %.4f  L_v %.4f  L_d %.4f  val AUC %.4f (new %.4f)",
+            "epoch %d  L_rt %.4f  L_a %.4f  L_v %.4f  L_d %.4f  val AUC %.4f (new %.4f)%s",
             epoch,
             means["L_rt"],
             means["L_a"],
@@ -403,9 +420,10 @@ def train(
             means["L_d"],
             val["all"]["auc"],
             val["new"]["auc"],
+            f"  val NDCG@10 {record['val_ndcg']:.4f} (new {record['val_ndcg_new']:.4f})" if by_ndcg else "",
         )
-        if val["all"]["auc"] > best_auc + 1e-5:
-            best_auc, best_state, stale = val["all"]["auc"], copy.deepcopy(model.state_dict()), 0
+        if score > best + 1e-5:
+            best, best_state, stale = score, copy.deepcopy(model.state_dict()), 0
             history.best_epoch = epoch
         else:
             stale += 1
@@ -463,6 +481,59 @@ def virtual_r2(model: MailModel, batches: Batches, rows: npt.NDArray[np.int64], 
     return 1.0 - sse / sst if sst > 0 else float("nan")
 
 
+def probe_r2(
+    model: MailModel,
+    batches: Batches,
+    train_rows: npt.NDArray[np.int64],
+    rows: npt.NDArray[np.int64],
+    mean: Tensor,
+    ridge: float = 100.0,
+) -> float:
+    """R^2 on `rows` of a ridge regression from the attributes the zero-shot tower reads (one-hot)
+    to the ranker's behavior representation, fitted on old users' training rows: how much of a
+    user's behavior a linear map of the attributes can tell, whatever the tower. Same baseline as
+    `virtual_r2` (old users' mean behavior)."""
+    data = batches.data
+    keep = model.zst_keep[0].numpy().astype(bool)
+    attrs = data.user_attrs[:, keep]
+    widths = attrs.max(0) + 1
+    offsets = np.r_[0, np.cumsum(widths)[:-1]]
+
+    def design(users: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+        x = np.zeros((len(users), int(widths.sum())))
+        ids = attrs[users]
+        for j in range(ids.shape[1]):
+            x[np.arange(len(users)), offsets[j] + ids[:, j]] = ids[:, j] > 0  # PAD is no feature
+        return x
+
+    def target(r: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
+        ys, ms = [], []
+        with torch.no_grad():
+            for start in range(0, len(r), 4096):
+                t, m = model.ranker.behavior_target(torch.from_numpy(data.behavior[r[start : start + 4096]]))
+                ys.append(t.reshape(len(t), -1).double().numpy())
+                ms.append(m.numpy())
+        return np.concatenate(ys), np.concatenate(ms)
+
+    fit = train_rows[~data.is_new[train_rows] & (data.behavior[train_rows] > 0).any(1)]
+    if len(fit) == 0 or len(rows) == 0:
+        return float("nan")
+    base = mean.reshape(-1).double().numpy()
+    y, m = target(fit)
+    full = m.all(1)  # rows whose every behavior slot is real
+    users, inverse, counts = np.unique(data.user[fit[full]], return_inverse=True, return_counts=True)
+    sums = np.zeros((len(users), len(base)))
+    np.add.at(sums, inverse, y[full] - base)  # the rows of a user share their design row
+    x = design(users)
+    w = np.linalg.solve(x.T @ (x * counts[:, None]) + ridge * np.eye(x.shape[1]), x.T @ sums)
+    y_new, mask = target(rows)
+    d = mean.shape[-1]
+    err = ((design(data.user[rows]) @ w + base - y_new) ** 2).reshape(len(rows), -1, d).sum(-1)
+    tot = ((base - y_new) ** 2).reshape(len(rows), -1, d).sum(-1)
+    sst = float(tot[mask].sum())
+    return 1.0 - float(err[mask].sum()) / sst if sst > 0 else float("nan")
+
+
 def mean_behavior(model: MailModel, batches: Batches, rows: npt.NDArray[np.int64]) -> Tensor:
     """Old users' mean behavior representation over training rows: (K, d)."""
     data = batches.data
@@ -499,8 +570,10 @@ def full_report(model: MailModel, data: EncodedData, history: History, tcfg: Tra
         report["diagnostics"] = {
             "virtual_r2_new": virtual_r2(model, batches, new_test, mean),
             "virtual_r2_old": virtual_r2(model, batches, old_test, mean),
+            "probe_r2_new": probe_r2(model, batches, train_rows, new_test, mean),
             "note": "R^2 of virtual vs real behavior on test rows; 0 = no better than the mean "
-            "behavior of old users (what mean-fill would give)",
+            "behavior of old users (what mean-fill would give); probe: a ridge regression from the "
+            "same attributes, fitted on old users' training rows (what a linear map can tell)",
         }
     return report
 
@@ -516,6 +589,7 @@ def task_record(tcfg: TrainConfig) -> dict[str, Any]:
         "negatives": tcfg.negatives,
         "sampling": tcfg.sampling,
         "cold_rows": tcfg.cold_share,
+        "select": tcfg.select,
     }
 
 

@@ -10,7 +10,7 @@ import pytest
 from model_export import catalog as task
 from model_export import data as datasets
 from model_export.features import encode_data
-from model_export.protocol import TEST, TRAIN, UNUSED, VAL, SplitConfig, make_split
+from model_export.protocol import TEST, TRAIN, VAL, SplitConfig, make_split
 from model_export.train import TrainConfig, make_sampler, training_rows
 
 
@@ -73,10 +73,12 @@ def encoded():  # type: ignore[no-untyped-def]
     return raw, split, encode_data(raw, split, behavior_len=8, d_embed=8)
 
 
-def test_cases_follow_the_rules_for_new_and_old_users(encoded) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("held", [VAL, TEST])
+def test_cases_follow_the_rules_for_new_and_old_users(encoded, held: int) -> None:  # type: ignore[no-untyped-def]
     raw, split, enc = encoded
-    cases = enc.ranking[TEST]
+    cases = enc.ranking[held]
     row_of = {enc.user_ids[u]: u for u in range(len(enc.user_ids))}
+    assert cases.is_new.any() and (~cases.is_new).any()
     for i in range(len(cases.rows)):
         user = enc.user_ids[enc.user[cases.rows[i]]]
         mine = raw.user == user
@@ -85,24 +87,25 @@ def test_cases_follow_the_rules_for_new_and_old_users(encoded) -> None:  # type:
         parts = split.part[liked]
         if user in split.new_users:
             assert cases.is_new[i]
-            # a strict new user: every liked interaction training never saw, but the validation ones
-            want = set(items[(parts == TEST) | (parts == UNUSED)].tolist())
-            assert set(cases.positives[i].tolist()) == want
-            val_items = set(enc.catalog.rows(raw.item[mine & (split.part == VAL)].tolist()).tolist())
-            assert set(cases.exclude[i].tolist()) == val_items - want
+            # a strict new user validates or tests, never both, and is held out whole: every liked
+            # interaction is a positive (no known items), as a new user's first page is judged
+            assert (user in split.val_new_users) == (held == VAL)
+            assert not (mine & (split.part == (TEST if held == VAL else VAL))).any()
+            assert set(cases.positives[i].tolist()) == set(items.tolist())
+            assert len(cases.exclude[i]) == 0
         else:
             assert not cases.is_new[i]
-            assert set(cases.positives[i].tolist()) == set(items[parts == TEST].tolist())
-            seen = mine & np.isin(split.part, (TRAIN, VAL))
+            assert set(cases.positives[i].tolist()) == set(items[parts == held].tolist())
+            seen = mine & np.isin(split.part, (TRAIN, VAL) if held == TEST else (TRAIN,))
             want_excl = set(enc.catalog.rows(raw.item[seen].tolist()).tolist()) - set(
                 cases.positives[i].tolist()
             )
             assert set(cases.exclude[i].tolist()) == want_excl
-        # scored at the user's first test sample
+        # scored at the user's first sample of the part
         rep = cases.rows[i]
-        assert enc.part[rep] == TEST and enc.user[rep] == row_of[user]
-        test_times = raw.timestamp[enc.source[(enc.user == enc.user[rep]) & (enc.part == TEST)]]
-        assert raw.timestamp[enc.source[rep]] == test_times.min()
+        assert enc.part[rep] == held and enc.user[rep] == row_of[user]
+        times = raw.timestamp[enc.source[(enc.user == enc.user[rep]) & (enc.part == held)]]
+        assert raw.timestamp[enc.source[rep]] == times.min()
 
 
 def test_training_rows_of_the_catalog_task(encoded) -> None:  # type: ignore[no-untyped-def]

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from model_export import data as datasets
-from model_export.features import encode_data
+from model_export.features import EncodedData, encode_data
 from model_export.model import (
     MailModel,
     ModelConfig,
@@ -30,10 +30,12 @@ def _synthetic(virtual_slots: int = 1):  # type: ignore[no-untyped-def]
     return encode_data(raw, split, behavior_len=8, virtual_slots=virtual_slots, d_embed=8)
 
 
-def _model(encoded, kind: str = "base", zst: ZeroShotConfig | None = None) -> MailModel:  # type: ignore[no-untyped-def]
+def _model(
+    encoded: EncodedData, kind: str = "base", zst: ZeroShotConfig | None = None, item_bias: bool = False
+) -> MailModel:
     cfg = ModelConfig(
         model="mail",
-        ranker=RankerConfig(kind=kind, hidden=(16, 8), d_attention=8),
+        ranker=RankerConfig(kind=kind, hidden=(16, 8), d_attention=8, item_bias=item_bias),
         zero_shot=zst or ZeroShotConfig(d_hidden=16, width=32, d_attention=8, dropout=0.0),
     )
     return MailModel(cfg, encoded.schema, torch.from_numpy(encoded.catalog.features))
@@ -147,6 +149,7 @@ def test_tiny_end_to_end_run(tiny_run: TinyRun) -> None:
     # and the zero-shot tower predicts their behavior better than the mean behavior
     assert metrics["test"]["new"]["auc"] > 0.55
     assert metrics["diagnostics"]["virtual_r2_new"] > 0.05
+    assert metrics["diagnostics"]["probe_r2_new"] > 0.05  # so can a linear map of the attributes
     assert {"L_rt", "L_a", "L_v", "L_d"} <= set(metrics["epochs"][0])
     split = json.loads((run_dir / "split.json").read_text())
     # the catalog task: each liked test sample against its recorded never-interacted items
@@ -192,10 +195,15 @@ def test_cli_trains_on_real_data(data_dir: Path, tmp_path: Path) -> None:
     split = json.loads((out / "split.json").read_text())
     assert metrics["test"]["all"]["samples"] == 11 * sum(split["test"]["label"])
     assert 0.5 < metrics["test"]["old"]["auc"] < 1.0
-    # whole catalog: one case per new user with liked items to find (all but a few of them)
+    # whole catalog: one case per testing new user with liked items to find (all but a few of
+    # them); the validating new users (a quarter) are never test cases
+    validating = set(split["validation_new_users"])
+    testing = set(split["new_users"]) - validating
+    assert len(validating) == round(0.25 * len(split["new_users"]))
     new_cases = [c for c in split["ranking"]["cases"] if c["user"] in set(split["new_users"])]
+    assert {c["user"] for c in new_cases} <= testing
     assert metrics["ranking"]["test"]["new"]["users"] == len(new_cases)
-    assert 0.95 * len(split["new_users"]) <= len(new_cases) <= len(split["new_users"])
+    assert 0.95 * len(testing) <= len(new_cases)
     assert 0.0 < metrics["ranking"]["test"]["new"]["ndcg@10"] < 1.0
     assert np.isfinite(metrics["diagnostics"]["virtual_r2_new"])
 
@@ -243,12 +251,17 @@ def test_item_representations_gathered_from_the_catalog_equal_those_computed_per
         assert table.weight.grad[0].abs().sum() == 0
 
 
-@pytest.mark.parametrize("kind", ["base", "din"])
-def test_ranker_frozen_for_serving_scores_as_trained_without_batch_norms(kind: str) -> None:
+@pytest.mark.parametrize(
+    ("kind", "item_bias"), [("base", False), ("din", False), ("base", True), ("din", True)]
+)
+def test_ranker_frozen_for_serving_scores_as_trained_without_batch_norms(kind: str, item_bias: bool) -> None:
     """Export's serving form: item tables, batch norms folded, fused field tables; same scores."""
     torch.manual_seed(0)
     encoded = _synthetic(virtual_slots=1 if kind == "base" else 4)
-    model = _model(encoded, kind).eval()
+    model = _model(encoded, kind, item_bias=item_bias).eval()
+    if model.ranker.item_bias is not None:
+        with torch.no_grad():
+            model.ranker.item_bias.normal_()
     for bn in (m for m in model.ranker.modules() if isinstance(m, torch.nn.BatchNorm1d)):
         assert bn.running_mean is not None and bn.running_var is not None
         with torch.no_grad():  # statistics and affine terms far from the identity they start as
@@ -272,3 +285,24 @@ def test_ranker_frozen_for_serving_scores_as_trained_without_batch_norms(kind: s
             )
             got, want = served.ranker(user, cands), model.ranker(user, cands)
             torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+def test_attribute_probe_finds_nothing_in_shuffled_attributes(tiny_run: TinyRun) -> None:
+    """The linear probe's R^2 is the attributes' information, not the probe's: with each user's
+    attributes given to another user, it falls to about zero (the mean) or below."""
+    from model_export.protocol import TEST
+    from model_export.train import load_checkpoint, mean_behavior, probe_r2
+
+    model, _ = load_checkpoint(tiny_run("mail", "base"))
+    raw = datasets.make_synthetic(seed=0)
+    encoded = encode_data(
+        raw, make_split(raw, SplitConfig(protocol="strict", seed=0)), behavior_len=8, d_embed=8
+    )
+    batches = Batches(encoded, fill_new_users=False)
+    train, test = encoded.rows(TRAIN), encoded.rows(TEST)
+    new_test = test[encoded.is_new[test]]
+    mean = mean_behavior(model, batches, train)
+    planted = probe_r2(model, batches, train, new_test, mean)
+    encoded.user_attrs[:] = encoded.user_attrs[np.random.default_rng(0).permutation(len(encoded.user_attrs))]
+    shuffled = probe_r2(model, batches, train, new_test, mean)
+    assert planted > 0.05 and shuffled < 0.02

@@ -51,6 +51,14 @@ def test_strict_protocol_never_trains_on_new_users(ml: datasets.Interactions) ->
     new = np.isin(ml.user, list(split.new_users))
     assert not (new & (split.part == TRAIN)).any()
     assert (new & (split.part == TEST)).sum() > 0
+    # a quarter of the new users validate, whole: their last samples are VAL, never TEST
+    validating = np.isin(ml.user, list(split.val_new_users))
+    assert split.val_new_users < split.new_users and len(split.val_new_users) == round(
+        0.25 * len(split.new_users)
+    )
+    assert not (validating & (split.part == TEST)).any() and (validating & (split.part == VAL)).any()
+    assert not (new & ~validating & (split.part == VAL)).any()
+    assert make_split(ml, SplitConfig(protocol="strict", seed=0)).val_new_users == split.val_new_users
     encoded = encode_data(ml, split)
     user_id = encoded.schema.user_fields[0]
     assert user_id.name == "user_id"
