@@ -20,7 +20,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -406,29 +406,12 @@ def markdown(result: dict[str, Any], out: Path) -> str:
         else "No tuning in this mode: every method runs its first value.",
         "",
     ]
-    shown: set[Setting] = set()
-    for block in result["plan"]:
-        settings = [Setting(**s) for s in block["settings"]]
-        if shown.issuperset(settings):
-            continue  # its rows are in an earlier block's table
-        shown.update(settings)
-        text += [f"## {block['block']}: {block['about']}", ""]
-        if block["block"].startswith("onboarding"):
-            recs = [r for s in settings for r in _of(summary, s)]
-            text += [
-                "Semi-synthetic: each user's declared genres are the top genres of their first 5 "
-                "interactions (never tested, not new users' behavior), each replaced by a random genre "
-                "with probability = noise. Seeds " + ", ".join(map(str, block["seeds"])) + ".",
-                "",
-                writeup.sweep_table(recs, ORDER, lambda r: f"{r['onboarding_noise']:g}", "noise"),
-                "",
-            ]
-            continue
-        for s in settings:
-            text += [f"### {_setting_name(s.__dict__)}", ""]
-            text += [writeup.method_table(_of(summary, s), ORDER), ""]
-        if block["block"] == "main":
-            text += _paper(_of(summary, settings[0])) + _fewshot(result)
+    text += _blocks(
+        result,
+        lambda recs: writeup.method_table(recs, ORDER),
+        lambda recs: writeup.sweep_table(recs, ORDER, _noise, "noise"),
+        lambda settings: _paper(_of(summary, settings[0])) + _fewshot(result),
+    )
     text += ["## Plots", ""] + [f"![{p}]({p})" for p in result.get("plots", [])]
     return "\n".join(text) + "\n"
 
@@ -453,7 +436,6 @@ def draw_catalog(result: dict[str, Any], out: Path) -> list[str]:
 
 
 def catalog_markdown(result: dict[str, Any], out: Path) -> str:
-    summary = result["summary"]
     text = _header(
         result, out, "Offline benchmark, catalog task: MAIL against popularity and the cold-start baselines"
     )
@@ -464,12 +446,15 @@ def catalog_markdown(result: dict[str, Any], out: Path) -> str:
         "a user rated >= 4, negatives never-interacted items drawn afresh each epoch, 20% of rows shown as "
         "a new user would look (`benchmarks/results/catalog-task.md`: how this was chosen, on validation). "
         f"Every method trains with the same `TrainConfig` ({_budget(result)}), early-stopped on "
-        "validation AUC; no method's knob is tuned in this benchmark (each runs its default).",
-        "- Metrics over the whole catalog (1,682 items on MovieLens): one case per test user, scored at "
-        "their first test interaction, against their liked held-out items (a strict new user: every liked "
-        "interaction but the validation ones); items an old user is known to have seen are not ranked. "
-        "NDCG@10 is the primary metric; AUC = liked test items against 10 sampled never-interacted items "
-        "each (recorded in split.json).",
+        "validation NDCG@10; no method's knob is tuned in this benchmark (each runs its default).",
+        "- Strict protocol: 40% of users are new, never trained on; a quarter of them validate, the "
+        "others test, each held out whole. Metrics over the whole catalog (1,682 items on MovieLens): one "
+        "case per test user, scored at their first test interaction, against their liked held-out items "
+        "(a strict new user: every liked interaction); items an old user is known to have seen are not "
+        "ranked. NDCG@10 is the primary metric; AUC = liked test items against 10 sampled never-interacted "
+        "items each (recorded in split.json). R² virtual = R² of MAIL's virtual behavior against new test "
+        "users' real one (0 = no better than old users' mean behavior); in brackets, a ridge probe's "
+        "from the same attributes: what any linear map of them can tell.",
         "- Mean ± std over seeds. vs control / vs popularity = paired relative lift on the same seed, with "
         "the paired t-test p across seeds; gap closed = (method - control) / (oracle - control) of the "
         f"seed means, shown where the oracle's headroom is at least {writeup.MIN_HEADROOM}. `popularity` = "
@@ -477,46 +462,65 @@ def catalog_markdown(result: dict[str, Any], out: Path) -> str:
         "a cold user.",
         "",
     ]
+    fewshot = [
+        f"### Few-shot: each new test user's first n in {FEWSHOT_N_CATALOG} interactions known",
+        "",
+        "The same trained models; the known items are the new user's behavior (clicks, as the "
+        "service keeps them), are not ranked and are no longer positives. `popularity` only drops "
+        "them. vs control / vs popularity compare at the same n.",
+        "",
+        writeup.catalog_table(
+            result["fewshot"], ORDER, lambda r: r["protocol"].rsplit("=", 1)[1].rjust(2), "n"
+        ),
+        "",
+    ]
+    text += _blocks(
+        result,
+        lambda recs: writeup.catalog_table(recs, ORDER),
+        lambda recs: writeup.catalog_table(recs, ORDER, _noise, "noise"),
+        lambda settings: fewshot if result["fewshot"] else [],
+    )
+    text += ["## Plots", ""] + [f"![{p}]({p})" for p in result.get("plots", [])]
+    return "\n".join(text) + "\n"
+
+
+def _blocks(
+    result: dict[str, Any],
+    table: Callable[[list[dict[str, Any]]], str],
+    sweep: Callable[[list[dict[str, Any]]], str],
+    after_main: Callable[[list[Setting]], list[str]],
+) -> list[str]:
+    """A section per block of the plan: a `table` per setting (the onboarding blocks: one `sweep`
+    over their noise levels), and `after_main` after the main block; a block whose settings an
+    earlier block already showed is skipped."""
+    summary = result["summary"]
+    text: list[str] = []
     shown: set[Setting] = set()
     for block in result["plan"]:
         settings = [Setting(**s) for s in block["settings"]]
         if shown.issuperset(settings):
-            continue
+            continue  # its rows are in an earlier block's table
         shown.update(settings)
         text += [f"## {block['block']}: {block['about']}", ""]
         if block["block"].startswith("onboarding"):
-            recs = [r for s in settings for r in _of(summary, s)]
             text += [
                 "Semi-synthetic: each user's declared genres are the top genres of their first 5 "
                 "interactions (never tested, not new users' behavior), each replaced by a random genre "
-                "with probability = noise.",
+                "with probability = noise. Seeds " + ", ".join(map(str, block["seeds"])) + ".",
                 "",
-                writeup.catalog_table(recs, ORDER, lambda r: f"{r['onboarding_noise']:g}", "noise"),
+                sweep([r for s in settings for r in _of(summary, s)]),
                 "",
             ]
             continue
         for s in settings:
-            text += [
-                f"### {_setting_name(s.__dict__)}",
-                "",
-                writeup.catalog_table(_of(summary, s), ORDER),
-                "",
-            ]
-        if block["block"] == "main" and result["fewshot"]:
-            text += [
-                f"### Few-shot: each new test user's first n in {FEWSHOT_N_CATALOG} interactions known",
-                "",
-                "The same trained models; the known items are the new user's behavior (clicks, as the "
-                "service keeps them), are not ranked and are no longer positives. `popularity` only drops "
-                "them. vs control / vs popularity compare at the same n.",
-                "",
-                writeup.catalog_table(
-                    result["fewshot"], ORDER, lambda r: r["protocol"].rsplit("=", 1)[1].rjust(2), "n"
-                ),
-                "",
-            ]
-    text += ["## Plots", ""] + [f"![{p}]({p})" for p in result.get("plots", [])]
-    return "\n".join(text) + "\n"
+            text += [f"### {_setting_name(s.__dict__)}", "", table(_of(summary, s)), ""]
+        if block["block"] == "main":
+            text += after_main(settings)
+    return text
+
+
+def _noise(r: dict[str, Any]) -> str:
+    return f"{r['onboarding_noise']:g}"
 
 
 def _budget(result: dict[str, Any]) -> str:

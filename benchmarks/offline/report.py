@@ -67,6 +67,12 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             }
             r2 = [s["diagnostics"]["virtual_r2_new"] for s in seeds.values() if s.get("diagnostics")]
             rec["virtual_r2_new"] = (float(np.mean(r2)), float(np.std(r2))) if r2 else None
+            probe = [
+                s["diagnostics"]["probe_r2_new"]
+                for s in seeds.values()
+                if (s.get("diagnostics") or {}).get("probe_r2_new") is not None
+            ]
+            rec["probe_r2_new"] = (float(np.mean(probe)), float(np.std(probe))) if probe else None
             for g in GROUPS:
                 for m in METRICS + (RANKING if ranked else ()):
                     if any(not _has(seeds[s], g, m) for s in seeds):

@@ -64,7 +64,7 @@ def catalog_table(
     lines = [
         head + "| method | seeds | new NDCG@10 | vs control (p) | vs popularity (p) | gap closed "
         "| new P@10 | vs popularity (p) | new HR@10 | new R@50 | new AUC | old NDCG@10 | old vs popularity "
-        "| old vs control | R² virtual | train s |",
+        "| old vs control | R² virtual (probe) | train s |",
         "|" + "---|" * (16 + (1 if x else 0)),
     ]
     rows = ordered(records, order)
@@ -91,8 +91,11 @@ def _lift_p(r: Record, lift: str, p: str) -> str:
 
 
 def _r2(r: Record) -> str:
-    r2 = r.get("virtual_r2_new")
-    return "–" if r2 is None else f"{r2[0]:.3f}"
+    """R^2 of the virtual behavior, and in brackets a linear probe's from the same attributes."""
+    r2, probe = r.get("virtual_r2_new"), r.get("probe_r2_new")
+    if r2 is None:
+        return "–"
+    return f"{r2[0]:.3f}" + (f" ({probe[0]:.3f})" if probe is not None else "")
 
 
 def tuning_table(tuning: Sequence[Record]) -> str:
