@@ -76,6 +76,12 @@ class RedisServer:
                 time.sleep(0.02)
         raise RuntimeError(f"redis-server did not start on port {self.port}")
 
+    def pause(self, ms: int, mode: str = "ALL") -> None:
+        """`CLIENT PAUSE`: for `ms` ms Redis answers none of its clients (mode ALL), or none of
+        their writes (WRITE): a stalled Redis whose connections stay open."""
+        with self.client() as admin:
+            admin.execute_command("CLIENT", "PAUSE", str(ms), mode)
+
     def stop(self) -> None:
         if self.proc is not None:
             self.proc.terminate()

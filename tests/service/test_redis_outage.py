@@ -79,7 +79,7 @@ def test_redis_stopped_mid_test_then_restarted(own: Live) -> None:
 def test_a_stalled_redis_costs_at_most_the_budget(own: Live) -> None:
     with own.client() as client:
         assert _cold(client).status_code == 200
-        own.redis.client().execute_command("CLIENT", "PAUSE", "2000")  # every client stalls 2 s
+        own.redis.pause(2000)  # every client stalls 2 s
         started = time.perf_counter()
         r = _cold(client, "stalled-user")
         elapsed = time.perf_counter() - started
