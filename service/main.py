@@ -12,11 +12,13 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.bundles import ModelRegistry, settle_heap
@@ -150,11 +152,22 @@ def _install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
                 detail[field] = {"field": field, "message": e["msg"], "type": e["type"]}
         return JSONResponse({"error": "validation", "detail": list(detail.values())}, 422)
 
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
+        """Starlette's and FastAPI's own (404 no such route, 405, 400 a body that is not JSON),
+        in the service's shape."""
+        assert isinstance(exc, StarletteHTTPException)
+        code = "bad_request" if exc.status_code == 400 else HTTPStatus(exc.status_code).phrase
+        code = code.lower().replace(" ", "_")
+        if 400 <= exc.status_code < 500:
+            metrics.rejected.labels(code).inc()
+        return JSONResponse({"error": code, "detail": exc.detail}, exc.status_code, headers=exc.headers)
+
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         return internal_error_response(request.method, request.url.path)
 
     app.add_exception_handler(ServiceError, service_error)
     app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(Exception, unexpected)
 
 
