@@ -41,6 +41,7 @@ ERRORS = {  # the `error` codes each status carries (service.errors), for the Op
     400: "`bad_request` (a body that is not JSON), `unknown_variant` (an X-Variant not allow-listed)",
     401: "`unauthorized`: admin endpoints need the bearer token",
     404: "`unknown_request`: no such impression, or past the attribution window",
+    408: "`body_timeout`: the body took over MAILREC_BODY_TIMEOUT_S to arrive (connection closed)",
     413: "`payload_too_large`: a body over MAILREC_MAX_BODY_BYTES",
     422: "`validation` (each field named), `invalid_input`, `item_not_served`, `bad_bundle`",
     503: "`not_ready` (bundles loading), `feedback_store_down` (Redis unreachable: retry)",
@@ -74,7 +75,7 @@ def internal_error_response(method: str, path: str) -> JSONResponse:
     return JSONResponse({"error": "internal", "detail": "unexpected error; see the service log"}, 500)
 
 
-@router.post("/recommend", response_model=RecommendResponse, responses=errors(400, 413, 422, 503))
+@router.post("/recommend", response_model=RecommendResponse, responses=errors(400, 408, 413, 422, 503))
 async def post_recommend(
     req: RecommendRequest,
     state: StateDep,
@@ -92,7 +93,7 @@ async def post_recommend(
     "/feedback",
     status_code=202,
     response_model=FeedbackResponse,
-    responses=errors(400, 404, 413, 422, 503),
+    responses=errors(400, 404, 408, 413, 422, 503),
 )
 async def post_feedback(
     req: FeedbackRequest, state: StateDep, x_request_id: Annotated[str | None, Header()] = None
@@ -162,7 +163,7 @@ def check_admin(state: StateDep, authorization: str | None) -> None:
         raise Unauthorized("missing or wrong bearer token")
 
 
-@router.post("/admin/reload", responses=errors(400, 401, 413, 422))
+@router.post("/admin/reload", responses=errors(400, 401, 408, 413, 422))
 async def reload(
     req: ReloadRequest, state: StateDep, authorization: Annotated[str | None, Header()] = None
 ) -> dict[str, Any]:

@@ -35,10 +35,11 @@ def start_live(
     tmp: Path,
     bundle_factory: Callable[..., Path],
     via: Callable[[RedisServer], str] | None = None,
+    launcher: bool = False,
     **env: str,
 ) -> Live:
     """The service on a Redis of its own; `via(redis)` gives the URL the service is handed instead
-    of the Redis's own (a proxy in front of it)."""
+    of the Redis's own (a proxy in front of it); `launcher`: started by `python -m service`."""
     bundles = {"control": bundle_factory("control", "base"), "mail": bundle_factory("mail", "base")}
     experiments = write_experiment(tmp / "experiments.toml", bundles)
     redis_server = RedisServer().start()
@@ -55,7 +56,8 @@ def start_live(
             # tests/service/test_redis_outage.py checks the 20 ms default on its own service
             "MAILREC_REDIS_BUDGET_MS": "250",
             **env,
-        }
+        },
+        launcher=launcher,
     )
     try:
         service.start()
