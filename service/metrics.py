@@ -133,6 +133,13 @@ class Metrics:
             ["variant", "result"],
             registry=r,
         )
+        self.tasks = Gauge(
+            "mailrec_asyncio_tasks",
+            "Asyncio tasks alive in the process when /metrics was last served by it (a leak shows "
+            "as growth while the traffic stays the same).",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.rejected = Counter(
             "mailrec_rejected_requests",
             "Requests refused with a 4xx, by reason.",

@@ -6,6 +6,7 @@ serve it the same way; the FastAPI route below stays for everything else and for
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import os
@@ -151,6 +152,7 @@ async def models(state: StateDep) -> dict[str, Any]:
 @router.get("/metrics", response_class=PlainTextResponse)
 async def metrics(state: StateDep) -> Response:
     """Prometheus metrics."""
+    state.metrics.tasks.set(len(asyncio.all_tasks()))
     return Response(state.metrics.exposition(), media_type=CONTENT_TYPE)
 
 
