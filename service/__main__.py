@@ -18,6 +18,12 @@ import uvicorn
 from service.cache import EmbeddedRedis
 from service.config import Settings, redis_problem
 
+# uvicorn's connection handling, as tests/faults/test_slow_clients.py holds it: an idle keep-alive
+# connection is closed after KEEP_ALIVE_S; a request body slower than MAILREC_BODY_TIMEOUT_S is cut
+# by the app (uvicorn has no body or header timeout); no limit_concurrency, since uvicorn counts
+# idle connections against it too and would refuse real clients (503) while idle ones are open.
+KEEP_ALIVE_S = 5
+
 
 def main() -> None:
     settings = Settings()
@@ -47,6 +53,7 @@ def main() -> None:
             workers=settings.workers,
             log_level=settings.log_level.lower(),
             access_log=False,
+            timeout_keep_alive=KEEP_ALIVE_S,
         )
     finally:
         if embedded is not None:

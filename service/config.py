@@ -82,6 +82,12 @@ class Settings(BaseSettings):
     max_candidates: int = Field(10_000, ge=1, description="Longest candidate list accepted.")
     max_history: int = Field(1_000, ge=0, description="Longest request history accepted.")
     max_body_bytes: int = Field(65_536, ge=1024, description="Larger request bodies get a 413.")
+    body_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Most seconds a client may take to send a request body once its headers are in; "
+        "past it a 408 and the connection is closed (a slowloris client holds nothing for long).",
+    )
     admin_token: str | None = Field(
         None, description="Bearer token for POST /admin/reload. Unset: reload is disabled (401)."
     )

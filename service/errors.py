@@ -6,6 +6,7 @@
   x Unauthorized               401  admin endpoint without the right bearer token
   x NotFound                   404
     x UnknownRequest           404  feedback for an impression never served or past its window
+  x BodyTimeout                408  a request body slower than MAILREC_BODY_TIMEOUT_S (connection closed)
   x PayloadTooLarge            413
   x Unprocessable              422
     x InvalidInput             422  unknown items or attributes, unreadable values
@@ -58,6 +59,13 @@ class NotFound(ServiceError):
 
 class UnknownRequest(NotFound):
     code = "unknown_request"
+
+
+class BodyTimeout(ServiceError):
+    status, code = 408, "body_timeout"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"Connection": "close"})
 
 
 class PayloadTooLarge(ServiceError):

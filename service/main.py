@@ -12,17 +12,19 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.bundles import ModelRegistry, settle_heap
 from service.cache import CircuitBreaker, EmbeddedRedis, RedisStore
 from service.config import Settings, redis_problem
-from service.errors import PayloadTooLarge, ServiceError
+from service.errors import BodyTimeout, PayloadTooLarge, ServiceError
 from service.experiments import default_experiment, load_experiment
 from service.inference import SessionOptions
 from service.metrics import Metrics
@@ -42,12 +44,19 @@ log = logging.getLogger(__name__)
 
 
 class ObservabilityMiddleware:
-    """Pure ASGI: request count and latency by route template, and the request body size cap."""
+    """Pure ASGI: request count and latency by route template, and the request body's limits.
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, max_body: int) -> None:
+    A body is read whole here, before any route sees it, within two limits: its size (413) and
+    the time it takes to arrive once the headers are in (408, and the connection closed: uvicorn
+    has no such timeout, so a client trickling a byte at a time would hold its connection and its
+    task for as long as it likes).
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, max_body: int, body_timeout_s: float) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body = max_body
+        self.body_timeout_s = body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -65,17 +74,23 @@ class ObservabilityMiddleware:
 
         try:
             length = _content_length(scope)
-            if length is None and _has_body(scope):  # chunked: read it whole, within the cap
-                body = await self._read_capped(receive)
+            if length is not None and length > self.max_body:
+                status = 413
+                await self._too_large(send, length)
+                return
+            if _has_body(scope, length):  # read it whole, within the cap and the time limit
+                try:
+                    async with asyncio.timeout(self.body_timeout_s):
+                        body = await self._read_capped(receive)
+                except TimeoutError:
+                    status = 408
+                    await self._timed_out(send)
+                    return
                 if body is None:
                     status = 413
                     await self._too_large(send, None)
                     return
                 receive = replay(body, receive)
-            elif length is not None and length > self.max_body:
-                status = 413
-                await self._too_large(send, length)
-                return
             await self.app(scope, receive, send_wrapper)
         finally:
             route = scope.get("route")
@@ -100,18 +115,29 @@ class ObservabilityMiddleware:
                 return b"".join(chunks)
 
     async def _too_large(self, send: Send, length: int | None) -> None:
-        self.metrics.rejected.labels("payload_too_large").inc()
         size = f"of {length} bytes " if length is not None else ""
-        err = PayloadTooLarge(f"request body {size}is over the {self.max_body}-byte limit")
-        response = json_response(err.body(), err.status)
+        await self._refuse(
+            send, PayloadTooLarge(f"request body {size}is over the {self.max_body}-byte limit")
+        )
+
+    async def _timed_out(self, send: Send) -> None:
+        limit = f"{self.body_timeout_s:g} s"
+        await self._refuse(send, BodyTimeout(f"the request body took over {limit} to arrive"))
+
+    async def _refuse(self, send: Send, err: ServiceError) -> None:
+        self.metrics.rejected.labels(err.code).inc()
+        response = json_response(err.body(), err.status, err.headers)
         await send({"type": "http.response.start", "status": err.status, "headers": response.raw_headers})
         await send({"type": "http.response.body", "body": response.body})
 
 
-def _has_body(scope: Scope) -> bool:
-    return scope["method"] in ("POST", "PUT", "PATCH") and any(
-        name == b"transfer-encoding" for name, _ in scope.get("headers", [])
-    )
+def _has_body(scope: Scope, length: int | None) -> bool:
+    """A request whose body is still to be read: a Content-Length over 0, or chunked."""
+    if scope["method"] not in ("POST", "PUT", "PATCH"):
+        return False
+    if length is not None:
+        return length > 0
+    return any(name == b"transfer-encoding" for name, _ in scope.get("headers", []))
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -150,11 +176,22 @@ def _install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
                 detail[field] = {"field": field, "message": e["msg"], "type": e["type"]}
         return JSONResponse({"error": "validation", "detail": list(detail.values())}, 422)
 
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
+        """Starlette's and FastAPI's own (404 no such route, 405, 400 a body that is not JSON),
+        in the service's shape."""
+        assert isinstance(exc, StarletteHTTPException)
+        code = "bad_request" if exc.status_code == 400 else HTTPStatus(exc.status_code).phrase
+        code = code.lower().replace(" ", "_")
+        if 400 <= exc.status_code < 500:
+            metrics.rejected.labels(code).inc()
+        return JSONResponse({"error": code, "detail": exc.detail}, exc.status_code, headers=exc.headers)
+
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         return internal_error_response(request.method, request.url.path)
 
     app.add_exception_handler(ServiceError, service_error)
     app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(Exception, unexpected)
 
 
@@ -282,5 +319,7 @@ def create_app(settings: Settings | None = None) -> MailrecApp:
     app.include_router(router)
     _install_error_handlers(app, metrics)
     # the fast path inside the metrics middleware: it is measured alike
-    app.front = ObservabilityMiddleware(RecommendFastPath(app.stack), metrics, settings.max_body_bytes)
+    app.front = ObservabilityMiddleware(
+        RecommendFastPath(app.stack), metrics, settings.max_body_bytes, settings.body_timeout_s
+    )
     return app

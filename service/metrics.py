@@ -28,6 +28,7 @@ from prometheus_client.metrics import MetricWrapperBase
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 INFERENCE_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+IMPRESSION_WRITE_RESULTS = ("stored", "failed", "skipped")
 M = TypeVar("M", bound=MetricWrapperBase)
 
 
@@ -103,6 +104,16 @@ class Metrics:
             ["experiment", "variant", "source"],
             registry=r,
         )
+        self.impression_writes = Counter(
+            "mailrec_impression_writes",
+            "Impression records of /recommend responses: stored, failed (Redis did not answer the "
+            "write) or skipped (Redis had not answered the request, so no write was tried). A "
+            "response whose impression is not stored has impression_id null: no click on it counts.",
+            ["result"],
+            registry=r,
+        )
+        for result in IMPRESSION_WRITE_RESULTS:
+            self.impression_writes.labels(result)
         self.feedback = Counter(
             "mailrec_feedback",
             "Feedback events by outcome.",
@@ -121,6 +132,13 @@ class Metrics:
             "Bundle reloads by variant and result.",
             ["variant", "result"],
             registry=r,
+        )
+        self.tasks = Gauge(
+            "mailrec_asyncio_tasks",
+            "Asyncio tasks alive in the process when /metrics was last served by it (a leak shows "
+            "as growth while the traffic stays the same).",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.rejected = Counter(
             "mailrec_rejected_requests",

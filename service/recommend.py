@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from service.bundles import ServedModel
-from service.cache import Impression, vector_key
+from service.cache import Budget, Impression, vector_key
 from service.contract import (
     ContractError,
     Encoded,
@@ -155,6 +155,33 @@ async def score(
     return scores
 
 
+async def record_impression(
+    state: AppState,
+    model: ServedModel,
+    user_id: str,
+    variant: str,
+    source: str,
+    item_ids: list[str],
+    redis_ok: bool,
+    budget: Budget,
+) -> str | None:
+    """The impression's id if Redis stored its record, else None (no click on it can count);
+    counted either way: stored, failed (the write went unanswered) or skipped (Redis had not
+    answered this request: no write tried)."""
+    if not item_ids:
+        return None
+    impression_id = None
+    if redis_ok:
+        # the key /feedback credits: ours, unguessable, never the client's X-Request-Id
+        candidate = secrets.token_urlsafe(16)
+        imp = Impression(state.experiment.name, variant, source, model.version, user_id, item_ids)
+        if await state.store.save_impression(candidate, imp, budget):
+            impression_id = candidate
+    result = "stored" if impression_id is not None else "failed" if redis_ok else "skipped"
+    state.metrics.child(state.metrics.impression_writes, result).inc()
+    return impression_id
+
+
 async def recommend(
     state: AppState, req: RecommendRequest, override: str | None, request_id: str
 ) -> Recommendation:
@@ -194,13 +221,9 @@ async def recommend(
         {"item_id": i, "score": float(s), "title": titles[r - 1]}
         for i, s, r in zip(item_ids, scores[best].tolist(), chosen.tolist(), strict=True)
     ]
-    impression_id = None
-    if redis_ok and items:
-        # the key /feedback credits: ours, unguessable, never the client's X-Request-Id
-        candidate = secrets.token_urlsafe(16)
-        imp = Impression(experiment.name, variant, source, model.version, req.user_id, item_ids)
-        if await store.save_impression(candidate, imp, budget):
-            impression_id = candidate
+    impression_id = await record_impression(
+        state, model, req.user_id, variant, source, item_ids, redis_ok, budget
+    )
 
     cold = enc.n_history == 0
     m = state.metrics

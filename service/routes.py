@@ -6,6 +6,7 @@ serve it the same way; the FastAPI route below stays for everything else and for
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import os
@@ -15,7 +16,7 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Header, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -24,8 +25,10 @@ from service.errors import NotReady, ServiceError, Unauthorized, UnknownVariant
 from service.metrics import CONTENT_TYPE, Metrics
 from service.recommend import feedback, recommend
 from service.schemas import (
+    ErrorResponse,
     FeedbackRequest,
     FeedbackResponse,
+    ReadyResponse,
     RecommendRequest,
     RecommendResponse,
     ReloadRequest,
@@ -35,6 +38,20 @@ from service.state import StateDep
 router = APIRouter()
 log = logging.getLogger(__name__)
 REQUEST_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
+ERRORS = {  # the `error` codes each status carries (service.errors), for the OpenAPI description
+    400: "`bad_request` (a body that is not JSON), `unknown_variant` (an X-Variant not allow-listed)",
+    401: "`unauthorized`: admin endpoints need the bearer token",
+    404: "`unknown_request`: no such impression, or past the attribution window",
+    408: "`body_timeout`: the body took over MAILREC_BODY_TIMEOUT_S to arrive (connection closed)",
+    413: "`payload_too_large`: a body over MAILREC_MAX_BODY_BYTES",
+    422: "`validation` (each field named), `invalid_input`, `item_not_served`, `bad_bundle`",
+    503: "`not_ready` (bundles loading), `feedback_store_down` (Redis unreachable: retry)",
+}
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for these error statuses: each the one error shape."""
+    return {s: {"model": ErrorResponse, "description": ERRORS[s]} for s in statuses}
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -59,7 +76,7 @@ def internal_error_response(method: str, path: str) -> JSONResponse:
     return JSONResponse({"error": "internal", "detail": "unexpected error; see the service log"}, 500)
 
 
-@router.post("/recommend", response_model=RecommendResponse)
+@router.post("/recommend", response_model=RecommendResponse, responses=errors(400, 408, 413, 422, 503))
 async def post_recommend(
     req: RecommendRequest,
     state: StateDep,
@@ -73,7 +90,12 @@ async def post_recommend(
     return json_response(out.body, headers=out.headers)
 
 
-@router.post("/feedback", status_code=202, response_model=FeedbackResponse)
+@router.post(
+    "/feedback",
+    status_code=202,
+    response_model=FeedbackResponse,
+    responses=errors(400, 404, 408, 413, 422, 503),
+)
 async def post_feedback(
     req: FeedbackRequest, state: StateDep, x_request_id: Annotated[str | None, Header()] = None
 ) -> Response:
@@ -89,7 +111,11 @@ async def livez() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    response_model=ReadyResponse,
+    responses={503: {"model": ReadyResponse, "description": "Not ready: bundles still loading."}},
+)
 async def readyz(state: StateDep) -> Response:
     """Readiness: every variant's bundle loaded and warmed. Redis is reported, not required."""
     redis_ok = await state.store.ping()
@@ -123,9 +149,10 @@ async def models(state: StateDep) -> dict[str, Any]:
     }
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse)
 async def metrics(state: StateDep) -> Response:
     """Prometheus metrics."""
+    state.metrics.tasks.set(len(asyncio.all_tasks()))
     return Response(state.metrics.exposition(), media_type=CONTENT_TYPE)
 
 
@@ -138,7 +165,7 @@ def check_admin(state: StateDep, authorization: str | None) -> None:
         raise Unauthorized("missing or wrong bearer token")
 
 
-@router.post("/admin/reload")
+@router.post("/admin/reload", responses=errors(400, 401, 408, 413, 422))
 async def reload(
     req: ReloadRequest, state: StateDep, authorization: Annotated[str | None, Header()] = None
 ) -> dict[str, Any]:

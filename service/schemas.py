@@ -3,7 +3,7 @@ so are ids over their length or with control characters (they become Redis keys)
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -78,6 +78,22 @@ class FeedbackResponse(BaseModel):
     item_id: str
     variant: str
     model_version: str
+
+
+class ErrorResponse(BaseModel):
+    """Every error the service answers, whatever its status: one shape (`service.errors`)."""
+
+    error: str = Field(description="What went wrong, a stable code: validation, unknown_variant, ...")
+    detail: Any = Field(
+        description="For people: a message, or for `validation` one entry per field ({field, message, type})."
+    )
+
+
+class ReadyResponse(BaseModel):
+    status: Literal["ready", "loading"]
+    variants: dict[str, dict[str, str]] = Field(description="Each variant's model version and provider.")
+    redis: Literal["up", "down"]
+    redis_embedded: bool
 
 
 class ReloadRequest(Strict):

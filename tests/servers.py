@@ -76,6 +76,12 @@ class RedisServer:
                 time.sleep(0.02)
         raise RuntimeError(f"redis-server did not start on port {self.port}")
 
+    def pause(self, ms: int, mode: str = "ALL") -> None:
+        """`CLIENT PAUSE`: for `ms` ms Redis answers none of its clients (mode ALL), or none of
+        their writes (WRITE): a stalled Redis whose connections stay open."""
+        with self.client() as admin:
+            admin.execute_command("CLIENT", "PAUSE", str(ms), mode)
+
     def stop(self) -> None:
         if self.proc is not None:
             self.proc.terminate()
@@ -88,12 +94,14 @@ class RedisServer:
 
 
 class ServiceProcess:
-    """`uvicorn --factory service.main:create_app` in a subprocess, on a free port."""
+    """`uvicorn --factory service.main:create_app` in a subprocess, on a free port; with
+    `launcher`, `python -m service` (the image's command: uvicorn with the launcher's settings)."""
 
-    def __init__(self, env: dict[str, str], workers: int = 1) -> None:
+    def __init__(self, env: dict[str, str], workers: int = 1, launcher: bool = False) -> None:
         self.port = free_port()
         self.env = env
         self.workers = workers
+        self.launcher = launcher
         self.log = Path(tempfile.mkstemp(prefix="mailrec-service-", suffix=".log")[1])
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -117,6 +125,10 @@ class ServiceProcess:
             "--workers",
             str(self.workers),
         ]
+        if self.launcher:
+            args = [sys.executable, "-m", "service"]
+            env |= {"MAILREC_HOST": "127.0.0.1", "MAILREC_PORT": str(self.port)}
+            env["MAILREC_WORKERS"] = str(self.workers)
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
         deadline = time.monotonic() + timeout

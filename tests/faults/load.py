@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import threading
+import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +22,10 @@ import pytest
 COUNT = """
 counts = {}
 seen = {}
+answered = 0
 function response(status, headers, body)
+  answered = answered + 1
+  if limit ~= nil and answered >= limit then wrk.thread:stop() end
   counts[tostring(status)] = (counts[tostring(status)] or 0) + 1
   if header_name ~= nil then
     local v = tostring(headers[header_name])
@@ -81,11 +87,16 @@ def wrk_binary() -> str:
 
 
 def lua_body_script(
-    body: str | None = None, request_lua: str | None = None, header: str | None = None
+    body: str | None = None,
+    request_lua: str | None = None,
+    header: str | None = None,
+    limit: int | None = None,
 ) -> str:
-    """POST with a fixed JSON body, or with `request_lua` (Lua defining `request()`)."""
+    """POST with a fixed JSON body, or with `request_lua` (Lua defining `request()`); with `limit`,
+    wrk stops once that many responses came (give it `seconds` enough: the run ends at either)."""
     lines = ['wrk.method = "POST"', 'wrk.headers["Content-Type"] = "application/json"']
     lines.append(f"header_name = {lua_string(header.lower())}" if header else "header_name = nil")
+    lines.append(f"limit = {limit}" if limit is not None else "limit = nil")
     if body is not None:
         lines.append(f"wrk.body = {lua_string(body)}")
     if request_lua is not None:
@@ -93,12 +104,32 @@ def lua_body_script(
     return "\n".join(lines) + "\n" + COUNT
 
 
-def run_wrk(url: str, script: str, connections: int, seconds: int, workdir: Path) -> WrkRun:
+def run_wrk(
+    url: str,
+    script: str,
+    connections: int,
+    seconds: int,
+    workdir: Path,
+    until: Callable[[], bool] | None = None,
+) -> WrkRun:
+    """wrk for `seconds`, or with `until` only until it says so (checked every half second; wrk
+    stops on SIGINT and reports what it did)."""
     lua = workdir / f"wrk-{threading.get_ident()}.lua"
     lua.write_text(script)
     cmd = [wrk_binary(), "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", str(lua), url]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
-    out = done.stdout + done.stderr
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        if until is not None:
+            deadline = time.monotonic() + seconds
+            while proc.poll() is None and time.monotonic() < deadline and not until():
+                time.sleep(0.5)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        try:
+            out, _ = proc.communicate(timeout=seconds + 60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    done = subprocess.CompletedProcess(cmd, proc.returncode, out)
     line = next((x for x in out.splitlines() if x.startswith("WRK_JSON ")), None)
     if done.returncode != 0 or line is None:
         raise RuntimeError(f"wrk failed ({done.returncode}):\n{out}")

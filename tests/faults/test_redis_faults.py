@@ -95,8 +95,7 @@ def test_redis_stalled_for_3_s_under_load(
         script = lua_body_script(json.dumps(LOAD_USER))
         load = Background(live.url + "/recommend", script, CONNECTIONS, 6, tmp_path)
         time.sleep(1.5)
-        with live.redis.client() as admin:
-            admin.execute_command("CLIENT", "PAUSE", "3000", "ALL")
+        live.redis.pause(3000)
         run = load.join()
         until_redis_answers(client)
         hit_s, click_s = resumed_after(client, time.monotonic())
@@ -173,8 +172,7 @@ def test_the_breakers_trial_call_cancelled(record: Callable[[str, str, str], Non
         for _ in range(3):
             store.breaker.failure()
         await asyncio.sleep(0.06)
-        with server.client() as admin:
-            admin.execute_command("CLIENT", "PAUSE", "300")
+        server.pause(300)
         trial = asyncio.ensure_future(store.ping())
         await asyncio.sleep(0.05)
         trial.cancel()

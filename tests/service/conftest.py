@@ -31,7 +31,15 @@ class Live:
         return httpx.Client(base_url=self.url, timeout=30)
 
 
-def start_live(tmp: Path, bundle_factory: Callable[..., Path], **env: str) -> Live:
+def start_live(
+    tmp: Path,
+    bundle_factory: Callable[..., Path],
+    via: Callable[[RedisServer], str] | None = None,
+    launcher: bool = False,
+    **env: str,
+) -> Live:
+    """The service on a Redis of its own; `via(redis)` gives the URL the service is handed instead
+    of the Redis's own (a proxy in front of it); `launcher`: started by `python -m service`."""
     bundles = {"control": bundle_factory("control", "base"), "mail": bundle_factory("mail", "base")}
     experiments = write_experiment(tmp / "experiments.toml", bundles)
     redis_server = RedisServer().start()
@@ -39,7 +47,7 @@ def start_live(tmp: Path, bundle_factory: Callable[..., Path], **env: str) -> Li
     service = ServiceProcess(
         {
             "MAILREC_EXPERIMENTS": str(experiments),
-            "MAILREC_REDIS_URL": redis_server.url,
+            "MAILREC_REDIS_URL": via(redis_server) if via is not None else redis_server.url,
             "MAILREC_REDIS_PREFIX": prefix,
             "MAILREC_ADMIN_TOKEN": ADMIN_TOKEN,
             "MAILREC_DEVICE": "cpu",
@@ -48,7 +56,8 @@ def start_live(tmp: Path, bundle_factory: Callable[..., Path], **env: str) -> Li
             # tests/service/test_redis_outage.py checks the 20 ms default on its own service
             "MAILREC_REDIS_BUDGET_MS": "250",
             **env,
-        }
+        },
+        launcher=launcher,
     )
     try:
         service.start()

@@ -378,3 +378,20 @@ def test_the_openapi_schema_documents_the_impression_id(client: httpx.Client) ->
     assert "impression_id" in schemas["RecommendResponse"]["properties"]
     assert schemas["FeedbackRequest"]["required"] == ["impression_id", "item_id", "event"]
     assert "request_id" not in schemas["FeedbackRequest"]["properties"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "content", "status", "error"),
+    [
+        ("POST", "/feedback", b"\xff not UTF-8", 400, "bad_request"),
+        ("GET", "/no-such-route", None, 404, "not_found"),
+        ("GET", "/recommend", None, 405, "method_not_allowed"),
+    ],
+)
+def test_errors_from_the_framework_have_the_one_error_shape(
+    client: httpx.Client, method: str, path: str, content: bytes | None, status: int, error: str
+) -> None:
+    """FastAPI's and Starlette's own errors too (found by schemathesis, tests/faults)."""
+    headers = {"Content-Type": "application/json"} if content is not None else None
+    r = client.request(method, path, content=content, headers=headers)
+    assert r.status_code == status and r.json() == {"error": error, "detail": r.json()["detail"]}, r.text

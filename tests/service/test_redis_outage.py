@@ -79,7 +79,7 @@ def test_redis_stopped_mid_test_then_restarted(own: Live) -> None:
 def test_a_stalled_redis_costs_at_most_the_budget(own: Live) -> None:
     with own.client() as client:
         assert _cold(client).status_code == 200
-        own.redis.client().execute_command("CLIENT", "PAUSE", "2000")  # every client stalls 2 s
+        own.redis.pause(2000)  # every client stalls 2 s
         started = time.perf_counter()
         r = _cold(client, "stalled-user")
         elapsed = time.perf_counter() - started
@@ -109,3 +109,35 @@ def test_the_first_clicks_after_a_redis_restart_are_counted(own: Live) -> None:
         ]
         assert [c.status_code for c in clicks] == [202] * 4, [c.text for c in clicks]
         assert metric_value(client.get("/metrics").text, "mailrec_circuit_breaker_open") == 0
+
+
+def _impression_writes(client: httpx.Client) -> dict[str, float]:
+    text = client.get("/metrics").text
+    return {
+        r: metric_value(text, "mailrec_impression_writes_total", result=r)
+        for r in ("stored", "failed", "skipped")
+    }
+
+
+def test_an_impression_redis_did_not_record_is_counted(own: Live) -> None:
+    """A response whose impression is not recorded (impression_id null: no click on it can count)
+    is counted: `failed` when the write was made and Redis did not answer it, `skipped` when Redis
+    had not answered the request's read (down, or the breaker open), so no write was tried."""
+    with own.client() as client:
+        before = _impression_writes(client)
+        assert _cold(client, "recorded-user").json()["impression_id"] is not None
+        stored = _impression_writes(client)
+        assert stored["stored"] == before["stored"] + 1
+
+        own.redis.pause(1500, "WRITE")  # the user read answers, the impression's SET NX stalls
+        r = _cold(client, "recorded-user")
+        assert r.status_code == 200 and r.json()["impression_id"] is None
+        failed = _impression_writes(client)
+        assert failed["failed"] == stored["failed"] + 1 and failed["stored"] == stored["stored"]
+
+        own.redis.stop()
+        served = [_cold(client, f"unrecorded-{i}").json() for i in range(4)]
+        assert [s["impression_id"] for s in served] == [None] * 4
+        after = _impression_writes(client)
+        assert after["skipped"] == failed["skipped"] + 4 and after["failed"] == failed["failed"]
+        own.redis.start()

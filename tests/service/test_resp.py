@@ -131,8 +131,7 @@ def test_a_stalled_redis_costs_the_budget_and_late_replies_pair_correctly(server
     async def run() -> None:
         client = RespClient(server.url, 0.5)
         await client.submit([("SET", "x", "1")])
-        with server.client() as admin:
-            admin.execute_command("CLIENT", "PAUSE", "500")
+        server.pause(500)
         started = time.perf_counter()
         with pytest.raises(TimeoutError):
             await within(client.submit([("GET", "x")]), 0.02)
@@ -176,8 +175,7 @@ def test_a_call_written_late_gets_its_budget_from_the_write(server: RedisServer,
         asyncio.get_running_loop().call_soon(time.sleep, 0.05)  # 50 ms busy before this pass's write
         call = client.submit([("GET", "z")])
         assert await within(call, 0.02, partial(client.sent_at, call)) == [b"v"]
-        with server.client() as admin:
-            admin.execute_command("CLIENT", "PAUSE", "500")
+        server.pause(500)
         call = client.submit([("GET", "z")])
         started = time.perf_counter()
         with pytest.raises(TimeoutError):

@@ -51,8 +51,7 @@ def test_a_cancelled_trial_call_does_not_keep_the_breaker_open(server: RedisServ
             store.breaker.failure()
         assert store.breaker.is_open
         await asyncio.sleep(0.06)  # past reset_s: the next call is the trial
-        with server.client() as admin:
-            admin.execute_command("CLIENT", "PAUSE", "300")  # the trial waits on Redis ...
+        server.pause(300)  # the trial waits on Redis ...
         trial = asyncio.ensure_future(store.ping())
         await asyncio.sleep(0.05)
         trial.cancel()  # ... and is cancelled there
