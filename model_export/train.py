@@ -458,6 +458,20 @@ def _embedding_l2(model: MailModel, attrs: Tensor, ctx: Tensor, beh: Tensor, ite
     return a.pow(2).sum(-1).mean() + c.pow(2).sum(-1).mean() + t.pow(2).sum(-1).mean()
 
 
+def behavior_targets(
+    model: MailModel, data: EncodedData, rows: npt.NDArray[np.int64], chunk: int = 4096
+) -> tuple[Tensor, Tensor]:
+    """The ranker's representation of the real behavior of `rows` (never fed to a new user's row),
+    as the zero-shot tower learns it: (n, K, d) vectors and their (n, K) mask, in chunks."""
+    targets, masks = [torch.zeros(0, model.virtual_slots, model.emb.d)], [torch.zeros(0, model.virtual_slots)]
+    with torch.no_grad():
+        for start in range(0, len(rows), chunk):
+            t, m = model.ranker.behavior_target(torch.from_numpy(data.behavior[rows[start : start + chunk]]))
+            targets.append(t)
+            masks.append(m)
+    return torch.cat(targets), torch.cat(masks).bool()
+
+
 def virtual_r2(model: MailModel, batches: Batches, rows: npt.NDArray[np.int64], mean: Tensor) -> float:
     """R^2 of virtual against real behavior (the ranker's representation) over valid slots.
 
@@ -466,18 +480,13 @@ def virtual_r2(model: MailModel, batches: Batches, rows: npt.NDArray[np.int64], 
     """
     if model.zst is None or len(rows) == 0:
         return float("nan")
-    data = batches.data
-    sse = sst = 0.0
     model.eval()
+    target, mask = behavior_targets(model, batches.data, rows)
     with torch.no_grad():
-        for start in range(0, len(rows), 4096):
-            idx = torch.from_numpy(rows[start : start + 4096])
-            real_beh = torch.from_numpy(data.behavior[idx.numpy()])  # real behavior, never fed
-            target, mask = model.ranker.behavior_target(real_beh)
-            virtual = model.virtual_behavior(batches.attrs[idx])
-            m = mask[..., None].float()
-            sse += float(((virtual - target).pow(2) * m).sum())
-            sst += float(((mean - target).pow(2) * m).sum())
+        virtual = model.virtual_behavior(batches.attrs[torch.from_numpy(rows)])
+    m = mask[..., None].double()
+    sse = float(((virtual - target).double().pow(2) * m).sum())
+    sst = float(((mean - target).double().pow(2) * m).sum())
     return 1.0 - sse / sst if sst > 0 else float("nan")
 
 
@@ -507,13 +516,8 @@ def probe_r2(
         return x
 
     def target(r: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
-        ys, ms = [], []
-        with torch.no_grad():
-            for start in range(0, len(r), 4096):
-                t, m = model.ranker.behavior_target(torch.from_numpy(data.behavior[r[start : start + 4096]]))
-                ys.append(t.reshape(len(t), -1).double().numpy())
-                ms.append(m.numpy())
-        return np.concatenate(ys), np.concatenate(ms)
+        t, m = behavior_targets(model, data, r)
+        return t.reshape(len(r), -1).double().numpy(), m.numpy()
 
     fit = train_rows[~data.is_new[train_rows] & (data.behavior[train_rows] > 0).any(1)]
     if len(fit) == 0 or len(rows) == 0:
@@ -537,16 +541,9 @@ def probe_r2(
 def mean_behavior(model: MailModel, batches: Batches, rows: npt.NDArray[np.int64]) -> Tensor:
     """Old users' mean behavior representation over training rows: (K, d)."""
     data = batches.data
-    keep = rows[~data.is_new[rows]]
-    total = torch.zeros(model.virtual_slots, model.emb.d)
-    count = torch.zeros(model.virtual_slots, 1)
-    with torch.no_grad():
-        for start in range(0, len(keep), 4096):
-            beh = torch.from_numpy(data.behavior[keep[start : start + 4096]])
-            target, mask = model.ranker.behavior_target(beh)
-            total += (target * mask[..., None]).sum(0)
-            count += mask.sum(0)[:, None]
-    return total / count.clamp(min=1)
+    target, mask = behavior_targets(model, data, rows[~data.is_new[rows]])
+    total = (target * mask[..., None]).sum(0)
+    return total / mask.sum(0)[:, None].clamp(min=1)
 
 
 def full_report(model: MailModel, data: EncodedData, history: History, tcfg: TrainConfig) -> dict[str, Any]:
