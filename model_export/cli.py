@@ -59,6 +59,13 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=None,
         help="catalog: the checkpoint early stopping keeps, by validation NDCG@10 (default) or AUC",
     )
+    p.add_argument(
+        "--item-prior",
+        choices=["on", "off"],
+        default=None,
+        help="the ranker's fixed log-popularity offset on its logit (default: on for the catalog "
+        "task, off for the rating task)",
+    )
     p.add_argument("--behavior-len", type=int, default=32)
     p.add_argument(
         "--behavior",
@@ -91,6 +98,10 @@ def _train(args: argparse.Namespace) -> int:
     model_cfg.model = args.model
     model_cfg.ranker = model_cfg.ranker or RankerConfig()
     model_cfg.ranker.kind = args.ranker
+    if args.item_prior is not None:
+        model_cfg.ranker.item_prior = args.item_prior == "on"
+    elif "item_prior" not in overrides.get("model", {}).get("ranker", {}):
+        model_cfg.ranker.item_prior = args.task == "catalog"
     model_cfg.fill = args.fill
     model_cfg.fill_train = not args.fill_inference_only
     if args.model == "mail":

@@ -41,6 +41,10 @@ class RankerConfig:
     # much an item is chosen regardless of the user, which is all a tower knows of a new user's
     # taste when the attributes say little (checkpoints from before this setting have none)
     item_bias: bool = False
+    # a fixed per-item offset on the logit, the log of the item's smoothed training popularity
+    # (`Ranker.set_item_prior`): the tower learns how a user departs from the popular list, so a
+    # user it can tell nothing about is ranked as the popular list ranks them
+    item_prior: bool = False
 
 
 @dataclass
@@ -250,10 +254,23 @@ class Ranker(nn.Module):
         self.item_bias: nn.Parameter | None = (
             nn.Parameter(torch.zeros(emb.catalog.shape[0])) if cfg.item_bias else None
         )
+        self.item_log_prior: Tensor | None  # a buffer: in the checkpoint and the graph, never trained
+        self.register_buffer("item_log_prior", torch.zeros(emb.catalog.shape[0]) if cfg.item_prior else None)
+
+    def set_item_prior(self, counts: Tensor) -> None:
+        """The fixed offset from per-catalog-row training counts (I+1,) (row 0 = PAD): log of the
+        add-one smoothed share, centred on the catalog's mean."""
+        if self.item_log_prior is None:
+            raise ValueError("this ranker has no item prior (RankerConfig.item_prior)")
+        log_share = torch.log((counts[1:].double() + 1.0) / (counts[1:].sum() + len(counts) - 1))
+        prior = torch.zeros(len(counts), dtype=torch.float32)
+        prior[1:] = (log_share - log_share.mean()).float()
+        self.item_log_prior.copy_(prior)
 
     def _bias(self, items: Tensor) -> Tensor | float:
-        """The item bias of target catalog rows (N,), or 0 without one."""
-        return self.item_bias[items] if self.item_bias is not None else 0.0
+        """The item bias and prior of target catalog rows (N,), or 0 without either."""
+        bias: Tensor | float = self.item_bias[items] if self.item_bias is not None else 0.0
+        return bias + self.item_log_prior[items] if self.item_log_prior is not None else bias
 
     def behavior_target(self, behavior: Tensor) -> tuple[Tensor, Tensor]:
         """What the tower consumes as behavior: (U, K, d) vectors and their (U, K) mask."""

@@ -270,29 +270,6 @@ def evaluate_part(model: MailModel, batches: Batches, part: int, tcfg: TrainConf
     return metrics.by_group(data.user[ev.rows], ev.labels, scores, data.is_new[ev.rows])
 
 
-def popularity_report(data: EncodedData, tcfg: TrainConfig) -> dict[str, Any]:
-    """`full_report`'s metrics for the most-liked-items list (no model): every user gets the
-    training counts as scores; whole-catalog ranking drops what the user is known to have seen."""
-    counts = data.item_counts.astype(np.float64)
-    report: dict[str, Any] = {"task": task_record(tcfg), "ranking": {}}
-    for name, part in (("test", TEST), ("val", VAL)):
-        ev = part_pairs(data, part, tcfg)
-        report[name] = metrics.by_group(data.user[ev.rows], ev.labels, counts[ev.items], data.is_new[ev.rows])
-        report["ranking"][name] = rank_popular(data, data.ranking[part])
-    return {**report, "train_seconds": 0.0, "best_epoch": 0, "epochs": []}
-
-
-def rank_popular(data: EncodedData, cases: task.RankingSet) -> dict[str, Any]:
-    """Whole-catalog ranking metrics of the most-liked-items list for `cases`."""
-    scores = data.item_counts[1:].astype(np.float64)
-    n_items = len(data.catalog)
-
-    def score(idx: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
-        return np.broadcast_to(scores, (len(idx), n_items))
-
-    return task.ranking_metrics(cases, score, n_items, tie_rank(data))
-
-
 def tie_rank(data: EncodedData) -> npt.NDArray[np.int64]:
     """Rank of each catalog row's raw id (rows 1..I), the service's tie-break."""
     order = np.argsort(np.array(data.catalog.ids, dtype=object), kind="stable")
@@ -338,6 +315,8 @@ def train(
     rng = np.random.default_rng(tcfg.seed)
     hooks = hooks or TrainHooks()
     model = hooks.build(cfg, data.schema, torch.from_numpy(data.catalog.features))
+    if model.ranker.item_log_prior is not None:
+        model.ranker.set_item_prior(torch.from_numpy(data.item_counts))
     batches = Batches(data, fill_new_users=cfg.model == "oracle")
     opt_rt = torch.optim.Adam(model.ranker_parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     opt_zst = (

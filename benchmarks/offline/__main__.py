@@ -21,7 +21,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -76,11 +76,13 @@ def full_plan(seeds: tuple[int, ...] = (0, 1, 2, 3, 4), few: tuple[int, ...] = (
     )
 
 
-CATALOG_CORE = ("control", "popularity", "oracle", "mail")
+CATALOG_CORE = ("control", "popularity", "popularity-segment", "oracle", "mail")
 CATALOG_BASELINES = ("mean-fill", "dropoutnet", "mail-mse", "llae", "metaemb")
 # the catalog task's budget and set-up (chosen on validation: benchmarks/results/catalog-task.md)
 # up to 12 epochs, early stopping on validation NDCG@10 (best epochs seen: 5-12)
 CATALOG_TRAIN = {"task": "catalog", "epochs": 12, "threads": 1}
+# the catalog task's tower: the popularity prior on its logit (chosen on validation, as above)
+CATALOG_RANKER = RankerConfig(item_prior=True)
 
 
 def catalog_plan(seeds: tuple[int, ...] = (0, 1, 2, 3, 4), few: tuple[int, ...] = (0, 1, 2)) -> Plan:
@@ -122,7 +124,7 @@ def catalog_plan(seeds: tuple[int, ...] = (0, 1, 2, 3, 4), few: tuple[int, ...] 
             ),
             Block("din", "MAIL on the DIN-style tower", (replace(ml, ranker="din"),), CATALOG_CORE, few),
         ],
-        Scale(train=CATALOG_TRAIN),
+        Scale(train=CATALOG_TRAIN, ranker=CATALOG_RANKER),
         tune=False,
     )
 
@@ -130,7 +132,7 @@ def catalog_plan(seeds: tuple[int, ...] = (0, 1, 2, 3, 4), few: tuple[int, ...] 
 def catalog_quick_plan() -> Plan:
     """The catalog plan's main and onboarding blocks at one seed, 1 epoch."""
     blocks = [b for b in catalog_plan((0,), (0,)).blocks if b.name in ("main", "onboarding")]  # noise 0
-    return Plan(blocks, Scale(train={**CATALOG_TRAIN, "epochs": 1}), tune=False)
+    return Plan(blocks, Scale(train={**CATALOG_TRAIN, "epochs": 1}, ranker=CATALOG_RANKER), tune=False)
 
 
 def quick_plan() -> Plan:
@@ -148,7 +150,7 @@ def smoke_plan(catalog: bool = False) -> Plan:
     scale = Scale(
         d_embed=8,
         behavior_len=8,
-        ranker=RankerConfig(hidden=(16, 8), d_attention=8),
+        ranker=RankerConfig(hidden=(16, 8), d_attention=8, item_prior=catalog),
         zst=ZeroShotConfig(d_hidden=8, width=16, d_attention=8),
         train={
             "task": "catalog" if catalog else "rating",
@@ -159,7 +161,9 @@ def smoke_plan(catalog: bool = False) -> Plan:
             "threads": 1,
         },
     )
-    methods = ("control", "oracle", "mean-fill", "mail", "mail-blend") + (("popularity",) if catalog else ())
+    methods = ("control", "oracle", "mean-fill", "mail", "mail-blend") + (
+        ("popularity", "popularity-segment") if catalog else ()
+    )
     return Plan(
         [
             Block(
@@ -278,6 +282,7 @@ def assemble(plan: Plan, suite: Suite, rows: list[dict[str, Any]], argv: Sequenc
                 "note": "TrainConfig defaults otherwise, the same for every method",
             },
             "behavior": plan.scale.behavior,
+            "ranker": {k: v for k, v in asdict(plan.scale.ranker).items() if k != "kind"},
             "d_embed": plan.scale.d_embed,
             "behavior_len": plan.scale.behavior_len,
         },

@@ -86,6 +86,9 @@ METHODS: dict[str, Method] = {
         Method("oracle", "the same tower fed new users' real behavior: the ceiling", None, (None,), _oracle),
         Method("popularity", "the items most liked in training, minus what the user has seen; no model",
                None, (None,), _popularity),
+        Method("popularity-segment", "the same within the user's segment of one attribute, shrunk towards "
+               "the overall list (attribute and shrinkage chosen on validation); no model",
+               None, (None,), _popularity),
         Method("mean-fill", "empty behavior := old users' mean behavior representation", "fill in training",
                (True, False), _mean_fill),
         Method("llae", "low-rank linear auto-encoder, attributes -> behavior (Li et al. 2019)",

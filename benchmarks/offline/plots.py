@@ -126,7 +126,7 @@ def curve(points: dict[str, list[tuple[int, Record]]], path: Path, metric: str, 
     for method, pts in points.items():
         pts = sorted(pts, key=lambda p: p[0])
         vals = [r[f"new_{metric}"] for _, r in pts]
-        ls = "--" if method == "popularity" else "-"
+        ls = "--" if method.startswith("popularity") else "-"
         label = f"{method} ({len(pts[0][1]['seeds'])} seeds)"
         ax.errorbar([n for n, _ in pts], [m for m, _ in vals], yerr=[s for _, s in vals], marker="o", ls=ls,
                     capsize=3, label=label)  # fmt: skip

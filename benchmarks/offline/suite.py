@@ -28,17 +28,19 @@ from tqdm import tqdm
 
 from benchmarks.offline.methods import METHODS, Method, Value
 from benchmarks.offline.runner import Cell, result_row
+from model_export import popular
 from model_export.fewshot import evaluate_revealed, reveal, revealed_behavior, revealed_cases
 from model_export.model import RANKERS, ModelConfig, RankerConfig, ZeroShotConfig
 from model_export.pipeline import Prepared, RunSpec, prepare, run
 from model_export.protocol import TEST
-from model_export.train import Batches, TrainConfig, popularity_report, rank_part, rank_popular
+from model_export.train import Batches, TrainConfig, rank_part
 
 log = logging.getLogger(__name__)
 
 FEWSHOT_N = (1, 3, 5)
 FEWSHOT_N_CATALOG = (1, 3, 5, 10)
-FEWSHOT_METHODS = ("control", "oracle", "mail", "mail-blend", "popularity")
+FEWSHOT_METHODS = ("control", "oracle", "mail", "mail-blend", "popularity", "popularity-segment")
+POPULAR = ("popularity", "popularity-segment")  # no model: scored from the training counts
 LOSS_CURVES = ("mail", "mail-mse")  # runs whose per-batch losses are kept (first seed, tuning setting)
 
 
@@ -230,7 +232,7 @@ _CACHE: dict[str, Any] = {}  # per process: the last prepared dataset and its fe
 def run_job(job: Job) -> dict[str, Any]:
     """Train and evaluate one cell; a row of the results file."""
     cell, scale = job.cell, job.scale
-    if cell.method == "popularity":
+    if cell.method in POPULAR:
         return _popularity_row(job)
     built = METHODS[cell.method].build(job.ranker, scale.zst, job.value, cell.seed)
     spec = _spec(job, built.model, built.train)
@@ -275,22 +277,29 @@ def _prepared(job: Job, spec: RunSpec) -> Prepared:
 
 
 def _popularity_row(job: Job) -> dict[str, Any]:
-    """The most-liked-items list on the cell's split: no training, the same metrics."""
+    """A most-liked-items list on the cell's split (overall, or by the segment chosen on
+    validation): no training, the same metrics."""
     cell, scale = job.cell, job.scale
     spec = _spec(job)
     tcfg = spec.train
     prepared = _prepared(job, spec)
     started = time.perf_counter()
-    report = popularity_report(prepared.encoded, tcfg)
+    enc = prepared.encoded
+    chosen, tried = (
+        popular.choose_segment(enc) if cell.method == "popularity-segment" else (popular.overall(enc), [])
+    )
+    report = popular.report(enc, tcfg, chosen, tried)
     row = result_row(cell, time.perf_counter() - started, report, value=job.value)
+    if "segment" in report:
+        row["segment"] = report["segment"]
     if job.fewshot and tcfg.task == "catalog":
-        row["fewshot"] = _fewshot_catalog(None, prepared, scale.behavior == "clicks")
+        row["fewshot"] = _fewshot_catalog(chosen, prepared, scale.behavior == "clicks")
     return row
 
 
 def _fewshot_catalog(model: Any, prepared: Prepared, clicks_only: bool) -> dict[str, Any]:
     """New users' whole-catalog ranking with their first n interactions known (the model fed
-    them as behavior; popularity, `model` None, only drops them)."""
+    them as behavior; a popular list, `model` a `PopularList`, only drops them)."""
     key = f"revealed-catalog-{clicks_only}"
     if key not in _CACHE:
         _CACHE[key] = {
@@ -300,8 +309,8 @@ def _fewshot_catalog(model: Any, prepared: Prepared, clicks_only: bool) -> dict[
     out = {}
     for n, revealed in _CACHE[key].items():
         cases = revealed_cases(enc.ranking[TEST], enc, prepared.interactions, revealed)
-        if model is None:
-            ranking = rank_popular(enc, cases)
+        if isinstance(model, popular.PopularList):
+            ranking = popular.rank(enc, model, cases)
         else:
             batches = Batches(enc, fill_new_users=False)
             batches.behavior = torch.from_numpy(revealed_behavior(prepared.interactions, enc, revealed))

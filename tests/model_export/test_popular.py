@@ -1,0 +1,63 @@
+"""Popular lists without a model: overall and by segment, the segment chosen on validation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from model_export import data as datasets
+from model_export import popular
+from model_export.features import EncodedData, encode_data
+from model_export.protocol import TRAIN, VAL, SplitConfig, make_split
+from model_export.train import TrainConfig
+
+
+@pytest.fixture(scope="module")
+def encoded() -> EncodedData:
+    raw = datasets.make_synthetic(n_users=300, per_user=30, seed=0)
+    split = make_split(raw, SplitConfig(protocol="strict", seed=0))
+    return encode_data(raw, split, behavior_len=8, virtual_slots=1, d_embed=8)
+
+
+def _field(data: EncodedData) -> str:
+    return next(f.name for f in data.schema.user_fields if f.name != "user_id" and f.slots == 1)
+
+
+def test_overall_list_is_the_training_liked_counts_for_everyone(encoded: EncodedData) -> None:
+    rows = np.flatnonzero(encoded.part == VAL)[:5]
+    scores = popular.overall(encoded).scores(encoded, rows)
+    assert scores.shape == (5, len(encoded.catalog))
+    np.testing.assert_array_equal(scores, np.tile(encoded.item_counts[1:], (5, 1)))
+
+
+def test_segment_counts_are_the_segment_liked_counts_shrunk_towards_the_overall_share(
+    encoded: EncodedData,
+) -> None:
+    field = _field(encoded)
+    slot = [f.name for f in encoded.schema.user_fields].index(field)  # single-slot fields before it
+    raw = popular.by_segment(encoded, field, shrink=0.0)
+    liked = (encoded.part == TRAIN) & (encoded.label == 1)
+    value = encoded.user_attrs[encoded.user[liked], slot]
+    for v in np.unique(value)[:3]:  # by hand: liked counts of users with this value, as shares
+        counts = np.bincount(encoded.item[liked][value == v], minlength=len(encoded.catalog) + 1)[1:]
+        user = int(np.flatnonzero(encoded.user_attrs[:, slot] == v)[0])
+        np.testing.assert_allclose(raw.table[raw.segment_of[user]], counts / counts.sum())
+    share = encoded.item_counts[1:] / encoded.item_counts.sum()
+    flat = popular.by_segment(encoded, field, shrink=1e12)  # infinite shrinkage: the overall list
+    np.testing.assert_allclose(flat.table, np.tile(share, (len(flat.table), 1)), rtol=1e-6)
+    with pytest.raises(ValueError, match="no user field"):
+        popular.by_segment(encoded, "shoe size", 1.0)
+
+
+def test_the_segment_is_chosen_on_validation_and_recorded(encoded: EncodedData) -> None:
+    """The synthetic users' "segment" attribute sets their taste: validation finds it."""
+    chosen, tried = popular.choose_segment(encoded)
+    assert chosen.field == "segment"
+    fields = [f.name for f in encoded.schema.user_fields if f.name != "user_id"]
+    assert len(tried) == 1 + len(fields) * len(popular.SHRINK)
+    best = max(tried, key=lambda t: t["val_ndcg@10_new"])
+    assert (chosen.field, chosen.shrink) == (best["field"], best["shrink"])
+    report = popular.report(encoded, TrainConfig(task="catalog"), chosen, tried)
+    assert set(report["ranking"]) == {"test", "val"} and report["best_epoch"] == 0
+    assert report["ranking"]["val"]["new"]["ndcg@10"] == pytest.approx(best["val_ndcg@10_new"])
+    assert report["segment"] == {"field": chosen.field, "shrink": chosen.shrink, "tried": tried}
