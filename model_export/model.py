@@ -41,10 +41,15 @@ class RankerConfig:
     # much an item is chosen regardless of the user, which is all a tower knows of a new user's
     # taste when the attributes say little (checkpoints from before this setting have none)
     item_bias: bool = False
-    # a fixed per-item offset on the logit, the log of the item's smoothed training popularity
-    # (`Ranker.set_item_prior`): the tower learns how a user departs from the popular list, so a
-    # user it can tell nothing about is ranked as the popular list ranks them
+    # a fixed per-item offset on the logit, the log of the item's smoothed share of the liked
+    # training interactions (`model_export.popular.log_prior`): the tower learns how a user departs
+    # from the popular list, so a user it can tell nothing about is ranked as that list ranks them
     item_prior: bool = False
+    # with `item_prior`, the list of the user's segment: their value of this single-slot user
+    # attribute, its share shrunk towards the overall one by `prior_shrink` pseudo-counts; "" = the
+    # overall list; "auto" = chosen with the shrinkage on validation when training starts
+    prior_segment: str = ""
+    prior_shrink: float = 0.0
 
 
 @dataclass
@@ -254,23 +259,43 @@ class Ranker(nn.Module):
         self.item_bias: nn.Parameter | None = (
             nn.Parameter(torch.zeros(emb.catalog.shape[0])) if cfg.item_bias else None
         )
-        self.item_log_prior: Tensor | None  # a buffer: in the checkpoint and the graph, never trained
-        self.register_buffer("item_log_prior", torch.zeros(emb.catalog.shape[0]) if cfg.item_prior else None)
+        # the prior: (S, I+1), one row per segment (S = 1: the overall list); a buffer, in the
+        # checkpoint and the exported graph, never trained
+        self.prior_slot = -1  # user attribute slot whose id picks the row; -1: row 0 for everyone
+        self.item_log_prior: Tensor | None
+        self.register_buffer(
+            "item_log_prior", torch.zeros(1, emb.catalog.shape[0]) if cfg.item_prior else None
+        )
 
-    def set_item_prior(self, counts: Tensor) -> None:
-        """The fixed offset from per-catalog-row training counts (I+1,) (row 0 = PAD): log of the
-        add-one smoothed share, centred on the catalog's mean."""
+    def segment_prior(self, slot: int, cardinality: int) -> None:
+        """One prior row per id of the user attribute in `slot` (before the prior is set)."""
         if self.item_log_prior is None:
             raise ValueError("this ranker has no item prior (RankerConfig.item_prior)")
-        log_share = torch.log((counts[1:].double() + 1.0) / (counts[1:].sum() + len(counts) - 1))
-        prior = torch.zeros(len(counts), dtype=torch.float32)
-        prior[1:] = (log_share - log_share.mean()).float()
+        self.prior_slot = slot
+        self.item_log_prior = torch.zeros(cardinality, self.item_log_prior.shape[1])
+
+    def set_item_prior(self, prior: Tensor) -> None:
+        """The fixed offsets, (S, I+1) log shares (`model_export.popular.log_prior`)."""
+        if self.item_log_prior is None:
+            raise ValueError("this ranker has no item prior (RankerConfig.item_prior)")
+        if prior.shape != self.item_log_prior.shape:
+            raise ValueError(
+                f"prior of shape {tuple(prior.shape)}, expected {tuple(self.item_log_prior.shape)}"
+            )
         self.item_log_prior.copy_(prior)
 
-    def _bias(self, items: Tensor) -> Tensor | float:
-        """The item bias and prior of target catalog rows (N,), or 0 without either."""
+    def _bias(self, items: Tensor, attrs: Tensor, owner: Tensor | None) -> Tensor | float:
+        """The item bias and prior of target catalog rows (N,) for users (U, A) (`owner` as in
+        `forward`), or 0 without either."""
         bias: Tensor | float = self.item_bias[items] if self.item_bias is not None else 0.0
-        return bias + self.item_log_prior[items] if self.item_log_prior is not None else bias
+        if self.item_log_prior is None:
+            return bias
+        if self.prior_slot < 0:
+            return bias + self.item_log_prior[0][items]
+        segment = attrs[:, self.prior_slot]  # (U,)
+        if owner is not None:
+            segment = segment[owner]  # (N,); otherwise U is N or 1 (broadcast)
+        return bias + self.item_log_prior[segment, items]
 
     def behavior_target(self, behavior: Tensor) -> tuple[Tensor, Tensor]:
         """What the tower consumes as behavior: (U, K, d) vectors and their (U, K) mask."""
@@ -346,7 +371,7 @@ class BaseDNN(Ranker):
         if owner is not None:
             u = u[owner]  # (N, H0)
         h = F.leaky_relu(self.bn(u + self._item_hidden(items)))  # (N, H0)
-        return self.out(self.top(h)).squeeze(-1) + self._bias(items)
+        return self.out(self.top(h)).squeeze(-1) + self._bias(items, user.attrs, owner)
 
 
 class DINRanker(Ranker):
@@ -403,7 +428,7 @@ class DINRanker(Ranker):
         z_v = (1 - gate) * real + gate * self._attend(virtual, virtual_mask, z_t, query)  # (N, d)
         n = z_t.shape[0]
         z = torch.cat([z_a.expand(n, -1), z_v, z_c.expand(n, -1), z_t], -1)  # (N, 4d)
-        return self.out(self.head(z)).squeeze(-1) + self._bias(items)
+        return self.out(self.head(z)).squeeze(-1) + self._bias(items, user.attrs, owner)
 
 
 RANKERS: dict[str, type[Ranker]] = {"base": BaseDNN, "din": DINRanker}
@@ -548,6 +573,18 @@ class ModelConfig:
         )
 
 
+def segment_slot(schema: Schema, field: str) -> tuple[int, int]:
+    """Slot and vocabulary size of the single-slot user attribute `field` (a prior's segment)."""
+    start = 0
+    for f in schema.user_fields:
+        if f.name == field:
+            if f.slots != 1 or field == "user_id":
+                raise ValueError(f"a prior's segment is a single-slot attribute, not {field!r}")
+            return start, f.cardinality
+        start += f.slots
+    raise ValueError(f"no user field {field!r}; the schema has {[f.name for f in schema.user_fields]}")
+
+
 class MailModel(nn.Module):
     """Shared embeddings + a ranking tower + (for `mail`) a zero-shot tower."""
 
@@ -557,6 +594,9 @@ class MailModel(nn.Module):
         rcfg = cfg.ranker or RankerConfig()
         self.emb = FeatureEmbeddings(schema, catalog_features)
         self.ranker = RANKERS[rcfg.kind](rcfg, self.emb)
+        if rcfg.item_prior and rcfg.prior_segment:
+            slot, cardinality = segment_slot(schema, rcfg.prior_segment)
+            self.ranker.segment_prior(slot, cardinality)
         if schema.virtual_slots != self.ranker.virtual_slots:
             raise ValueError(
                 f"schema has {schema.virtual_slots} virtual slots, ranker wants {self.ranker.virtual_slots}"

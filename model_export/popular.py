@@ -18,6 +18,7 @@ import numpy.typing as npt
 from model_export import catalog as task
 from model_export import metrics
 from model_export.features import EncodedData
+from model_export.model import segment_slot
 from model_export.protocol import TEST, TRAIN, VAL
 from model_export.train import TrainConfig, part_pairs, task_record, tie_rank
 
@@ -76,15 +77,17 @@ def rank(data: EncodedData, popular: PopularList, cases: task.RankingSet) -> dic
     )
 
 
-def choose_segment(data: EncodedData) -> tuple[PopularList, list[dict[str, Any]]]:
-    """The segment attribute and shrinkage with the best validation NDCG@10 of new users (of all
-    users where validation has no new user), the overall list among the choices; and what each
-    choice scored."""
+def choose_segment(data: EncodedData, single_slot: bool = False) -> tuple[PopularList, list[dict[str, Any]]]:
+    """The segment attribute (with `single_slot`, among single-slot ones: what a ranker's prior
+    can read) and shrinkage with the best validation NDCG@10 of new users (of all users where
+    validation has no new user), the overall list among the choices; and what each choice scored."""
     cases = data.ranking[VAL]
     group = "new" if cases.is_new.any() else "all"
     tried: list[dict[str, Any]] = []
     best: tuple[float, PopularList] | None = None
-    fields = [f.name for f in data.schema.user_fields if f.name != "user_id"]
+    fields = [
+        f.name for f in data.schema.user_fields if f.name != "user_id" and (f.slots == 1 or not single_slot)
+    ]
     for popular in [overall(data)] + [by_segment(data, f, s) for f in fields for s in SHRINK]:
         ndcg = float(rank(data, popular, cases)[group]["ndcg@10"])
         tried.append({"field": popular.field, "shrink": popular.shrink, f"val_ndcg@10_{group}": ndcg})
@@ -108,3 +111,26 @@ def report(
     if popular.field is not None:
         out["segment"] = {"field": popular.field, "shrink": popular.shrink, "tried": tried or []}
     return {**out, "train_seconds": 0.0, "best_epoch": 0, "epochs": []}
+
+
+def log_prior(data: EncodedData, field: str = "", shrink: float = 0.0) -> FloatArray:
+    """A ranker's fixed prior (`RankerConfig.item_prior`), (S, I+1): for each segment (the ids of
+    the single-slot user attribute `field`; one row for the overall list when `field` is ""), the
+    log of its items' liked share in training, (c_s(i) + shrink * p(i)) / (n_s + shrink), with
+    p(i) the add-one smoothed overall share (so no share is 0), centred per row; column 0 (PAD)
+    is 0. A segment id no training user has gets the overall list."""
+    n_items = len(data.catalog)
+    counts = data.item_counts[1:].astype(np.float64)
+    share = (counts + 1.0) / (counts.sum() + n_items)
+    if not field:
+        rows = share[None, :]
+    else:
+        slot, cardinality = segment_slot(data.schema, field)
+        liked = (data.part == TRAIN) & (data.label == 1)
+        by_segment = np.zeros((cardinality, n_items))
+        np.add.at(by_segment, (data.user_attrs[data.user[liked], slot], data.item[liked] - 1), 1.0)
+        rows = (by_segment + shrink * share) / (by_segment.sum(1, keepdims=True) + shrink)
+        rows[by_segment.sum(1) == 0] = share  # also with shrink 0
+    log_rows = np.log(rows)
+    log_rows -= log_rows.mean(1, keepdims=True)
+    return np.concatenate([np.zeros((len(log_rows), 1)), log_rows], 1)

@@ -17,7 +17,7 @@ import logging
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -262,6 +262,19 @@ def part_pairs(data: EncodedData, part: int, tcfg: TrainConfig) -> task.EvalSet:
     return task.EvalSet(rows, data.item[rows], data.label[rows])
 
 
+def resolve_prior(data: EncodedData, cfg: ModelConfig) -> ModelConfig:
+    """`cfg` with an "auto" prior segment chosen on validation (`popular.choose_segment` among
+    single-slot attributes: the attribute, or "" for the overall list, and the shrinkage)."""
+    rcfg = cfg.ranker
+    if rcfg is None or not rcfg.item_prior or rcfg.prior_segment != "auto":
+        return cfg
+    from model_export.popular import choose_segment
+
+    chosen, _ = choose_segment(data, single_slot=True)
+    log.info("prior segment chosen on validation: %s, shrink %s", chosen.field or "overall", chosen.shrink)
+    return replace(cfg, ranker=replace(rcfg, prior_segment=chosen.field or "", prior_shrink=chosen.shrink))
+
+
 def evaluate_part(model: MailModel, batches: Batches, part: int, tcfg: TrainConfig) -> dict[str, Any]:
     """The task's AUC, GAUC and log loss by group on VAL or TEST."""
     data = batches.data
@@ -314,9 +327,13 @@ def train(
     torch.set_num_threads(tcfg.threads)
     rng = np.random.default_rng(tcfg.seed)
     hooks = hooks or TrainHooks()
+    cfg = resolve_prior(data, cfg)
     model = hooks.build(cfg, data.schema, torch.from_numpy(data.catalog.features))
-    if model.ranker.item_log_prior is not None:
-        model.ranker.set_item_prior(torch.from_numpy(data.item_counts))
+    if cfg.ranker is not None and cfg.ranker.item_prior:
+        from model_export.popular import log_prior
+
+        prior = log_prior(data, cfg.ranker.prior_segment, cfg.ranker.prior_shrink)
+        model.ranker.set_item_prior(torch.from_numpy(prior).float())
     batches = Batches(data, fill_new_users=cfg.model == "oracle")
     opt_rt = torch.optim.Adam(model.ranker_parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     opt_zst = (

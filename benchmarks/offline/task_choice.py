@@ -6,10 +6,11 @@ Trains `control` (and `mail`) on MovieLens 100K, strict protocol, BaseDNN, under
 the catalog task: positives = liked (rated >= 4) or any rating; rated-but-not-liked items as
 negatives or not; uniform or popularity-weighted sampled negatives; negatives per positive; the
 share of training rows shown as a new user; for MAIL, whether the zero-shot tower reads the user
-id; a learned item bias in the ranker, or a fixed log-popularity prior on its logit (adopted); the
-checkpoint kept by validation NDCG@10 or AUC. Every variant is read on validation (whole-catalog
-NDCG@10 of the validation new users, held out whole as test new users are, and of old users'
-validation slice); test figures are written beside them for the record and choose nothing. Writes
+id; a learned item bias in the ranker, or a fixed log-popularity prior on its logit (adopted),
+overall or of the user's segment of one attribute (chosen on validation); the checkpoint kept by
+validation NDCG@10 or AUC. Every variant is read on validation (whole-catalog NDCG@10 of the
+validation new users, held out whole as test new users are, and of old users' validation slice);
+test figures are written beside them for the record and choose nothing. Writes
 benchmarks/results/catalog-task.jsonl (resumable), .json and .md.
 """
 
@@ -43,6 +44,7 @@ DEFAULT: dict[str, Any] = {
 }
 BIAS = {"ranker": {"item_bias": True}}
 PRIOR = {"ranker": {"item_prior": True}}
+SEGMENT_PRIOR = {"ranker": {"item_prior": True, "prior_segment": "auto"}}
 ADOPTED = ("item prior",)  # variants the product's catalog task now trains with (README, __main__)
 # (name, model, task overrides, model overrides): one knob moved from DEFAULT at a time
 VARIANTS: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
@@ -50,6 +52,7 @@ VARIANTS: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
     ("default", "control", {}, {}),
     ("item bias", "control", {}, BIAS),
     ("item prior", "control", {}, PRIOR),
+    ("segment prior", "control", {}, SEGMENT_PRIOR),
     ("positives=any", "control", {"positives": "any"}, {}),
     ("rated<4 as negatives", "control", {"rated_negatives": True}, {}),
     ("popularity sampling", "control", {"sampling": "popularity"}, {}),
@@ -61,6 +64,7 @@ VARIANTS: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
     ("default", "mail", {}, {}),
     ("item bias", "mail", {}, BIAS),
     ("item prior", "mail", {}, PRIOR),
+    ("segment prior", "mail", {}, SEGMENT_PRIOR),
     ("zst reads user id", "mail", {}, {"zst_user_id": True}),
 ]
 

@@ -18,6 +18,7 @@ from model_export.model import (
     ZeroShotConfig,
     ZeroShotTower,
     gaussian_mmd,
+    segment_slot,
 )
 from model_export.protocol import TRAIN, SplitConfig, make_split
 from model_export.train import Batches, zst_step_losses
@@ -33,11 +34,17 @@ def _synthetic(virtual_slots: int = 1):  # type: ignore[no-untyped-def]
 def _model(
     encoded: EncodedData, kind: str = "base", zst: ZeroShotConfig | None = None, item_bias: bool = False
 ) -> MailModel:
-    """A small MAIL model; `item_bias`: with both item terms (a learned bias and the fixed prior)."""
+    """A small MAIL model; `item_bias`: with both item terms (a learned bias and the fixed prior,
+    by the synthetic users' "segment")."""
     cfg = ModelConfig(
         model="mail",
         ranker=RankerConfig(
-            kind=kind, hidden=(16, 8), d_attention=8, item_bias=item_bias, item_prior=item_bias
+            kind=kind,
+            hidden=(16, 8),
+            d_attention=8,
+            item_bias=item_bias,
+            item_prior=item_bias,
+            prior_segment="segment" if item_bias else "",
         ),
         zero_shot=zst or ZeroShotConfig(d_hidden=16, width=32, d_attention=8, dropout=0.0),
     )
@@ -209,18 +216,14 @@ def test_cli_trains_on_real_data(data_dir: Path, tmp_path: Path) -> None:
     assert 0.95 * len(testing) <= len(new_cases)
     assert 0.0 < metrics["ranking"]["test"]["new"]["ndcg@10"] < 1.0
     assert np.isfinite(metrics["diagnostics"]["virtual_r2_new"])
-    # the catalog task's tower carries the popularity prior, set from the training liked counts
+    # the catalog task's tower carries the popularity prior of a segment chosen on validation
     config = json.loads((out / "config.json").read_text())
-    assert config["model"]["ranker"]["item_prior"] is True
+    ranker = config["model"]["ranker"]
+    assert ranker["item_prior"] is True and ranker["prior_segment"] != "auto"
     ckpt = torch.load(out / "model.pt", weights_only=False)
-    prior = ckpt["state_dict"]["ranker.item_log_prior"].double()
-    log_counts = torch.log(
-        torch.as_tensor(np.asarray(ckpt["catalog"]["popularity"]), dtype=torch.float64) + 1
-    )
-    assert prior[0] == 0 and log_counts.max() > 0
-    torch.testing.assert_close(
-        prior[1:] - prior[1:].mean(), log_counts - log_counts.mean(), atol=1e-5, rtol=0
-    )
+    prior = ckpt["state_dict"]["ranker.item_log_prior"]
+    assert prior.shape[1] == len(ckpt["catalog"]["ids"]) + 1 and bool((prior[:, 0] == 0).all())
+    assert (prior.shape[0] == 1) == (ranker["prior_segment"] == "")
 
 
 @pytest.mark.parametrize("kind", ["base", "din"])
@@ -266,23 +269,36 @@ def test_item_representations_gathered_from_the_catalog_equal_those_computed_per
         assert table.weight.grad[0].abs().sum() == 0
 
 
-def test_item_prior_is_centred_log_popularity_and_never_trained() -> None:
+def test_segment_prior_adds_the_row_of_each_users_segment_and_is_never_trained() -> None:
     encoded = _synthetic()
-    n = encoded.catalog.features.shape[0]
-    model = _model(encoded, item_bias=True)
-    counts = torch.zeros(n, dtype=torch.long)
-    counts[1:] = torch.arange(1, n) % 7  # row 0 is PAD
-    model.ranker.set_item_prior(counts)
+    model = _model(encoded, item_bias=True).eval()  # its prior: one row per "segment" id
     prior = model.ranker.item_log_prior
-    assert prior is not None and prior[0] == 0
-    assert abs(float(prior[1:].mean())) < 1e-5
-    # add-one smoothed log counts, up to the centring constant
-    expected = torch.log(counts[1:].double() + 1)
-    torch.testing.assert_close(prior[1:].double() - prior[1], expected - expected[0], atol=1e-5, rtol=0)
+    slot = model.ranker.prior_slot
+    cardinality = next(f.cardinality for f in encoded.schema.user_fields if f.name == "segment")
+    assert prior is not None and prior.shape == (cardinality, encoded.catalog.features.shape[0])
+    model.ranker.set_item_prior(torch.randn(prior.shape))
+    assert model.ranker.item_bias is not None
+    with torch.no_grad():
+        model.ranker.item_bias.zero_()
+    attrs = torch.from_numpy(encoded.user_attrs[:40])
+    items = torch.arange(1, 6)
+    for u in range(len(attrs)):  # one user, broadcast over the targets
+        got = model.ranker._bias(items, attrs[u : u + 1], None)
+        assert isinstance(got, torch.Tensor)
+        torch.testing.assert_close(got, prior[attrs[u, slot], items])
+    owner = torch.arange(len(attrs)).repeat_interleave(len(items))  # several users at once
+    got = model.ranker._bias(items.repeat(len(attrs)), attrs, owner)
+    assert isinstance(got, torch.Tensor)
+    torch.testing.assert_close(got, prior[attrs[owner, slot], items.repeat(len(attrs))])
+    assert len({int(attrs[u, slot]) for u in range(len(attrs))}) > 1  # rows really differ by user
     assert "ranker.item_log_prior" in model.state_dict()
     assert all(p is not prior for p in model.ranker_parameters())  # a buffer: no optimizer moves it
+    with pytest.raises(ValueError, match="expected"):
+        model.ranker.set_item_prior(torch.zeros(1, prior.shape[1]))
     with pytest.raises(ValueError, match="no item prior"):
-        _model(encoded).ranker.set_item_prior(counts)
+        _model(encoded).ranker.set_item_prior(prior)
+    with pytest.raises(ValueError, match="single-slot"):
+        segment_slot(encoded.schema, "user_id")
 
 
 @pytest.mark.parametrize(
@@ -296,7 +312,8 @@ def test_ranker_frozen_for_serving_scores_as_trained_without_batch_norms(kind: s
     if model.ranker.item_bias is not None:
         with torch.no_grad():
             model.ranker.item_bias.normal_()
-        model.ranker.set_item_prior(torch.randint(0, 50, (encoded.catalog.features.shape[0],)))
+        assert model.ranker.item_log_prior is not None
+        model.ranker.set_item_prior(torch.randn(model.ranker.item_log_prior.shape))
     for bn in (m for m in model.ranker.modules() if isinstance(m, torch.nn.BatchNorm1d)):
         assert bn.running_mean is not None and bn.running_var is not None
         with torch.no_grad():  # statistics and affine terms far from the identity they start as

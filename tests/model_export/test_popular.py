@@ -8,8 +8,9 @@ import pytest
 from model_export import data as datasets
 from model_export import popular
 from model_export.features import EncodedData, encode_data
+from model_export.model import ModelConfig, RankerConfig
 from model_export.protocol import TRAIN, VAL, SplitConfig, make_split
-from model_export.train import TrainConfig
+from model_export.train import TrainConfig, resolve_prior
 
 
 @pytest.fixture(scope="module")
@@ -61,3 +62,35 @@ def test_the_segment_is_chosen_on_validation_and_recorded(encoded: EncodedData) 
     assert set(report["ranking"]) == {"test", "val"} and report["best_epoch"] == 0
     assert report["ranking"]["val"]["new"]["ndcg@10"] == pytest.approx(best["val_ndcg@10_new"])
     assert report["segment"] == {"field": chosen.field, "shrink": chosen.shrink, "tried": tried}
+
+
+def test_log_prior_is_the_centred_log_share_overall_and_by_segment(encoded: EncodedData) -> None:
+    counts = encoded.item_counts[1:].astype(np.float64)
+    share = (counts + 1) / (counts.sum() + len(counts))  # add-one smoothed: no share is 0
+    overall_prior = popular.log_prior(encoded)
+    assert overall_prior.shape == (1, len(counts) + 1) and overall_prior[0, 0] == 0
+    np.testing.assert_allclose(overall_prior[0, 1:], np.log(share) - np.log(share).mean())
+    prior = popular.log_prior(encoded, "segment", shrink=50.0)
+    slot = [f.name for f in encoded.schema.user_fields].index("segment")  # single-slot fields before it
+    liked = (encoded.part == TRAIN) & (encoded.label == 1)
+    seg = encoded.user_attrs[encoded.user[liked], slot]
+    for v in np.unique(seg):  # by hand, for each segment a training user has
+        c = np.bincount(encoded.item[liked][seg == v], minlength=len(counts) + 1)[1:]
+        row = np.log((c + 50 * share) / (c.sum() + 50))
+        np.testing.assert_allclose(prior[v, 1:], row - row.mean())
+    unseen = np.setdiff1d(np.arange(len(prior)), seg)  # PAD, OOV: the overall list
+    np.testing.assert_allclose(prior[unseen, 1:], np.tile(overall_prior[0, 1:], (len(unseen), 1)))
+    assert (prior[:, 0] == 0).all()
+
+
+def test_an_auto_prior_takes_the_segment_validation_chooses(encoded: EncodedData) -> None:
+    cfg = ModelConfig(model="control", ranker=RankerConfig(item_prior=True, prior_segment="auto"))
+    resolved = resolve_prior(encoded, cfg).ranker
+    chosen, _ = popular.choose_segment(encoded, single_slot=True)
+    assert resolved is not None and (resolved.prior_segment, resolved.prior_shrink) == (
+        chosen.field,
+        chosen.shrink,
+    )
+    assert resolved.prior_segment == "segment"  # the synthetic attribute that sets taste
+    plain = ModelConfig(model="control", ranker=RankerConfig(item_prior=True))
+    assert resolve_prior(encoded, plain) is plain
