@@ -61,10 +61,12 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument(
         "--item-prior",
-        choices=["on", "off"],
         default=None,
-        help="the ranker's fixed log-popularity offset on its logit (default: on for the catalog "
-        "task, off for the rating task)",
+        metavar="auto|overall|off|ATTRIBUTE",
+        help="the ranker's fixed log-popularity offset on its logit: the popular list of the user's "
+        "segment of one attribute, chosen with its shrinkage on validation (auto), or of the named "
+        "single-slot attribute, or the overall list; default: auto for the catalog task, off for "
+        "the rating task",
     )
     p.add_argument("--behavior-len", type=int, default=32)
     p.add_argument(
@@ -98,10 +100,12 @@ def _train(args: argparse.Namespace) -> int:
     model_cfg.model = args.model
     model_cfg.ranker = model_cfg.ranker or RankerConfig()
     model_cfg.ranker.kind = args.ranker
-    if args.item_prior is not None:
-        model_cfg.ranker.item_prior = args.item_prior == "on"
-    elif "item_prior" not in overrides.get("model", {}).get("ranker", {}):
-        model_cfg.ranker.item_prior = args.task == "catalog"
+    prior = args.item_prior
+    if prior is None and "item_prior" not in overrides.get("model", {}).get("ranker", {}):
+        prior = "auto" if args.task == "catalog" else "off"
+    if prior is not None:
+        model_cfg.ranker.item_prior = prior != "off"
+        model_cfg.ranker.prior_segment = "" if prior in ("off", "overall") else prior
     model_cfg.fill = args.fill
     model_cfg.fill_train = not args.fill_inference_only
     if args.model == "mail":

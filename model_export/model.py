@@ -295,7 +295,9 @@ class Ranker(nn.Module):
         segment = attrs[:, self.prior_slot]  # (U,)
         if owner is not None:
             segment = segment[owner]  # (N,); otherwise U is N or 1 (broadcast)
-        return bias + self.item_log_prior[segment, items]
+        # one gather on the flattened table (two index tensors export as several ONNX operators)
+        n_columns = self.item_log_prior.shape[1]
+        return bias + self.item_log_prior.reshape(-1)[segment * n_columns + items]
 
     def behavior_target(self, behavior: Tensor) -> tuple[Tensor, Tensor]:
         """What the tower consumes as behavior: (U, K, d) vectors and their (U, K) mask."""

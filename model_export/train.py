@@ -556,6 +556,9 @@ def full_report(model: MailModel, data: EncodedData, history: History, tcfg: Tra
         "best_epoch": history.best_epoch,
         "epochs": history.epochs,
     }
+    rcfg = model.cfg.ranker
+    if rcfg is not None and rcfg.item_prior:  # as resolved ("auto": chosen on validation)
+        report["prior"] = {"segment": rcfg.prior_segment or "overall", "shrink": rcfg.prior_shrink}
     if model.zst is not None:
         mean = mean_behavior(model, batches, train_rows)
         new_test = test_rows[data.is_new[test_rows]]

@@ -49,7 +49,10 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> TinyRun:
                 d_embed=8,
                 model=ModelConfig(
                     model=model,
-                    ranker=RankerConfig(kind=ranker, hidden=(32, 16), d_attention=16),
+                    # the prior of a segment chosen on validation: the synthetic "segment"
+                    ranker=RankerConfig(
+                        kind=ranker, hidden=(32, 16), d_attention=16, item_prior=True, prior_segment="auto"
+                    ),
                     zero_shot=ZeroShotConfig(d_hidden=16, width=32, d_attention=16)
                     if model == "mail"
                     else None,

@@ -81,8 +81,9 @@ CATALOG_BASELINES = ("mean-fill", "dropoutnet", "mail-mse", "llae", "metaemb")
 # the catalog task's budget and set-up (chosen on validation: benchmarks/results/catalog-task.md)
 # up to 12 epochs, early stopping on validation NDCG@10 (best epochs seen: 5-12)
 CATALOG_TRAIN = {"task": "catalog", "epochs": 12, "threads": 1}
-# the catalog task's tower: the popularity prior on its logit (chosen on validation, as above)
-CATALOG_RANKER = RankerConfig(item_prior=True)
+# the catalog task's tower: the popularity prior of the user's segment on its logit, the segment
+# chosen on each run's validation (the prior itself chosen on validation, as above)
+CATALOG_RANKER = RankerConfig(item_prior=True, prior_segment="auto")
 
 
 def catalog_plan(seeds: tuple[int, ...] = (0, 1, 2, 3, 4), few: tuple[int, ...] = (0, 1, 2)) -> Plan:

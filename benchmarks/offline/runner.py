@@ -119,6 +119,7 @@ def result_row(cell: Cell, seconds: float, report: dict[str, Any], **extra: Any)
         "val": report["val"],
         "ranking": report.get("ranking"),
         "diagnostics": report.get("diagnostics"),
+        "prior": report.get("prior"),
         "losses": report["epochs"],
     }
 

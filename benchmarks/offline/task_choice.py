@@ -45,7 +45,7 @@ DEFAULT: dict[str, Any] = {
 BIAS = {"ranker": {"item_bias": True}}
 PRIOR = {"ranker": {"item_prior": True}}
 SEGMENT_PRIOR = {"ranker": {"item_prior": True, "prior_segment": "auto"}}
-ADOPTED = ("item prior",)  # variants the product's catalog task now trains with (README, __main__)
+ADOPTED = ("segment prior",)  # variants the product's catalog task now trains with (README, __main__)
 # (name, model, task overrides, model overrides): one knob moved from DEFAULT at a time
 VARIANTS: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
     ("most-liked items", "popularity", {}, {}),
@@ -107,6 +107,7 @@ def run_variant(
         "model_change": change,
         "seconds": round(time.perf_counter() - started, 1),
         "best_epoch": report["best_epoch"],
+        "prior": report.get("prior"),
         "val": {"ranking": report["ranking"]["val"], "auc": report["val"]},
         "test": {"ranking": report["ranking"]["test"], "auc": report["test"]},
     }

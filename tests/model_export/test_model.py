@@ -224,6 +224,10 @@ def test_cli_trains_on_real_data(data_dir: Path, tmp_path: Path) -> None:
     prior = ckpt["state_dict"]["ranker.item_log_prior"]
     assert prior.shape[1] == len(ckpt["catalog"]["ids"]) + 1 and bool((prior[:, 0] == 0).all())
     assert (prior.shape[0] == 1) == (ranker["prior_segment"] == "")
+    assert metrics["prior"] == {
+        "segment": ranker["prior_segment"] or "overall",
+        "shrink": ranker["prior_shrink"],
+    }
 
 
 @pytest.mark.parametrize("kind", ["base", "din"])
