@@ -39,14 +39,21 @@ BoolArray = npt.NDArray[np.bool_]
 FloatArray = npt.NDArray[np.float64]
 
 
-def user_id_slot(schema: Schema) -> int:
-    """Column of the user id in the user attribute ids."""
+def user_field_slots(schema: Schema, name: str) -> slice:
+    """Columns of the user attribute `name` in the user attribute ids."""
     start = 0
     for f in schema.user_fields:
-        if f.name == "user_id":
-            return start
+        if f.name == name:
+            return slice(start, start + f.slots)
         start += f.slots
-    raise ValueError("the schema has no user_id field")
+    raise ValueError(f"no user field {name!r}; the schema has {[f.name for f in schema.user_fields]}")
+
+
+def user_id_slot(schema: Schema) -> int:
+    """Column of the user id in the user attribute ids."""
+    if not any(f.name == "user_id" for f in schema.user_fields):
+        raise ValueError("the schema has no user_id field")
+    return user_field_slots(schema, "user_id").start
 
 
 def as_new_user(attrs: IntArray, behavior: IntArray, rows: BoolArray, id_slot: int) -> None:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model_export.catalog import user_id_slot
+from model_export.catalog import user_field_slots, user_id_slot
 from service.contract import Schema
 
 NEG = -1e9  # logit of a masked position
@@ -577,14 +577,10 @@ class ModelConfig:
 
 def segment_slot(schema: Schema, field: str) -> tuple[int, int]:
     """Slot and vocabulary size of the single-slot user attribute `field` (a prior's segment)."""
-    start = 0
-    for f in schema.user_fields:
-        if f.name == field:
-            if f.slots != 1 or field == "user_id":
-                raise ValueError(f"a prior's segment is a single-slot attribute, not {field!r}")
-            return start, f.cardinality
-        start += f.slots
-    raise ValueError(f"no user field {field!r}; the schema has {[f.name for f in schema.user_fields]}")
+    slots = user_field_slots(schema, field)
+    if slots.stop - slots.start != 1 or field == "user_id":
+        raise ValueError(f"a prior's segment is a single-slot attribute, not {field!r}")
+    return slots.start, next(f.cardinality for f in schema.user_fields if f.name == field)
 
 
 class MailModel(nn.Module):

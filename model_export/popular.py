@@ -49,25 +49,24 @@ def overall(data: EncodedData) -> PopularList:
 def by_segment(data: EncodedData, field: str, shrink: float) -> PopularList:
     """Liked training counts within each value of the user attribute `field` (all its slots),
     shrunk towards the overall list: (c_s(i) + shrink * p(i)) / (n_s + shrink)."""
-    slots = _slots(data, field)
-    _, segment_of = np.unique(data.user_attrs[:, slots], axis=0, return_inverse=True)
+    values = data.user_attrs[:, task.user_field_slots(data.schema, field)]
+    _, segment_of = np.unique(values, axis=0, return_inverse=True)
     segment_of = segment_of.reshape(-1).astype(np.int64)
-    liked = (data.part == TRAIN) & (data.label == 1)
-    n_items = len(data.catalog)
-    counts = np.zeros((int(segment_of.max()) + 1, n_items))
-    np.add.at(counts, (segment_of[data.user[liked]], data.item[liked] - 1), 1.0)
     share = data.item_counts[1:] / max(int(data.item_counts.sum()), 1)
-    table = (counts + shrink * share) / (counts.sum(1, keepdims=True) + shrink)
+    table, _ = _shrunk_shares(data, segment_of, int(segment_of.max()) + 1, shrink, share)
     return PopularList(table, segment_of, field, shrink)
 
 
-def _slots(data: EncodedData, field: str) -> list[int]:
-    start = 0
-    for f in data.schema.user_fields:
-        if f.name == field:
-            return list(range(start, start + f.slots))
-        start += f.slots
-    raise ValueError(f"no user field {field!r}; the schema has {[f.name for f in data.schema.user_fields]}")
+def _shrunk_shares(
+    data: EncodedData, segment_of: npt.NDArray[np.int64], n_segments: int, shrink: float, share: FloatArray
+) -> tuple[FloatArray, FloatArray]:
+    """(S, I) liked training shares per segment (`segment_of`: each user row's), shrunk towards
+    `share` by `shrink` pseudo-counts, and each segment's liked interactions (S,)."""
+    liked = (data.part == TRAIN) & (data.label == 1)
+    counts = np.zeros((n_segments, len(data.catalog)))
+    np.add.at(counts, (segment_of[data.user[liked]], data.item[liked] - 1), 1.0)
+    n = counts.sum(1)
+    return (counts + shrink * share) / (n[:, None] + shrink), n
 
 
 def rank(data: EncodedData, popular: PopularList, cases: task.RankingSet) -> dict[str, Any]:
@@ -126,11 +125,8 @@ def log_prior(data: EncodedData, field: str = "", shrink: float = 0.0) -> FloatA
         rows = share[None, :]
     else:
         slot, cardinality = segment_slot(data.schema, field)
-        liked = (data.part == TRAIN) & (data.label == 1)
-        by_segment = np.zeros((cardinality, n_items))
-        np.add.at(by_segment, (data.user_attrs[data.user[liked], slot], data.item[liked] - 1), 1.0)
-        rows = (by_segment + shrink * share) / (by_segment.sum(1, keepdims=True) + shrink)
-        rows[by_segment.sum(1) == 0] = share  # also with shrink 0
+        rows, n = _shrunk_shares(data, data.user_attrs[:, slot].astype(np.int64), cardinality, shrink, share)
+        rows[n == 0] = share  # also with shrink 0
     log_rows = np.log(rows)
     log_rows -= log_rows.mean(1, keepdims=True)
     return np.concatenate([np.zeros((len(log_rows), 1)), log_rows], 1)
