@@ -32,7 +32,7 @@ from model_export import metrics
 from model_export.features import EncodedData
 from model_export.model import MailModel, ModelConfig, UserInputs, ZstLosses
 from model_export.protocol import TEST, TRAIN, VAL
-from service.contract import Schema, blend_gate
+from service.contract import PAD, Schema, blend_gate
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,9 @@ class TrainConfig:
     negatives: int = 4  # catalog: never-interacted items sampled per positive, afresh each epoch
     sampling: str = "uniform"  # catalog: "uniform" | "popularity" (training count^0.75)
     cold_rows: float | None = None  # share of rows shown as a new user; None: catalog 0.2, rating 0
+    # in those rows, the chance each user attribute (user id aside) is hidden as a user who skipped
+    # the question looks (PAD): a regularizer of the cold path, and robustness to missing answers
+    attr_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         for name, value, allowed in (
@@ -342,8 +345,7 @@ def train(
         else None  # a parameter-free generator (mean-fill) has nothing to step
     )
     sampler = make_sampler(data, tcfg)
-    id_slot = task.user_id_slot(data.schema)
-    cold_share = tcfg.cold_share
+    cold = ColdRows(tcfg.cold_share, task.user_id_slot(data.schema), tcfg.attr_dropout, data.schema)
     history = History()
     best, best_state, stale = -math.inf, copy.deepcopy(model.state_dict()), 0
     by_ndcg = tcfg.task == "catalog" and tcfg.select == "ndcg"
@@ -363,7 +365,7 @@ def train(
             leave=False,
         )
         for raw_batch in bar:
-            batch = hooks.batch(_cold_rows(raw_batch, cold_share, id_slot, rng))
+            batch = hooks.batch(cold(raw_batch, rng))
             attrs, ctx, beh, item, label, is_new = batch
             user = user_inputs(model, attrs, ctx, beh, training=True)
             l_rt = F.binary_cross_entropy_with_logits(model.ranker(user, item), label)
@@ -431,19 +433,31 @@ def train(
     return model, history
 
 
-def _cold_rows(
-    batch: tuple[Tensor, ...], share: float, id_slot: int, rng: np.random.Generator
-) -> tuple[Tensor, ...]:
-    """A `share` of the batch's rows shown as a new user looks: user id OOV, no behavior."""
-    if share <= 0:
-        return batch
-    attrs, ctx, beh, item, label, is_new = batch
-    pick = rng.random(len(attrs)) < share
-    if not pick.any():
-        return batch
-    attrs, beh = attrs.clone(), beh.clone()
-    task.as_new_user(attrs.numpy(), beh.numpy(), pick, id_slot)
-    return attrs, ctx, beh, item, label, is_new
+@dataclass(frozen=True)
+class ColdRows:
+    """Shows a `share` of a batch's rows as a new user looks (user id OOV, no behavior), and in
+    those rows hides each other user attribute with probability `attr_dropout` (PAD: missing)."""
+
+    share: float
+    id_slot: int
+    attr_dropout: float = 0.0
+    schema: Schema | None = None
+
+    def __call__(self, batch: tuple[Tensor, ...], rng: np.random.Generator) -> tuple[Tensor, ...]:
+        if self.share <= 0:
+            return batch
+        attrs, ctx, beh, item, label, is_new = batch
+        pick = rng.random(len(attrs)) < self.share
+        if not pick.any():
+            return batch
+        attrs, beh = attrs.clone(), beh.clone()
+        task.as_new_user(attrs.numpy(), beh.numpy(), pick, self.id_slot)
+        if self.attr_dropout > 0 and self.schema is not None:
+            for f in self.schema.user_fields:
+                if f.name != "user_id":
+                    hide = pick & (rng.random(len(attrs)) < self.attr_dropout)
+                    attrs[torch.from_numpy(hide), task.user_field_slots(self.schema, f.name)] = PAD
+        return attrs, ctx, beh, item, label, is_new
 
 
 def _embedding_l2(model: MailModel, attrs: Tensor, ctx: Tensor, beh: Tensor, item: Tensor) -> Tensor:
@@ -585,6 +599,7 @@ def task_record(tcfg: TrainConfig) -> dict[str, Any]:
         "negatives": tcfg.negatives,
         "sampling": tcfg.sampling,
         "cold_rows": tcfg.cold_share,
+        "attr_dropout": tcfg.attr_dropout,
         "select": tcfg.select,
     }
 

@@ -61,6 +61,11 @@ VARIANTS: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
     ("cold rows=0", "control", {"cold_rows": 0.0}, {}),
     ("cold rows=0.5", "control", {"cold_rows": 0.5}, {}),
     ("select on AUC", "control", {"select": "auc"}, {}),
+    ("most-liked in segment", "popularity-segment", {}, {}),
+    # on top of the adopted segment prior ("A, B" is compared with "A")
+    ("segment prior, attributes hidden 0.3", "control", {"attr_dropout": 0.3}, SEGMENT_PRIOR),
+    ("segment prior, embedding L2 x10", "control", {"embed_l2": 1e-4}, SEGMENT_PRIOR),
+    ("segment prior, cold rows=0.5", "control", {"cold_rows": 0.5}, SEGMENT_PRIOR),
     ("default", "mail", {}, {}),
     ("item bias", "mail", {}, BIAS),
     ("item prior", "mail", {}, PRIOR),
@@ -76,7 +81,7 @@ def run_variant(
 ) -> dict[str, Any]:
     change = dict(change)
     cfg = ModelConfig(
-        model="control" if model == "popularity" else model,
+        model="control" if model.startswith("popularity") else model,
         ranker=RankerConfig(**change.pop("ranker", {})),
         zero_shot=ZeroShotConfig() if model == "mail" else None,
         **change,
@@ -97,6 +102,9 @@ def run_variant(
     if model == "popularity":  # the fallback, on the same split: the bar on validation too
         enc = _PREPARED[str(seed)].encoded
         report = popular.report(enc, spec.train, popular.overall(enc))
+    elif model == "popularity-segment":
+        enc = _PREPARED[str(seed)].encoded
+        report = popular.report(enc, spec.train, *popular.choose_segment(enc))
     else:
         _, report = run(spec, None, _PREPARED[str(seed)])
     return {
@@ -201,7 +209,7 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         "Adopted since: " + ", ".join(ADOPTED) + " (the catalog task's tower in `make run`, the CLI and "
         "`make bench-offline`). vs default = relative difference of the validation means from the "
-        "same model's default row, on the seeds both have.",
+        'same model\'s default row (a row named "A, B": from row A), on the seeds both have.',
         "",
         "| model | variant | seeds | val NDCG@10 new | vs default | val NDCG@10 old | vs default "
         "| val AUC new | test NDCG@10 new | test NDCG@10 old | best epoch | s/run |",
@@ -213,9 +221,10 @@ def markdown(result: dict[str, Any]) -> str:
 
     def versus(model: str, name: str, group: str) -> str:
         mine = {r["seed"]: r["val"]["ranking"][group]["ndcg@10"] for r in groups[(model, name)]}
-        base = {r["seed"]: r["val"]["ranking"][group]["ndcg@10"] for r in groups.get((model, "default"), [])}
+        of = name.rsplit(", ", 1)[0] if ", " in name else "default"
+        base = {r["seed"]: r["val"]["ranking"][group]["ndcg@10"] for r in groups.get((model, of), [])}
         seeds = sorted(set(mine) & set(base))
-        if name == "default" or not seeds:
+        if name == of or not seeds:
             return "–"
         return f"{100 * (np.mean([mine[s] for s in seeds]) / np.mean([base[s] for s in seeds]) - 1):+.1f}%"
 

@@ -6,12 +6,14 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from model_export import catalog as task
 from model_export import data as datasets
 from model_export.features import encode_data
 from model_export.protocol import TEST, TRAIN, VAL, SplitConfig, make_split
-from model_export.train import TrainConfig, make_sampler, training_rows
+from model_export.train import ColdRows, TrainConfig, make_sampler, training_rows
+from service.contract import OOV, PAD
 
 
 def _cases(positives: list[list[int]], exclude: list[list[int]] | None = None) -> task.RankingSet:
@@ -139,3 +141,30 @@ def test_sampled_evaluation_negatives_were_never_interacted(encoded) -> None:  #
     items = [enc.catalog.ids[r - 1] for r in ev.items[n_pos:]]
     assert not any(pair in ever for pair in zip(users, items, strict=True))
     assert math.isclose(float(ev.labels[:n_pos].mean()), 1.0)
+
+
+def test_cold_rows_hide_id_behavior_and_some_attributes_of_the_picked_rows_only(encoded) -> None:  # type: ignore[no-untyped-def]
+    _, _, enc = encoded
+    n = 2000
+    attrs = torch.from_numpy(enc.user_attrs[enc.user[enc.rows(TRAIN)][:n]].copy())
+    beh = torch.randint(1, 5, (n, 8))
+    batch = (attrs, torch.zeros(n, 1), beh, torch.ones(n), torch.ones(n), torch.zeros(n))
+    id_slot = task.user_id_slot(enc.schema)
+    others = [f.name for f in enc.schema.user_fields if f.name != "user_id"]
+    assert others and (attrs[:, id_slot] > OOV).all() and (attrs > PAD).all()
+    got, _, got_beh, *_ = ColdRows(0.5, id_slot, 0.5, enc.schema)(batch, np.random.default_rng(0))
+    cold = got[:, id_slot] == OOV
+    assert 0.4 < cold.float().mean() < 0.6
+    assert (got_beh[cold] == 0).all() and torch.equal(got_beh[~cold], beh[~cold])
+    assert torch.equal(got[~cold], attrs[~cold])  # warm rows untouched
+    for name in others:
+        cols = task.user_field_slots(enc.schema, name)
+        hidden = (got[:, cols] == PAD).all(1)
+        assert not hidden[~cold].any() and 0.35 < hidden[cold].float().mean() < 0.65
+        kept = cold & ~hidden
+        assert torch.equal(got[kept][:, cols], attrs[kept][:, cols])
+    # no attribute dropout: the cold rows keep every attribute but the id
+    got, *_ = ColdRows(1.0, id_slot, 0.0, enc.schema)(batch, np.random.default_rng(0))
+    assert (got[:, id_slot] == OOV).all()
+    keep = [c for c in range(attrs.shape[1]) if c != id_slot]
+    assert torch.equal(got[:, keep], attrs[:, keep])
