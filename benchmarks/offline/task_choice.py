@@ -207,6 +207,12 @@ def markdown(result: dict[str, Any]) -> str:
         "file in commit 44fd645), with new users validated on their last few items only, a case unlike "
         "the test's; none beat the default there on new users (three were above it on old users).",
         "",
+        "Then, on top of the adopted segment prior, three regularisers of the cold path (control, "
+        "seeds 0 and 1): attributes hidden in cold rows, a 10x embedding L2, half the rows cold. None "
+        "was above the segment prior on validation, new or old users, so the screen stopped at two "
+        "seeds and none was adopted. Beside them the bar: the segment list, chosen on validation too. "
+        "s/run is wall time; other jobs sharing the 2 cores inflate the later rounds' figures.",
+        "",
         "Adopted since: " + ", ".join(ADOPTED) + " (the catalog task's tower in `make run`, the CLI and "
         "`make bench-offline`). vs default = relative difference of the validation means from the "
         'same model\'s default row (a row named "A, B": from row A), on the seeds both have.',
