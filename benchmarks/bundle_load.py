@@ -3,8 +3,9 @@
     python -m benchmarks.bundle_load BUNDLE_DIR [BUNDLE_DIR ...] [--repeats 7]
 
 What the service does before a bundle serves (service.bundles.load_model): validate the bundle
-(manifest, sha256 of every file, ONNX signatures against the manifest; service.contract.load_bundle),
-create the ONNX Runtime sessions (service.inference.Towers), check the golden scores, warm up.
+(manifest, sha256 of every file, the manifest's ONNX signatures against the contract;
+service.contract.load_bundle), create the ONNX Runtime sessions and check each against its
+signature (service.inference.Towers), check the golden scores, warm up.
 The reference, measured in the same run: bare `onnxruntime.InferenceSession`s for the files the
 service opens on a CPU (ranker.onnx, and zero_shot.onnx in a mail bundle; ranker_batch.onnx only
 serves the CUDA micro-batcher), default options, nothing validated. Medians over --repeats fresh

@@ -150,23 +150,10 @@ def parity(device: Any, cpu: Any, calls: list[Call]) -> dict[str, Any]:
 
 def golden_diff(towers: Any) -> float:
     """The largest difference from the bundle's golden scores (the load check's tolerance: 1e-5)."""
-    from service.contract import Encoded
-
     worst = 0.0
-    for case in towers.bundle.manifest.get("golden", []):
-        enc = Encoded(
-            np.asarray(case["user_attrs"], np.int64),
-            np.asarray(case["context"], np.int64),
-            np.asarray(case["behavior"], np.int64),
-            int(case["n_history"]),
-        )
-        call = (
-            enc,
-            towers.virtual_behavior(enc.user_attrs),
-            float(case["gate"]),
-            np.asarray(case["candidates"], np.int64),
-        )
-        worst = max(worst, float(np.abs(towers.score(*call) - np.asarray(case["scores"], np.float32)).max()))
+    for case in towers.bundle.manifest.golden:
+        call = (case.encoded, towers.virtual_behavior(case.encoded.user_attrs), case.gate, case.candidates)
+        worst = max(worst, float(np.abs(towers.score(*call) - case.scores).max()))
     return worst
 
 

@@ -61,7 +61,7 @@ def new_user_cases(bundle_dir: Path, data_dir: str | None, limit: int | None) ->
         raise SystemExit(
             f"{bundle_dir}: its split.json has no ranking cases (exported before the catalog task)"
         )
-    raw = datasets.load(bundle.manifest["dataset"], data_dir, seed=int(split["seed"]))
+    raw = datasets.load(bundle.manifest.dataset, data_dir, seed=int(split["seed"]))
     derived = split.get("derived_user_attributes", {})
     new = set(split["new_users"])
     cases = []

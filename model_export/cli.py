@@ -170,11 +170,11 @@ def _export(args: argparse.Namespace) -> int:
     from model_export.export import export_bundle
 
     manifest = export_bundle(args.run, args.out)
-    print(f"wrote bundle {args.out} (model version {manifest['model_version']})")
-    parity = manifest["parity"]
+    print(f"wrote bundle {args.out} (model version {manifest.model_version})")
+    parity = manifest.parity
     print(
-        f"  parity vs torch: scores {parity['scores_max_abs_diff']:.2e}, "
-        f"virtual behavior {parity['virtual_max_abs_diff']:.2e}"
+        f"  parity vs torch: scores {parity.scores_max_abs_diff:.2e}, "
+        f"virtual behavior {parity.virtual_max_abs_diff:.2e}"
     )
     return 0
 

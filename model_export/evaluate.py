@@ -60,10 +60,10 @@ class _Encoder:
     def __init__(self, bundle: Bundle, towers: Towers, raw: datasets.Interactions, split: dict[str, Any]):
         man = bundle.manifest
         self.bundle, self.towers, self.raw = bundle, towers, raw
-        self.histories = _histories(raw, man["behavior"]["source"] == "clicks", int(split["seed"]))
+        self.histories = _histories(raw, man.behavior.source == "clicks", int(split["seed"]))
         self.derived = split.get("derived_user_attributes", {})
         self.new_users = set(split["new_users"])
-        self.oracle = man["model"] == "oracle"
+        self.oracle = man.model == "oracle"
 
     def __call__(self, user: str, ts: int | None) -> tuple[Encoded, FloatArray | None, float]:
         attributes = {
@@ -93,7 +93,7 @@ def evaluate_bundle(bundle_dir: Path, data_dir: str | None, progress: bool = Tru
     bundle: Bundle = load_bundle(bundle_dir)
     split = json.loads((bundle.path / SPLIT_FILE).read_text())
     man = bundle.manifest
-    raw = datasets.load(man["dataset"], data_dir, seed=int(man["split_seed"]))
+    raw = datasets.load(man.dataset, data_dir, seed=man.split_seed)
     towers = Towers(bundle, SessionOptions(device="cpu", intra_op_threads=2))
     at = _Encoder(bundle, towers, raw, split)
     catalog = bundle.catalog
@@ -117,12 +117,12 @@ def evaluate_bundle(bundle_dir: Path, data_dir: str | None, progress: bool = Tru
     is_new = np.array([u in at.new_users for u in users])
     result: dict[str, Any] = {
         "test": metrics.by_group(np.array(users), np.array(labels), np.array(scores), is_new),
-        "expected": man["metrics"],
+        "expected": man.metrics,
         "bundle": str(bundle.path),
     }
     if split.get("ranking"):
         result["ranking"] = rank_cases(split["ranking"]["cases"], at, towers, catalog, at.new_users)
-        result["expected_ranking"] = man.get("ranking_metrics")
+        result["expected_ranking"] = man.ranking_metrics
     return result
 
 

@@ -7,12 +7,13 @@ catalog rows only.
 
 A second ranker graph, `ranker_batch.onnx`, scores several users in one call (user tensors with
 batch U, candidates (N,) and `owner` (N,), candidate n belonging to user owner[n]): the service's
-micro-batcher merges concurrent requests into it. It is checked against torch within 1e-5 and
-against `ranker.onnx` user by user, and the manifest records whether the two agree exactly.
+micro-batcher merges concurrent requests into it. Names, dtypes, shapes and dynamic axes of the
+three graphs come from `service.contract.signatures`.
 
-Export checks itself: onnxruntime against torch on real test rows (scores within 1e-5, virtual
-behavior within 1e-4) or it fails. The bundle is written to a temporary sibling directory and
-renamed into place, so no reader sees half a bundle.
+Export checks itself: onnxruntime against torch on real test rows (`model_export.parity`), then
+the service's own validation of the finished bundle (`load_bundle`, every graph's session against
+its signature, the golden scores), or it fails. The bundle is written to a temporary sibling
+directory and renamed into place, so no reader sees half a bundle.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import shutil
 import tempfile
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,24 +34,25 @@ import torch
 from torch import Tensor, nn
 
 from model_export.model import MailModel, UserInputs
+from model_export.parity import verify_batch_parity, verify_parity
 from model_export.train import METRICS, load_checkpoint
 from service.contract import (
     CATALOG_FILE,
     FORMAT_VERSION,
     MANIFEST,
     RANKER_BATCH_FILE,
-    RANKER_BATCH_INPUTS,
     RANKER_FILE,
-    RANKER_INPUTS,
-    RANKER_OUTPUTS,
     SCHEMA_FILE,
     SPLIT_FILE,
     ZERO_SHOT_FILE,
-    ZST_INPUTS,
-    ZST_OUTPUTS,
-    Encoded,
+    BehaviorSource,
+    Fill,
+    GoldenCase,
+    Graph,
+    Manifest,
+    Parity,
     Schema,
-    blend_gate,
+    Signature,
     content_version,
     load_bundle,
     ranker_batch_signature,
@@ -57,16 +60,11 @@ from service.contract import (
     sha256_file,
     zero_shot_signature,
 )
+from service.contract.manifest import RATING_TASK
 
 log = logging.getLogger(__name__)
 
 OPSET = 17
-SCORE_ATOL = 1e-5
-VIRTUAL_ATOL = 1e-4
-
-
-class ExportError(RuntimeError):
-    """Export refused: the ONNX graphs do not reproduce the torch model."""
 
 
 class RankerGraph(nn.Module):
@@ -121,14 +119,7 @@ class ZeroShotGraph(nn.Module):
         return self.model.virtual_behavior(user_attrs)
 
 
-def _export(
-    module: nn.Module,
-    args: tuple[Tensor, ...],
-    path: Path,
-    inputs: tuple[str, ...],
-    outputs: tuple[str, ...],
-    dynamic: dict[str, dict[int, str]],
-) -> None:
+def _export(module: nn.Module, args: tuple[Tensor, ...], path: Path, signature: Signature) -> None:
     # The TorchScript exporter: a static graph with named dynamic axes, in a tenth of the dynamo
     # exporter's time (measured: 0.3 s vs 3.1 s for the ranker) and without its torchvision log
     # noise. torch marks it deprecated; its warnings are silenced for this call only, and
@@ -140,158 +131,16 @@ def _export(
             module,
             args,
             str(path),
-            input_names=list(inputs),
-            output_names=list(outputs),
-            dynamic_axes=dynamic,
+            input_names=[t.name for t in signature.inputs],
+            output_names=[t.name for t in signature.outputs],
+            dynamic_axes=signature.dynamic_axes(),
             opset_version=OPSET,
             dynamo=False,
             do_constant_folding=True,
         )
 
 
-def _user_feeds(parity: dict[str, Any], i: int, model: MailModel) -> tuple[Encoded, float]:
-    behavior = np.asarray(parity["behavior"][i : i + 1], np.int64)
-    n = int((behavior > 0).sum())
-    cfg = model.cfg
-    gate = blend_gate(n, cfg.fill, cfg.blend_tau) if model.zst is not None else 0.0
-    enc = Encoded(
-        np.asarray(parity["user_attrs"][i : i + 1], np.int64),
-        np.asarray(parity["context"][i : i + 1], np.int64),
-        behavior,
-        n,
-    )
-    return enc, gate
-
-
-def verify_parity(
-    model: MailModel,
-    parity: dict[str, Any],
-    ranker_path: Path,
-    zst_path: Path | None,
-    n_catalog: int,
-) -> dict[str, Any]:
-    """onnxruntime vs torch on real test rows; raises ExportError past the tolerances."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    ranker = ort.InferenceSession(str(ranker_path), opts, providers=["CPUExecutionProvider"])
-    zst = ort.InferenceSession(str(zst_path), opts, providers=["CPUExecutionProvider"]) if zst_path else None
-    rng = np.random.default_rng(0)
-    worst_score = worst_virtual = 0.0
-    golden: list[dict[str, Any]] = []
-    rows = len(parity["user_attrs"])
-    sizes = [1, 7, 200, n_catalog, 10_000]
-    for i in range(rows):
-        enc, gate = _user_feeds(parity, i, model)
-        attrs_t = torch.from_numpy(enc.user_attrs)
-        with torch.no_grad():
-            v_torch = model.virtual_behavior(attrs_t).numpy()
-        if zst is not None:
-            v_ort = zst.run(None, {"user_attrs": enc.user_attrs})[0]
-            worst_virtual = max(worst_virtual, float(np.max(np.abs(v_ort - v_torch))))
-        else:
-            v_ort = v_torch
-        n = sizes[i % len(sizes)]
-        cands = rng.integers(1, n_catalog + 1, n).astype(np.int64)
-        cands[0] = int(parity["item"][i])
-        feeds = {
-            "user_attrs": enc.user_attrs,
-            "context": enc.context,
-            "behavior": enc.behavior,
-            "virtual_behavior": v_ort.astype(np.float32),
-            "virtual_gate": np.full((1, 1), gate, np.float32),
-            "candidates": cands,
-        }
-        s_ort = ranker.run(None, feeds)[0]
-        with torch.no_grad():
-            user = UserInputs(
-                attrs_t,
-                torch.from_numpy(enc.context),
-                torch.from_numpy(enc.behavior),
-                torch.from_numpy(v_torch),
-                torch.full((1, 1), gate),
-            )
-            s_torch = torch.sigmoid(model.ranker(user, torch.from_numpy(cands))).numpy()
-        if s_ort.shape != (n,):
-            raise ExportError(f"ranker returned shape {s_ort.shape} for {n} candidates")
-        worst_score = max(worst_score, float(np.max(np.abs(s_ort - s_torch))))
-        if len(golden) < 3 and n <= 200:
-            golden.append(
-                {
-                    "user_attrs": enc.user_attrs.tolist(),
-                    "context": enc.context.tolist(),
-                    "behavior": enc.behavior.tolist(),
-                    "n_history": enc.n_history,
-                    "gate": gate,
-                    "candidates": cands[:16].tolist(),
-                    "scores": s_ort[:16].tolist(),
-                }
-            )
-    if worst_score > SCORE_ATOL or worst_virtual > VIRTUAL_ATOL:
-        raise ExportError(
-            f"onnxruntime disagrees with torch: scores {worst_score:.2e} (max {SCORE_ATOL}), "
-            f"virtual behavior {worst_virtual:.2e} (max {VIRTUAL_ATOL})"
-        )
-    return {
-        "rows": rows,
-        "candidate_counts": sorted({sizes[i % len(sizes)] for i in range(rows)}),
-        "scores_max_abs_diff": worst_score,
-        "virtual_max_abs_diff": worst_virtual,
-        "golden": golden,
-    }
-
-
-def verify_batch_parity(
-    model: MailModel, parity: dict[str, Any], ranker_path: Path, batch_path: Path, n_catalog: int
-) -> dict[str, Any]:
-    """ranker_batch.onnx against torch (within SCORE_ATOL) and against ranker.onnx user by user."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    single = ort.InferenceSession(str(ranker_path), opts, providers=["CPUExecutionProvider"])
-    batch = ort.InferenceSession(str(batch_path), opts, providers=["CPUExecutionProvider"])
-    rng = np.random.default_rng(1)
-    users = min(len(parity["user_attrs"]), 6)
-    sizes = [1, 7, 100, n_catalog, 3, 250][:users]
-    encs = [_user_feeds(parity, i, model) for i in range(users)]
-    with torch.no_grad():
-        virtual = model.virtual_behavior(torch.from_numpy(np.concatenate([e.user_attrs for e, _ in encs])))
-    feeds = {
-        "user_attrs": np.concatenate([e.user_attrs for e, _ in encs]),
-        "context": np.concatenate([e.context for e, _ in encs]),
-        "behavior": np.concatenate([e.behavior for e, _ in encs]),
-        "virtual_behavior": virtual.numpy().astype(np.float32),
-        "virtual_gate": np.array([[g] for _, g in encs], np.float32),
-    }
-    cands = [rng.integers(1, n_catalog + 1, n).astype(np.int64) for n in sizes]
-    owner = np.concatenate([np.full(len(c), u, np.int64) for u, c in enumerate(cands)])
-    together = batch.run(None, {**feeds, "candidates": np.concatenate(cands), "owner": owner})[0]
-    alone = np.concatenate(
-        [
-            single.run(None, {**{k: v[u : u + 1] for k, v in feeds.items()}, "candidates": c})[0]
-            for u, c in enumerate(cands)
-        ]
-    )
-    with torch.no_grad():
-        user = UserInputs(*(torch.from_numpy(feeds[k]) for k in RANKER_INPUTS[:5]))
-        ref = torch.sigmoid(
-            model.ranker(user, torch.from_numpy(np.concatenate(cands)), torch.from_numpy(owner))
-        )
-    worst = float(np.max(np.abs(together - ref.numpy())))
-    if together.shape != alone.shape or worst > SCORE_ATOL:
-        raise ExportError(f"ranker_batch disagrees with torch: {worst:.2e} (max {SCORE_ATOL})")
-    return {
-        "users": users,
-        "candidates": int(len(owner)),
-        "scores_max_abs_diff": worst,
-        "equals_ranker_exactly": bool(np.array_equal(together, alone)),
-        "max_abs_diff_vs_ranker": float(np.max(np.abs(together - alone))),
-    }
-
-
-def export_bundle(run_dir: Path, out: Path) -> dict[str, Any]:
+def export_bundle(run_dir: Path, out: Path) -> Manifest:
     """Write a verified bundle for RUN_DIR at `out` (replacing one there); returns its manifest."""
     started = time.perf_counter()
     model, ckpt = load_checkpoint(run_dir)
@@ -309,14 +158,7 @@ def export_bundle(run_dir: Path, out: Path) -> dict[str, Any]:
     served.ranker.freeze_for_serving()
     try:
         example = _example_inputs(schema)
-        _export(
-            RankerGraph(served),
-            example,
-            tmp / RANKER_FILE,
-            RANKER_INPUTS,
-            RANKER_OUTPUTS,
-            {"candidates": {0: "n"}, "scores": {0: "n"}},
-        )
+        _export(RankerGraph(served), example, tmp / RANKER_FILE, ranker_signature(schema))
         _export(
             RankerBatchGraph(served),
             (  # two users, so that no user-side dimension is traced as a broadcast 1
@@ -325,30 +167,16 @@ def export_bundle(run_dir: Path, out: Path) -> dict[str, Any]:
                 torch.tensor([0, 1, 1]),
             ),
             tmp / RANKER_BATCH_FILE,
-            RANKER_BATCH_INPUTS,
-            RANKER_OUTPUTS,
-            {name: {0: "u"} for name in RANKER_INPUTS[:5]}
-            | {"candidates": {0: "n"}, "owner": {0: "n"}, "scores": {0: "n"}},
+            ranker_batch_signature(schema),
         )
         has_zst = model.zst is not None
         if has_zst:
-            _export(
-                ZeroShotGraph(served),
-                (example[0],),
-                tmp / ZERO_SHOT_FILE,
-                ZST_INPUTS,
-                ZST_OUTPUTS,
-                {"user_attrs": {0: "b"}, "virtual_behavior": {0: "b"}},
-            )
-        parity = verify_parity(
-            model,
-            ckpt["parity"],
-            tmp / RANKER_FILE,
-            tmp / ZERO_SHOT_FILE if has_zst else None,
-            len(catalog["ids"]),
-        )
-        parity["ranker_batch"] = verify_batch_parity(
-            model, ckpt["parity"], tmp / RANKER_FILE, tmp / RANKER_BATCH_FILE, len(catalog["ids"])
+            _export(ZeroShotGraph(served), (example[0],), tmp / ZERO_SHOT_FILE, zero_shot_signature(schema))
+        n_catalog = len(catalog["ids"])
+        zst_path = tmp / ZERO_SHOT_FILE if has_zst else None
+        parity, golden = verify_parity(model, ckpt["parity"], tmp / RANKER_FILE, zst_path, n_catalog)
+        batch = verify_batch_parity(
+            model, ckpt["parity"], tmp / RANKER_FILE, tmp / RANKER_BATCH_FILE, n_catalog
         )
         (tmp / SCHEMA_FILE).write_text(json.dumps(schema.to_dict()))
         items = {"ids": catalog["ids"], "titles": catalog["titles"], "features": features.tolist()}
@@ -357,15 +185,24 @@ def export_bundle(run_dir: Path, out: Path) -> dict[str, Any]:
         (tmp / CATALOG_FILE).write_text(json.dumps(items))
         shutil.copyfile(run_dir / SPLIT_FILE, tmp / SPLIT_FILE)
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
-        manifest = _manifest(ckpt, schema, files, has_zst, parity, run_dir)
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        load_bundle(tmp)  # the service's own validation, before anyone can see the bundle
+        parity = replace(parity, ranker_batch=batch)
+        manifest = _manifest(ckpt, schema, files, has_zst, parity, golden, run_dir)
+        (tmp / MANIFEST).write_text(json.dumps(manifest.to_dict(), indent=2))
+        _validate(tmp)
         _swap_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     log.info("exported %s -> %s in %.1fs", run_dir, out, time.perf_counter() - started)
     return manifest
+
+
+def _validate(root: Path) -> None:
+    """The service's own validation, before anyone can see the bundle: the bundle contract, every
+    graph's session against its signature (the batch graph's included), the golden scores."""
+    from service.inference import SessionOptions, Towers
+
+    Towers(load_bundle(root), SessionOptions(device="cpu", microbatch="on")).check_golden()
 
 
 def _example_inputs(schema: Schema) -> tuple[Tensor, ...]:
@@ -384,58 +221,48 @@ def _manifest(
     schema: Schema,
     files: dict[str, str],
     has_zst: bool,
-    parity: dict[str, Any],
+    parity: Parity,
+    golden: list[GoldenCase],
     run_dir: Path,
-) -> dict[str, Any]:
+) -> Manifest:
     cfg = ckpt["config"]
     run = ckpt["run"]
     metrics_path = run_dir / METRICS
     report = json.loads(metrics_path.read_text()) if metrics_path.exists() else {"test": ckpt["metrics"]}
-    metrics = report["test"]
-    golden = parity.pop("golden")
     signatures = {"ranker": ranker_signature(schema), "ranker_batch": ranker_batch_signature(schema)}
     if has_zst:
         signatures["zero_shot"] = zero_shot_signature(schema)
-    return {
-        "format_version": FORMAT_VERSION,
-        "model_version": content_version(files),
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "model": cfg["model"],
-        "ranker": cfg["ranker"]["kind"],
-        "dataset": run["dataset"],
-        "protocol": run["protocol"],
-        "split_seed": run["seed"],
-        "behavior": {
-            "source": run.get("behavior", "all"),
-            "length": schema.behavior_len,
-            "virtual_slots": schema.virtual_slots,
-            "onboarding_noise": run.get("onboarding_noise"),
-        },
-        "fill": {
-            "mode": cfg["fill"] if has_zst else "off",
-            "tau": cfg["blend_tau"],
-            "in_training": cfg["fill_train"],
-        },
-        "zero_shot": {"file": ZERO_SHOT_FILE} if has_zst else None,
-        "ranker_batch": {"file": RANKER_BATCH_FILE},
-        "zero_shot_absent_reason": None
+    return Manifest(
+        format_version=FORMAT_VERSION,
+        model_version=content_version(files),
+        created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        model=cfg["model"],
+        ranker=cfg["ranker"]["kind"],
+        dataset=run["dataset"],
+        protocol=run["protocol"],
+        split_seed=run["seed"],
+        behavior=BehaviorSource(
+            source=run.get("behavior", "all"),
+            length=schema.behavior_len,
+            virtual_slots=schema.virtual_slots,
+            onboarding_noise=run.get("onboarding_noise"),
+        ),
+        fill=Fill(
+            mode=cfg["fill"] if has_zst else "off", tau=cfg["blend_tau"], in_training=cfg["fill_train"]
+        ),
+        zero_shot=ZERO_SHOT_FILE if has_zst else None,
+        ranker_batch=RANKER_BATCH_FILE,
+        zero_shot_absent_reason=None
         if has_zst
         else f"{cfg['model']} model: no zero-shot tower; cold users get empty behavior",
-        "onnx": {
-            tower: {
-                "inputs": [t.to_dict() for t in sig[0]],
-                "outputs": [t.to_dict() for t in sig[1]],
-                "opset": OPSET,
-            }
-            for tower, sig in signatures.items()
-        },
-        "task": report.get("task", {"task": "rating"}),
-        "metrics": metrics,
-        "ranking_metrics": (report.get("ranking") or {}).get("test"),
-        "parity": parity,
-        "golden": golden,
-        "files": files,
-    }
+        onnx={tower: Graph(sig, OPSET) for tower, sig in signatures.items()},
+        task=report.get("task", dict(RATING_TASK)),
+        metrics=report["test"],
+        ranking_metrics=(report.get("ranking") or {}).get("test"),
+        parity=parity,
+        golden=tuple(golden),
+        files=files,
+    )
 
 
 def _swap_into_place(tmp: Path, out: Path) -> None:

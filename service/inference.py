@@ -48,7 +48,9 @@ from service.contract import (
     Encoded,
     FloatArray,
     IntArray,
+    check_session,
     ranker_batch_signature,
+    ranker_feeds,
     ranker_signature,
     zero_shot_signature,
 )
@@ -221,14 +223,6 @@ def create_session(
     return session
 
 
-def _check_session(session: ort.InferenceSession, path: Path, expected: tuple[list[Any], list[Any]]) -> None:
-    """The live session's inputs and outputs, against the contract."""
-    names = ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
-    want = ([t.name for t in expected[0]], [t.name for t in expected[1]])
-    if names != want:
-        raise BundleError(path.parent, f"{path.name} session has inputs/outputs {names}, expected {want}")
-
-
 class Towers:
     """The zero-shot tower (if any) and the ranking tower of one bundle, ready to serve."""
 
@@ -239,26 +233,26 @@ class Towers:
         with tempfile.TemporaryDirectory(prefix="mailrec-placement-") as tmp:
             profiles = Path(tmp)
             self.ranker = create_session(bundle.ranker_path, self.options, profile_dir=profiles)
-            _check_session(self.ranker, bundle.ranker_path, ranker_signature(schema))
+            check_session(self.ranker, bundle.ranker_path, ranker_signature(schema))
             self.zero_shot: ort.InferenceSession | None = None
             zst_path = bundle.zero_shot_path
             if zst_path is not None:
                 self.zero_shot = create_session(zst_path, self.options, profile_dir=profiles)
-                _check_session(self.zero_shot, zst_path, zero_shot_signature(schema))
+                check_session(self.zero_shot, zst_path, zero_shot_signature(schema))
             self.provider = provider_label(self.ranker.get_providers()[0])
             self.ranker_batch: ort.InferenceSession | None = None
             if self._wants_batching():
                 batch_path = bundle.ranker_batch_path
                 assert batch_path is not None
                 self.ranker_batch = create_session(batch_path, self.options, profile_dir=profiles)
-                _check_session(self.ranker_batch, batch_path, ranker_batch_signature(schema))
+                check_session(self.ranker_batch, batch_path, ranker_batch_signature(schema))
             self.virtual_shape = (1, schema.virtual_slots, schema.d_embed)
             self.virtual_size = schema.virtual_slots * schema.d_embed
             self._no_virtual = np.zeros(self.virtual_shape, np.float32)
             self._gates = {g: np.full((1, 1), g, np.float32) for g in (0.0, 1.0)}
-            fill = bundle.fill
-            self.fill_mode = str(fill["mode"]) if self.zero_shot is not None else "off"
-            self.blend_tau = float(fill.get("tau", 3.0))
+            fill = bundle.manifest.fill
+            self.fill_mode = fill.mode if self.zero_shot is not None else "off"
+            self.blend_tau = float(fill.tau)
             self.warm_up()  # every session runs once, profiled
             self.placement = {name: session_placement(s) for name, s in self.sessions().items()}
         for name, placed in self.placement.items():
@@ -328,17 +322,11 @@ class Towers:
         self, encoded: Encoded, virtual: FloatArray | None, gate: float, candidates: IntArray
     ) -> FloatArray:
         """Click probabilities of one user for candidate catalog rows (N,)."""
-        feeds = {
-            "user_attrs": encoded.user_attrs,
-            "context": encoded.context,
-            "behavior": encoded.behavior,
-            "virtual_behavior": self._no_virtual if virtual is None else virtual,
-            "virtual_gate": self._gates.get(gate)
-            if gate in self._gates
-            else np.full((1, 1), gate, np.float32),
-            "candidates": candidates,
-        }
-        out: FloatArray = self.ranker.run(None, feeds)[0]
+        gates = self._gates.get(gate)
+        if gates is None:
+            gates = np.full((1, 1), gate, np.float32)
+        virtual = self._no_virtual if virtual is None else virtual
+        out: FloatArray = self.ranker.run(None, ranker_feeds((encoded,), virtual, gates, candidates))[0]
         return out
 
     def score_many(self, calls: list[tuple[Encoded, FloatArray | None, float, IntArray]]) -> list[FloatArray]:
@@ -347,15 +335,13 @@ class Towers:
         if len(calls) == 1:  # nothing to merge: the one-user graph, no stacking
             return [self.score(*calls[0])]
         owner = np.repeat(np.arange(len(calls), dtype=np.int64), [len(c[3]) for c in calls])
-        feeds = {
-            "user_attrs": np.concatenate([c[0].user_attrs for c in calls]),
-            "context": np.concatenate([c[0].context for c in calls]),
-            "behavior": np.concatenate([c[0].behavior for c in calls]),
-            "virtual_behavior": np.concatenate([self._no_virtual if c[1] is None else c[1] for c in calls]),
-            "virtual_gate": np.array([[c[2]] for c in calls], np.float32),
-            "candidates": np.concatenate([c[3] for c in calls]),
-            "owner": owner,
-        }
+        feeds = ranker_feeds(
+            [c[0] for c in calls],
+            np.concatenate([self._no_virtual if c[1] is None else c[1] for c in calls]),
+            np.array([[c[2]] for c in calls], np.float32),
+            np.concatenate([c[3] for c in calls]),
+            owner,
+        )
         out: FloatArray = self.ranker_batch.run(None, feeds)[0]
         return np.split(out, np.cumsum([len(c[3]) for c in calls])[:-1])
 
@@ -377,19 +363,13 @@ class Towers:
 
     def check_golden(self, atol: float = GOLDEN_ATOL) -> None:
         """Recompute the scores stored at export time; a mismatch means a wrong or broken file."""
-        for case in self.bundle.manifest.get("golden", []):
-            encoded = Encoded(
-                np.asarray(case["user_attrs"], np.int64),
-                np.asarray(case["context"], np.int64),
-                np.asarray(case["behavior"], np.int64),
-                int(case["n_history"]),
-            )
-            virtual = self.virtual_behavior(encoded.user_attrs)
-            call = (encoded, virtual, float(case["gate"]), np.asarray(case["candidates"], np.int64))
+        for case in self.bundle.manifest.golden:
+            virtual = self.virtual_behavior(case.encoded.user_attrs)
+            call = (case.encoded, virtual, case.gate, case.candidates)
             got = [self.score(*call)]
             if self.ranker_batch is not None:
                 got += self.score_many([call, call])
             for scores in got:
-                diff = float(np.max(np.abs(scores - np.asarray(case["scores"], np.float32))))
+                diff = float(np.max(np.abs(scores - case.scores)))
                 if diff > atol:
                     raise BundleError(self.bundle.path, f"golden scores differ by {diff:.2e} (> {atol})")

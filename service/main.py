@@ -245,7 +245,7 @@ async def _load_variants(state: AppState) -> None:
         state.registry.put(model)
         man = model.bundle.manifest
         state.metrics.set_model(
-            variant.name, model.model_name, model.version, man["ranker"], model.towers.provider
+            variant.name, model.model_name, model.version, man.ranker, model.towers.provider
         )
     state.metrics.init_experiment(state.experiment.name, state.experiment.names)
     state.ready = True

@@ -183,7 +183,7 @@ async def reload(
         raise
     state.metrics.reloads.labels(req.variant, "success").inc()
     man = new.bundle.manifest
-    state.metrics.set_model(req.variant, new.model_name, new.version, man["ranker"], new.towers.provider)
+    state.metrics.set_model(req.variant, new.model_name, new.version, man.ranker, new.towers.provider)
     return {
         "variant": req.variant,
         "model_version": new.version,

@@ -22,12 +22,19 @@ CODE = [
     "model_export/cli.py",
     "model_export/data.py",
     "model_export/export.py",
+    "model_export/parity.py",
     "model_export/features.py",
     "model_export/model.py",
     "model_export/pipeline.py",
     "model_export/protocol.py",
     "model_export/train.py",
-    "service/contract.py",
+    "service/contract/__init__.py",
+    "service/contract/bundle.py",
+    "service/contract/errors.py",
+    "service/contract/features.py",
+    "service/contract/manifest.py",
+    "service/contract/signatures.py",
+    "service/contract/transforms.py",
 ]
 
 

@@ -30,14 +30,14 @@ BundleFactory = Callable[..., Path]
 @pytest.mark.parametrize("ranker", ["base", "din"])
 def test_export_parity(tiny_bundle: BundleFactory, model: str, ranker: str) -> None:
     bundle = load_bundle(tiny_bundle(model, ranker))
-    parity = bundle.manifest["parity"]
-    assert parity["scores_max_abs_diff"] <= 1e-5
-    assert parity["virtual_max_abs_diff"] <= 1e-4
-    assert parity["rows"] > 0 and 10_000 in parity["candidate_counts"] and 1 in parity["candidate_counts"]
+    parity = bundle.manifest.parity
+    assert parity.scores_max_abs_diff <= 1e-5
+    assert parity.virtual_max_abs_diff <= 1e-4
+    assert parity.rows > 0 and 10_000 in parity.candidate_counts and 1 in parity.candidate_counts
     assert (bundle.zero_shot_path is not None) == (model == "mail")
     if model == "control":
-        assert "no zero-shot tower" in bundle.manifest["zero_shot_absent_reason"]
-    assert bundle.manifest["ranker"] == ranker
+        assert "no zero-shot tower" in str(bundle.manifest.zero_shot_absent_reason)
+    assert bundle.manifest.ranker == ranker
     towers = Towers(bundle, SessionOptions(device="cpu"))
     towers.warm_up()
     towers.check_golden()
@@ -103,9 +103,9 @@ def _copy(bundle: Path, tmp_path: Path) -> Path:
 
 
 def _rewrite_manifest(root: Path, change: Callable[[dict], None]) -> None:  # type: ignore[type-arg]
-    manifest = json.loads((root / MANIFEST).read_text())
-    change(manifest)
-    (root / MANIFEST).write_text(json.dumps(manifest))
+    raw = json.loads((root / MANIFEST).read_text())
+    change(raw)
+    (root / MANIFEST).write_text(json.dumps(raw))
 
 
 def test_missing_file_is_refused(tiny_bundle: BundleFactory, tmp_path: Path) -> None:
@@ -143,7 +143,36 @@ def test_onnx_signature_that_differs_from_the_manifest_is_refused(
         m["model_version"] = content_version(m["files"])
 
     _rewrite_manifest(root, fix_sums)
-    with pytest.raises(BundleError, match=r"ranker.onnx inputs are \[\('user_attrs'"):
+    bundle = load_bundle(root)  # the manifest is consistent: the graph is checked when it is opened
+    with pytest.raises(BundleError, match=r"ranker.onnx inputs are \[\('user_attrs', 'int64', 2\)\]"):
+        Towers(bundle, SessionOptions(device="cpu"))
+
+
+def test_the_manifest_reads_back_as_export_wrote_it(tiny_bundle: BundleFactory) -> None:
+    for model in ("mail", "control"):
+        root = tiny_bundle(model, "base")
+        manifest = load_bundle(root).manifest
+        assert json.dumps(manifest.to_dict(), indent=2) == (root / MANIFEST).read_text()
+
+
+def test_a_manifest_from_before_the_catalog_task_loads_with_its_defaults(
+    tiny_bundle: BundleFactory, tmp_path: Path
+) -> None:
+    root = _copy(tiny_bundle("control", "base"), tmp_path)
+
+    def drop_later_keys(m: dict) -> None:  # type: ignore[type-arg]
+        del m["task"], m["ranking_metrics"], m["parity"]["ranker_batch"]
+
+    _rewrite_manifest(root, drop_later_keys)
+    manifest = load_bundle(root).manifest
+    assert manifest.task == {"task": "rating"} and manifest.ranking_metrics is None
+    assert manifest.parity.ranker_batch is None and manifest.parity.rows > 0
+
+
+def test_a_malformed_manifest_is_refused(tiny_bundle: BundleFactory, tmp_path: Path) -> None:
+    root = _copy(tiny_bundle("control", "base"), tmp_path)
+    _rewrite_manifest(root, lambda m: m.pop("fill"))
+    with pytest.raises(BundleError, match="manifest.json is malformed"):
         load_bundle(root)
 
 
@@ -160,7 +189,7 @@ def test_export_replaces_a_bundle_atomically(tiny_run: Callable[..., Path], tmp_
     out = tmp_path / "bundles" / "mail"
     first = export_bundle(tiny_run("mail", "base"), out)
     second = export_bundle(tiny_run("control", "base"), out)
-    assert load_bundle(out).version == second["model_version"] != first["model_version"]
+    assert load_bundle(out).version == second.model_version != first.model_version
     assert sorted(p.name for p in out.parent.iterdir()) == ["mail"]  # no temporary leftovers
 
 
@@ -169,8 +198,8 @@ def test_model_version_is_a_content_hash(tiny_run: Callable[..., Path], tmp_path
 
     a = export_bundle(tiny_run("mail", "base"), tmp_path / "a")
     b = export_bundle(tiny_run("mail", "base"), tmp_path / "b")
-    assert a["model_version"] == b["model_version"]  # same weights, same version
-    assert a["model_version"] == content_version(a["files"])
+    assert a.model_version == b.model_version  # same weights, same version
+    assert a.model_version == content_version(a.files)
 
 
 def test_service_never_imports_torch_or_model_export() -> None:

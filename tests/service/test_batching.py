@@ -94,11 +94,11 @@ def test_a_bundle_without_the_batch_graph_still_loads_and_serves_unbatched(
 ) -> None:
     root = tmp_path / "old"
     shutil.copytree(tiny_bundle("mail", "base"), root)
-    manifest = json.loads((root / MANIFEST).read_text())
+    raw = json.loads((root / MANIFEST).read_text())
     (root / RANKER_BATCH_FILE).unlink()
-    del manifest["files"][RANKER_BATCH_FILE], manifest["ranker_batch"], manifest["onnx"]["ranker_batch"]
-    manifest["model_version"] = content_version(manifest["files"])
-    (root / MANIFEST).write_text(json.dumps(manifest))
+    del raw["files"][RANKER_BATCH_FILE], raw["ranker_batch"], raw["onnx"]["ranker_batch"]
+    raw["model_version"] = content_version(raw["files"])
+    (root / MANIFEST).write_text(json.dumps(raw))
     bundle = load(root)
     assert bundle.ranker_batch_path is None
     assert Towers(bundle, SessionOptions(device="cpu", microbatch="on")).ranker_batch is None
@@ -106,8 +106,9 @@ def test_a_bundle_without_the_batch_graph_still_loads_and_serves_unbatched(
 
 def test_export_records_that_batched_and_single_graphs_agree(tiny_bundle: Callable[..., Path]) -> None:
     for model, ranker in [("mail", "base"), ("mail", "din")]:
-        parity = load(tiny_bundle(model, ranker)).manifest["parity"]["ranker_batch"]
-        assert parity["scores_max_abs_diff"] <= 1e-5 and parity["equals_ranker_exactly"] is True
+        parity = load(tiny_bundle(model, ranker)).manifest.parity.ranker_batch
+        assert parity is not None
+        assert parity.scores_max_abs_diff <= 1e-5 and parity.equals_ranker_exactly is True
 
 
 def test_a_service_with_microbatching_answers_as_one_without(

@@ -1,0 +1,169 @@
+"""The bundle on disk: its layout, checksums and model version, and `load_bundle()`.
+
+A bundle is a directory: `manifest.json` (`Manifest`), `schema.json`, `catalog.json`,
+`split.json`, `ranker.onnx`, `ranker_batch.onnx` and, for a model with a zero-shot tower,
+`zero_shot.onnx`. The manifest lists every other file with its sha256; the model version is a
+hash of those checksums.
+
+`load_bundle()` refuses a bundle whose files, checksums, format version or declared ONNX
+signatures disagree with its manifest or with this contract. The graphs themselves are checked
+against the same signatures when ONNX Runtime opens them (`signatures.check_session`, called by
+`service.inference.Towers`).
+
+Format 1 has one optional file: `ranker_batch.onnx`, the ranking tower for several users in one
+call, used by the service's micro-batcher. A manifest lists it under "ranker_batch"; bundles
+without it load as before, and services that predate it ignore it (it is checksummed like every
+listed file), so the format version did not change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.contract.errors import BundleError, ContractError
+from service.contract.features import Catalog, Schema
+from service.contract.manifest import Manifest
+from service.contract.signatures import ranker_batch_signature, ranker_signature, zero_shot_signature
+
+FORMAT_VERSION = 1
+
+MANIFEST = "manifest.json"
+SCHEMA_FILE = "schema.json"
+CATALOG_FILE = "catalog.json"
+SPLIT_FILE = "split.json"
+RANKER_FILE = "ranker.onnx"
+RANKER_BATCH_FILE = "ranker_batch.onnx"
+ZERO_SHOT_FILE = "zero_shot.onnx"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def content_version(files: Mapping[str, str]) -> str:
+    """The model version: a hash of every file's checksum (the manifest itself excluded)."""
+    text = json.dumps(dict(sorted(files.items())), separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+@dataclass
+class Bundle:
+    """A validated bundle: what the service needs to serve one model version."""
+
+    path: Path
+    manifest: Manifest
+    schema: Schema
+    catalog: Catalog
+
+    @property
+    def version(self) -> str:
+        return self.manifest.model_version
+
+    @property
+    def model(self) -> str:
+        return self.manifest.model
+
+    @property
+    def ranker_path(self) -> Path:
+        return self.path / RANKER_FILE
+
+    @property
+    def ranker_batch_path(self) -> Path | None:
+        """The optional several-users ranker, if the bundle has one."""
+        return self.path / RANKER_BATCH_FILE if self.manifest.ranker_batch is not None else None
+
+    @property
+    def zero_shot_path(self) -> Path | None:
+        return self.path / ZERO_SHOT_FILE if self.manifest.zero_shot is not None else None
+
+
+def _read_json(root: Path, name: str) -> Any:
+    path = root / name
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise BundleError(root, f"missing file {name}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(root, f"{name} is not valid JSON ({exc})") from None
+
+
+def _read_manifest(root: Path) -> Manifest:
+    raw = _read_json(root, MANIFEST)
+    if not isinstance(raw, dict):
+        raise BundleError(root, f"{MANIFEST} is not an object")
+    version = raw.get("format_version")
+    if version != FORMAT_VERSION:
+        raise BundleError(root, f"format version {version!r}, this service reads {FORMAT_VERSION}")
+    try:
+        return Manifest.from_dict(raw)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise BundleError(root, f"{MANIFEST} is malformed ({exc!r})") from None
+
+
+def _check_files(root: Path, manifest: Manifest) -> None:
+    """Every listed file present with its checksum; the model version is their hash."""
+    files = manifest.files
+    required = {RANKER_FILE, SCHEMA_FILE, CATALOG_FILE}
+    if manifest.zero_shot is not None:
+        required.add(ZERO_SHOT_FILE)
+    if manifest.ranker_batch is not None:
+        required.add(RANKER_BATCH_FILE)
+    if missing := sorted(required - set(files)):
+        raise BundleError(root, f"{MANIFEST} does not list {missing}")
+    for name, listed in sorted(files.items()):
+        if not (root / name).is_file():
+            raise BundleError(root, f"missing file {name}")
+        actual = sha256_file(root / name)
+        if actual != listed:
+            problem = f"checksum mismatch for {name}: sha256 {actual[:16]}…, manifest {listed[:16]}…"
+            raise BundleError(root, problem)
+    if content_version(files) != manifest.model_version:
+        raise BundleError(root, f"model_version {manifest.model_version} does not match the file checksums")
+
+
+def _read_tables(root: Path) -> tuple[Schema, Catalog]:
+    try:
+        schema = Schema.from_dict(_read_json(root, SCHEMA_FILE))
+        items = _read_json(root, CATALOG_FILE)
+        features = np.asarray(items["features"], dtype=np.int64).reshape(-1, schema.item_slots)
+        counts = items.get("popularity")
+        popularity = None if counts is None else np.asarray(counts, dtype=np.int64)
+        return schema, Catalog(list(items["ids"]), list(items["titles"]), features, popularity)
+    except (KeyError, TypeError, ValueError, ContractError) as exc:
+        raise BundleError(root, f"schema or catalog unreadable ({exc})") from None
+
+
+def _check_declared_signatures(root: Path, manifest: Manifest, schema: Schema) -> None:
+    """The manifest declares, for each graph it lists, the contract's signature for this schema."""
+    towers = {"ranker": ranker_signature(schema)}
+    if manifest.zero_shot is not None:
+        towers["zero_shot"] = zero_shot_signature(schema)
+    if manifest.ranker_batch is not None:
+        towers["ranker_batch"] = ranker_batch_signature(schema)
+    for tower, expected in towers.items():
+        declared = manifest.onnx.get(tower)
+        if declared is None or declared.signature != expected:
+            raise BundleError(root, f"manifest signature of {tower} differs from contract v{FORMAT_VERSION}")
+
+
+def load_bundle(path: Path | str) -> Bundle:
+    """Read and validate a bundle directory; any disagreement raises `BundleError`."""
+    root = Path(path)
+    if not root.is_dir():
+        raise BundleError(root, "no such bundle directory")
+    manifest = _read_manifest(root)
+    _check_files(root, manifest)
+    schema, catalog = _read_tables(root)
+    _check_declared_signatures(root, manifest, schema)
+    return Bundle(root, manifest, schema, catalog)

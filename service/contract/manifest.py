@@ -1,0 +1,240 @@
+"""The typed `manifest.json`: what export writes (`Manifest.to_dict`) and every reader loads
+(`Manifest.from_dict`).
+
+Keys written since format 1 began are required; those added later within format 1 (`task`,
+`ranking_metrics`, `ranker_batch`, and the batch graph's parity) read as their defaults from
+older bundles. `to_dict` writes the keys in the order export always wrote them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from service.contract.features import Encoded, FloatArray, IntArray
+from service.contract.signatures import Signature, TensorSpec
+
+RATING_TASK = {"task": "rating"}  # the task of bundles from before the catalog task
+
+
+@dataclass(frozen=True)
+class BehaviorSource:
+    """Where the behavior sequence came from and its shape."""
+
+    source: str  # "all" interactions or "clicks" (liked ones)
+    length: int  # L
+    virtual_slots: int  # K
+    onboarding_noise: float | None
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> BehaviorSource:
+        return cls(d["source"], d["length"], d["virtual_slots"], d["onboarding_noise"])
+
+
+@dataclass(frozen=True)
+class Fill:
+    """How the virtual behavior is weighed against real history (`blend_gate`)."""
+
+    mode: str  # "hard", "blend" or "off"
+    tau: float
+    in_training: bool
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Fill:
+        return cls(d["mode"], d["tau"], d["in_training"])
+
+
+@dataclass(frozen=True)
+class Graph:
+    """One ONNX file's declared signature and opset."""
+
+    signature: Signature
+    opset: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "inputs": [t.to_dict() for t in self.signature.inputs],
+            "outputs": [t.to_dict() for t in self.signature.outputs],
+            "opset": self.opset,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Graph:
+        inputs = tuple(TensorSpec.from_dict(t) for t in d["inputs"])
+        outputs = tuple(TensorSpec.from_dict(t) for t in d["outputs"])
+        return cls(Signature(inputs, outputs), d["opset"])
+
+
+@dataclass(frozen=True)
+class BatchParity:
+    """ranker_batch.onnx against torch, and against ranker.onnx user by user."""
+
+    users: int
+    candidates: int
+    scores_max_abs_diff: float
+    equals_ranker_exactly: bool
+    max_abs_diff_vs_ranker: float
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> BatchParity:
+        keys = (
+            "users",
+            "candidates",
+            "scores_max_abs_diff",
+            "equals_ranker_exactly",
+            "max_abs_diff_vs_ranker",
+        )
+        return cls(*(d[k] for k in keys))
+
+
+@dataclass(frozen=True)
+class Parity:
+    """onnxruntime against torch on real test rows, measured at export."""
+
+    rows: int
+    candidate_counts: tuple[int, ...]
+    scores_max_abs_diff: float
+    virtual_max_abs_diff: float
+    ranker_batch: BatchParity | None = None  # None in bundles from before ranker_batch.onnx
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "rows": self.rows,
+            "candidate_counts": list(self.candidate_counts),
+            "scores_max_abs_diff": self.scores_max_abs_diff,
+            "virtual_max_abs_diff": self.virtual_max_abs_diff,
+        }
+        if self.ranker_batch is not None:
+            out["ranker_batch"] = asdict(self.ranker_batch)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Parity:
+        batch = d.get("ranker_batch")
+        return cls(
+            d["rows"],
+            tuple(d["candidate_counts"]),
+            d["scores_max_abs_diff"],
+            d["virtual_max_abs_diff"],
+            None if batch is None else BatchParity.from_dict(batch),
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class GoldenCase:
+    """One ranker call scored at export; the service recomputes it at load."""
+
+    encoded: Encoded
+    gate: float
+    candidates: IntArray  # (N,)
+    scores: FloatArray  # (N,)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "user_attrs": self.encoded.user_attrs.tolist(),
+            "context": self.encoded.context.tolist(),
+            "behavior": self.encoded.behavior.tolist(),
+            "n_history": self.encoded.n_history,
+            "gate": self.gate,
+            "candidates": self.candidates.tolist(),
+            "scores": self.scores.tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> GoldenCase:
+        encoded = Encoded(
+            np.asarray(d["user_attrs"], np.int64),
+            np.asarray(d["context"], np.int64),
+            np.asarray(d["behavior"], np.int64),
+            int(d["n_history"]),
+        )
+        return cls(
+            encoded,
+            float(d["gate"]),
+            np.asarray(d["candidates"], np.int64),
+            np.asarray(d["scores"], np.float32),
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class Manifest:
+    """manifest.json: what a bundle holds, how it was made, and every file's checksum."""
+
+    format_version: int
+    model_version: str  # content_version(files)
+    created_at: str
+    model: str  # "mail", "control" or "oracle"
+    ranker: str  # the ranking tower's kind
+    dataset: str
+    protocol: str
+    split_seed: int
+    behavior: BehaviorSource
+    fill: Fill
+    zero_shot: str | None  # its file; None: a model without the zero-shot tower
+    ranker_batch: str | None  # its file; None in bundles from before ranker_batch.onnx
+    zero_shot_absent_reason: str | None
+    onnx: dict[str, Graph]  # by tower: "ranker", "ranker_batch", "zero_shot"
+    task: dict[str, Any]  # the training task, as the run recorded it
+    metrics: dict[str, Any]  # the run's test metrics
+    ranking_metrics: dict[str, Any] | None
+    parity: Parity
+    golden: tuple[GoldenCase, ...]
+    files: dict[str, str]  # name -> sha256, every file but the manifest
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": self.format_version,
+            "model_version": self.model_version,
+            "created_at": self.created_at,
+            "model": self.model,
+            "ranker": self.ranker,
+            "dataset": self.dataset,
+            "protocol": self.protocol,
+            "split_seed": self.split_seed,
+            "behavior": asdict(self.behavior),
+            "fill": asdict(self.fill),
+            "zero_shot": _file(self.zero_shot),
+            "ranker_batch": _file(self.ranker_batch),
+            "zero_shot_absent_reason": self.zero_shot_absent_reason,
+            "onnx": {tower: graph.to_dict() for tower, graph in self.onnx.items()},
+            "task": self.task,
+            "metrics": self.metrics,
+            "ranking_metrics": self.ranking_metrics,
+            "parity": self.parity.to_dict(),
+            "golden": [case.to_dict() for case in self.golden],
+            "files": self.files,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Manifest:
+        """Raises KeyError, TypeError or ValueError on a malformed manifest."""
+        zero_shot, ranker_batch = d["zero_shot"], d.get("ranker_batch")
+        return cls(
+            format_version=d["format_version"],
+            model_version=str(d["model_version"]),
+            created_at=d["created_at"],
+            model=str(d["model"]),
+            ranker=d["ranker"],
+            dataset=d["dataset"],
+            protocol=d["protocol"],
+            split_seed=int(d["split_seed"]),
+            behavior=BehaviorSource.from_dict(d["behavior"]),
+            fill=Fill.from_dict(d["fill"]),
+            zero_shot=None if zero_shot is None else zero_shot["file"],
+            ranker_batch=None if ranker_batch is None else ranker_batch["file"],
+            zero_shot_absent_reason=d["zero_shot_absent_reason"],
+            onnx={tower: Graph.from_dict(g) for tower, g in d["onnx"].items()},
+            task=dict(d.get("task", RATING_TASK)),
+            metrics=dict(d["metrics"]),
+            ranking_metrics=d.get("ranking_metrics"),
+            parity=Parity.from_dict(d["parity"]),
+            golden=tuple(GoldenCase.from_dict(c) for c in d["golden"]),
+            files={str(name): str(digest) for name, digest in dict(d["files"]).items()},
+        )
+
+
+def _file(name: str | None) -> dict[str, str] | None:
+    return None if name is None else {"file": name}
