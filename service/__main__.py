@@ -7,7 +7,7 @@ worker. With neither setting it exits at once (status 2) with the reason.
 
 from __future__ import annotations
 
-import logging
+import logging.config
 import os
 import shutil
 import sys
@@ -15,6 +15,7 @@ import tempfile
 
 import uvicorn
 
+from service import logs
 from service.cache import EmbeddedRedis
 from service.config import Settings, redis_problem
 
@@ -31,7 +32,8 @@ def main() -> None:
     if problem is not None:
         print(f"mailrec: {problem}", file=sys.stderr)  # noqa: T201 - the CLI's own error
         sys.exit(2)
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_config = logs.dict_config(settings.log_level, settings.log_format)
+    logging.config.dictConfig(log_config)
     embedded = None
     metrics_dir = None
     if settings.workers > 1:
@@ -52,6 +54,7 @@ def main() -> None:
             port=settings.port,
             workers=settings.workers,
             log_level=settings.log_level.lower(),
+            log_config=log_config,
             access_log=False,
             timeout_keep_alive=KEEP_ALIVE_S,
         )
