@@ -28,6 +28,7 @@ from service.batching import MicroBatcher
 from service.contract import Bundle, ContractError, FloatArray, IntArray, load_bundle
 from service.errors import BadBundle
 from service.inference import SessionOptions, Towers
+from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -156,8 +157,11 @@ def load_model(
 
 
 class ModelRegistry:
-    def __init__(self, options: SessionOptions) -> None:
+    """The model serving each variant, and `mailrec_model_info` saying which."""
+
+    def __init__(self, options: SessionOptions, metrics: Metrics) -> None:
         self.options = options
+        self.metrics = metrics
         self._models: dict[str, ServedModel] = {}
         self._lock = asyncio.Lock()
         # one thread for every device call of every model (its thread starts on first use)
@@ -178,7 +182,10 @@ class ModelRegistry:
         return list(self._models.values())
 
     def put(self, model: ServedModel) -> None:
+        """Serve `model` for its variant from now on (one reference swap, atomic for readers)."""
         self._models[model.variant] = model
+        ranker = model.bundle.manifest.ranker
+        self.metrics.set_model(model.variant, model.model_name, model.version, ranker, model.towers.provider)
 
     async def reload(
         self, variant: str, path: Path, kind: str = "model"
@@ -188,6 +195,6 @@ class ModelRegistry:
             loop = asyncio.get_running_loop()
             new = await loop.run_in_executor(None, self.load, variant, path, kind)
             old = self._models.get(variant)
-            self._models[variant] = new  # the swap: one reference, atomic for readers
+            self.put(new)
             settle_heap()
             return new, old

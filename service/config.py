@@ -108,6 +108,12 @@ class Settings(BaseSettings):
     )
     microbatch_max_rows: int = Field(8192, ge=1, description="Most candidate rows in one batched ONNX call.")
     log_level: str = Field("INFO", description="Logging level.")
+    log_format: Literal["json", "text"] = Field(
+        "json",
+        description="Log lines as JSON objects (for a log collector), or text (to read in a "
+        "terminal). Either way one line per request at INFO (logger `service.requests`): request id, "
+        "route, status, variant, model version, latency, cold start, cache outcome; never a body.",
+    )
 
 
 NO_REDIS_URL = (

@@ -9,190 +9,32 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from http import HTTPStatus
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service import logs
 from service.bundles import ModelRegistry, settle_heap
 from service.cache import CircuitBreaker, EmbeddedRedis, RedisStore
 from service.config import Settings, redis_problem
-from service.errors import BodyTimeout, PayloadTooLarge, ServiceError
 from service.experiments import default_experiment, load_experiment
 from service.inference import SessionOptions
 from service.metrics import Metrics
+from service.plumbing import ObservabilityMiddleware, RecommendFastPath, install_error_handlers
 from service.resp import RespClient
-from service.routes import (
-    RecommendFastPath,
-    error_response,
-    internal_error_response,
-    json_response,
-    replay,
-    router,
-)
+from service.routes import route, router
 from service.state import AppState
 
-HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 log = logging.getLogger(__name__)
-
-
-class ObservabilityMiddleware:
-    """Pure ASGI: request count and latency by route template, and the request body's limits.
-
-    A body is read whole here, before any route sees it, within two limits: its size (413) and
-    the time it takes to arrive once the headers are in (408, and the connection closed: uvicorn
-    has no such timeout, so a client trickling a byte at a time would hold its connection and its
-    task for as long as it likes).
-    """
-
-    def __init__(self, app: ASGIApp, metrics: Metrics, max_body: int, body_timeout_s: float) -> None:
-        self.app = app
-        self.metrics = metrics
-        self.max_body = max_body
-        self.body_timeout_s = body_timeout_s
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-        method = scope["method"] if scope["method"] in HTTP_METHODS else "other"  # a bounded label
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            length = _content_length(scope)
-            if length is not None and length > self.max_body:
-                status = 413
-                await self._too_large(send, length)
-                return
-            if _has_body(scope, length):  # read it whole, within the cap and the time limit
-                try:
-                    async with asyncio.timeout(self.body_timeout_s):
-                        body = await self._read_capped(receive)
-                except TimeoutError:
-                    status = 408
-                    await self._timed_out(send)
-                    return
-                if body is None:
-                    status = 413
-                    await self._too_large(send, None)
-                    return
-                receive = replay(body, receive)
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
-            self.metrics.child(self.metrics.requests, template, method, str(status)).inc()
-            self.metrics.child(self.metrics.latency, template, method).observe(time.perf_counter() - started)
-
-    async def _read_capped(self, receive: Receive) -> bytes | None:
-        """The whole body of a request without Content-Length; None once it passes the cap."""
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return b"".join(chunks)
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body:
-                return None
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
-
-    async def _too_large(self, send: Send, length: int | None) -> None:
-        size = f"of {length} bytes " if length is not None else ""
-        await self._refuse(
-            send, PayloadTooLarge(f"request body {size}is over the {self.max_body}-byte limit")
-        )
-
-    async def _timed_out(self, send: Send) -> None:
-        limit = f"{self.body_timeout_s:g} s"
-        await self._refuse(send, BodyTimeout(f"the request body took over {limit} to arrive"))
-
-    async def _refuse(self, send: Send, err: ServiceError) -> None:
-        self.metrics.rejected.labels(err.code).inc()
-        response = json_response(err.body(), err.status, err.headers)
-        await send({"type": "http.response.start", "status": err.status, "headers": response.raw_headers})
-        await send({"type": "http.response.body", "body": response.body})
-
-
-def _has_body(scope: Scope, length: int | None) -> bool:
-    """A request whose body is still to be read: a Content-Length over 0, or chunked."""
-    if scope["method"] not in ("POST", "PUT", "PATCH"):
-        return False
-    if length is not None:
-        return length > 0
-    return any(name == b"transfer-encoding" for name, _ in scope.get("headers", []))
-
-
-def _content_length(scope: Scope) -> int | None:
-    for name, value in scope.get("headers", []):
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
-
-
-UNION_TAGS = ("int", "float", "str", "bool", "list", "dict", "none", "constrained-str")
-
-
-def _field(loc: tuple[int | str, ...]) -> str:
-    """The field's path, without the type tags pydantic adds for members of a union type."""
-    parts = [str(p) for p in loc]
-    while len(parts) > 1 and (parts[-1] in UNION_TAGS or parts[-1].startswith(("list[", "dict["))):
-        parts.pop()
-    return ".".join(parts)
-
-
-def _install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
-    async def service_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, ServiceError)
-        return error_response(exc, metrics)
-
-    async def validation_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, RequestValidationError)
-        metrics.rejected.labels("validation").inc()
-        detail: dict[str, dict[str, str]] = {}
-        for e in exc.errors():
-            field = _field(e["loc"])
-            if field not in detail:  # one entry per field, not one per member of a union type
-                detail[field] = {"field": field, "message": e["msg"], "type": e["type"]}
-        return JSONResponse({"error": "validation", "detail": list(detail.values())}, 422)
-
-    async def http_error(request: Request, exc: Exception) -> JSONResponse:
-        """Starlette's and FastAPI's own (404 no such route, 405, 400 a body that is not JSON),
-        in the service's shape."""
-        assert isinstance(exc, StarletteHTTPException)
-        code = "bad_request" if exc.status_code == 400 else HTTPStatus(exc.status_code).phrase
-        code = code.lower().replace(" ", "_")
-        if 400 <= exc.status_code < 500:
-            metrics.rejected.labels(code).inc()
-        return JSONResponse({"error": code, "detail": exc.detail}, exc.status_code, headers=exc.headers)
-
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        return internal_error_response(request.method, request.url.path)
-
-    app.add_exception_handler(ServiceError, service_error)
-    app.add_exception_handler(RequestValidationError, validation_error)
-    app.add_exception_handler(StarletteHTTPException, http_error)
-    app.add_exception_handler(Exception, unexpected)
+TAGS = [
+    {"name": "recommendations", "description": "Rankings for users, cold or not, and their clicks."},
+    {"name": "probes", "description": "Liveness and readiness."},
+    {"name": "operations", "description": "What the service serves."},
+    {"name": "admin", "description": "Needs the bearer token MAILREC_ADMIN_TOKEN."},
+]
 
 
 def _build_state(settings: Settings, metrics: Metrics) -> AppState:
@@ -233,7 +75,7 @@ def _build_state(settings: Settings, metrics: Metrics) -> AppState:
         settings.cuda_mem_limit_mb,
         settings.cuda_arena_extend,
     )
-    return AppState(settings, experiment, ModelRegistry(options), store, metrics, embedded)
+    return AppState(settings, experiment, ModelRegistry(options, metrics), store, metrics, embedded)
 
 
 async def _load_variants(state: AppState) -> None:
@@ -243,27 +85,13 @@ async def _load_variants(state: AppState) -> None:
             None, state.registry.load, variant.name, variant.bundle, variant.kind
         )
         state.registry.put(model)
-        man = model.bundle.manifest
-        state.metrics.set_model(
-            variant.name, model.model_name, model.version, man.ranker, model.towers.provider
-        )
     state.metrics.init_experiment(state.experiment.name, state.experiment.names)
     state.ready = True
 
 
-def _configure_logging(level: str) -> None:
-    """The service's loggers at `level`, with a handler unless the host process set one up."""
-    logger = logging.getLogger("service")
-    logger.setLevel(level.upper())
-    if not logging.getLogger().handlers and not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logger.addHandler(handler)
-
-
 class MailrecApp(FastAPI):
     """FastAPI with two pure-ASGI layers in front of its middleware stack: the metrics middleware
-    (every HTTP request) and the POST /recommend fast path (`routes.RecommendFastPath`).
+    (every HTTP request) and the POST /recommend fast path (`plumbing.RecommendFastPath`).
 
     In front, not inside: FastAPI's own per-request layers (server errors, its exception
     telemetry, body limit, native telemetry checks) do nothing for /recommend, whose errors the
@@ -289,7 +117,7 @@ class MailrecApp(FastAPI):
 
 def create_app(settings: Settings | None = None) -> MailrecApp:
     settings = settings or Settings()
-    _configure_logging(settings.log_level)
+    logs.configure(settings.log_level, settings.log_format)
     metrics = Metrics()
 
     @asynccontextmanager
@@ -315,11 +143,11 @@ def create_app(settings: Settings | None = None) -> MailrecApp:
         version="0.1.0",
         summary="Cold-start recommendations with MAIL: virtual behavior for users with no history.",
         lifespan=lifespan,
+        openapi_tags=TAGS,
     )
     app.include_router(router)
-    _install_error_handlers(app, metrics)
+    install_error_handlers(app, metrics)
     # the fast path inside the metrics middleware: it is measured alike
-    app.front = ObservabilityMiddleware(
-        RecommendFastPath(app.stack), metrics, settings.max_body_bytes, settings.body_timeout_s
-    )
+    fast_path = RecommendFastPath(app.stack, route("/recommend"))
+    app.front = ObservabilityMiddleware(fast_path, metrics, settings.max_body_bytes, settings.body_timeout_s)
     return app

@@ -1,9 +1,9 @@
 """The steps of POST /recommend and POST /feedback, each small enough to test on its own.
 
-recommend: check limits -> assign variant -> encode -> one Redis round trip (cached vector +
+recommend: ready? -> check limits -> assign variant -> encode -> one Redis round trip (cached vector +
 stored clicks) -> history -> virtual behavior if cold (cache, else zero_shot.onnx, computed once
 per key, written back off the response path) -> candidates -> ranker.onnx -> top-k -> impression
-record -> metrics.
+record -> metrics and the request's log fields.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from service.contract import (
     blend_gate,
     encode,
 )
-from service.errors import FeedbackStoreDown, InvalidInput, ItemNotServed, UnknownRequest
+from service.errors import FeedbackStoreDown, InvalidInput, ItemNotServed, NotReady, UnknownRequest
+from service.logs import note
 from service.schemas import FeedbackRequest, RecommendRequest
 from service.state import AppState
 
@@ -97,6 +98,16 @@ def top_k(scores: FloatArray, rows: IntArray, k: int, tie_rank: IntArray) -> Int
     pool = np.flatnonzero(scores >= kth)
     order = np.lexsort((tie_rank[rows[pool]], -scores[pool]))
     return pool[order[:k]]
+
+
+def cache_outcome(key: str | None, cached: FloatArray | None, redis_ok: bool) -> str:
+    """The virtual-behavior cache lookup, for the request's log line: off (the variant has no
+    zero-shot tower), unavailable (Redis did not answer), hit or miss."""
+    if key is None:
+        return "off"
+    if not redis_ok:
+        return "unavailable"
+    return "hit" if cached is not None else "miss"
 
 
 async def virtual_behavior(
@@ -185,6 +196,8 @@ async def record_impression(
 async def recommend(
     state: AppState, req: RecommendRequest, override: str | None, request_id: str
 ) -> Recommendation:
+    if not state.ready:
+        raise NotReady("bundles are still loading")
     k = check_limits(req, state)
     experiment = state.experiment
     variant, source = experiment.assign(req.user_id, override)
@@ -230,6 +243,8 @@ async def recommend(
     m.child(m.assignments, experiment.name, variant, source).inc()
     m.child(m.recommendations, experiment.name, variant, "true" if cold else "false").inc()
     m.child(m.impressions, experiment.name, variant, source).inc(len(items))
+    cache = cache_outcome(key, cached, redis_ok)
+    note(variant=variant, model_version=model.version, cold_start=cold, cache=cache)
     body = {
         "request_id": request_id,
         "impression_id": impression_id,
@@ -272,6 +287,7 @@ async def feedback(state: AppState, req: FeedbackRequest) -> dict[str, Any]:
         raise FeedbackStoreDown("Redis is unreachable; the click cannot be recorded now, retry later")
     if counted:
         state.metrics.clicks.labels(imp.experiment, imp.variant, imp.source).inc()
+    note(variant=imp.variant, model_version=imp.model_version)
     state.metrics.feedback.labels("counted" if counted else "duplicate").inc()
     return {
         "status": "counted" if counted else "duplicate",

@@ -80,12 +80,19 @@ class FeedbackResponse(BaseModel):
     model_version: str
 
 
+class FieldProblem(BaseModel):
+    field: str = Field(description="Where in the request, e.g. body.user_id.")
+    message: str
+    type: str | None = Field(None, description="pydantic's error type, for `validation` errors.")
+
+
 class ErrorResponse(BaseModel):
     """Every error the service answers, whatever its status: one shape (`service.errors`)."""
 
     error: str = Field(description="What went wrong, a stable code: validation, unknown_variant, ...")
-    detail: Any = Field(
-        description="For people: a message, or for `validation` one entry per field ({field, message, type})."
+    detail: str | list[FieldProblem] | dict[str, Any] = Field(
+        description="For people: a message; for `validation` and request limits one entry per field; "
+        "for some codes an object (unknown_variant: message and the valid variants)."
     )
 
 

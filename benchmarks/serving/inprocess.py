@@ -110,8 +110,12 @@ async def main_async(args: argparse.Namespace) -> None:
     bundles = {m: (args.bundles / m).resolve() for m in ("control", "mail")}
     redis_proc, url = start_redis(work, None)
     try:
-        settings = Settings(
-            experiments=write_experiments(work, bundles), redis_url=url, device="cpu", redis_prefix="inproc"
+        settings = Settings(  # WARNING, as procs.py: no per-request log line on the measured path
+            experiments=write_experiments(work, bundles),
+            redis_url=url,
+            device="cpu",
+            redis_prefix="inproc",
+            log_level="WARNING",
         )
         app = create_app(settings)
         sc = next(s for s in scenarios.build(bundles["mail"]) if s.name == args.scenario)

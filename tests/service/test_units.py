@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import httpx
+import jsonschema_rs  # schemathesis's own JSON Schema validator (tests/faults)
 import numpy as np
 import pytest
 
@@ -239,14 +242,14 @@ def test_fast_path_renders_an_unexpected_error_as_the_app_does(
 ) -> None:
     """POST /recommend runs in front of FastAPI's error layers: it logs and renders a 500 itself,
     and the metrics middleware counts it under the route's template."""
-    from service import routes
+    from service import plumbing
     from service.config import Settings
     from service.main import create_app
 
     async def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(routes, "recommend", broken)
+    monkeypatch.setattr(plumbing, "recommend", broken)
     app = create_app(Settings())
     metrics: Metrics = app.front.metrics  # type: ignore[attr-defined]
     app.state.mailrec = SimpleNamespace(ready=True, metrics=metrics)  # no lifespan: no bundles
@@ -261,3 +264,37 @@ def test_fast_path_renders_an_unexpected_error_as_the_app_does(
     assert "unhandled error on POST /recommend" in caplog.text and "boom" in caplog.text
     text = metrics.exposition().decode()
     assert 'mailrec_http_requests_total{method="POST",route="/recommend",status="500"} 1.0' in text
+
+
+def test_not_ready_is_the_documented_503() -> None:
+    """Before its bundles are loaded, /recommend answers 503 `not_ready` in the documented shape."""
+    from service.config import Settings
+    from service.main import create_app
+
+    app = create_app(Settings())
+    app.state.mailrec = SimpleNamespace(ready=False, metrics=app.front.metrics)  # type: ignore[attr-defined]
+
+    async def post() -> httpx.Response:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as client:
+            return await client.post("/recommend", json={"user_id": "u1"})
+
+    resp = asyncio.run(post())
+    assert resp.status_code == 503 and resp.json()["error"] == "not_ready"
+    doc = app.openapi()
+    documented = doc["paths"]["/recommend"]["post"]["responses"]["503"]["content"]["application/json"]
+    schema = {**documented["schema"], "components": doc["components"]}
+    jsonschema_rs.Draft202012Validator(schema).validate(resp.json())
+
+
+def test_log_lines_json_and_text() -> None:
+    from service.logs import JsonFormatter, TextFormatter
+
+    record = logging.LogRecord(
+        "service.requests", logging.INFO, __file__, 1, "POST %s", ("/recommend",), None
+    )
+    record.fields = {"route": "/recommend", "status": 200, "cold_start": True}
+    line = json.loads(JsonFormatter().format(record))
+    assert line["message"] == "POST /recommend" and line["status"] == 200 and line["cold_start"] is True
+    assert (
+        TextFormatter().format(record).endswith("POST /recommend route=/recommend status=200 cold_start=True")
+    )
