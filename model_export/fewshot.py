@@ -15,12 +15,13 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from model_export.batches import Batches
 from model_export.catalog import RankingSet
 from model_export.data import Interactions
+from model_export.evaluation import evaluate_rows
 from model_export.features import EncodedData
 from model_export.model import MailModel
 from model_export.protocol import TEST, VAL, Split, chronological_order
-from model_export.train import Batches, evaluate_rows
 from service.contract import IntArray
 
 Revealed = dict[str, npt.NDArray[np.int64]]  # new user -> interaction indices, oldest first
