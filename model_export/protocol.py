@@ -91,7 +91,7 @@ def behavior_windows(
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
     """The behavior of user at_users[i] at time at_times[i]: rows start[i]:stop[i] of `users`
     (grouped by user, each user's rows oldest first, at `times`), the user's rows strictly before
-    that time; every row of the user without time."""
+    that time; every row of the user without time; none for a user without rows."""
     start = np.zeros(len(at_users), np.int64)
     stop = np.zeros(len(at_users), np.int64)
     if len(users) == 0:
@@ -105,10 +105,8 @@ def behavior_windows(
         return start, stop
     code = np.repeat(np.arange(len(starts), dtype=np.int64), ends - starts)
     key = code << 34 | times  # sorted: (user, time)
-    # as behavior_matrix always did: a user without rows stops where their rows would be, so with
-    # start 0 they see the rows of the users before them
-    probe = np.searchsorted(users[starts], at_users).astype(np.int64) << 34 | at_times
-    stop[:] = np.searchsorted(key, probe, side="left")
+    probe = slot[known].astype(np.int64) << 34 | at_times[known]
+    stop[known] = np.searchsorted(key, probe, side="left")
     return start, stop
 
 

@@ -132,3 +132,12 @@ def test_behavior_windows_hold_the_users_strictly_earlier_rows() -> None:
     assert start.tolist() == [0, 0, 0, 3, 3] and stop.tolist() == [0, 1, 3, 3, 5]
     start, stop = behavior_windows(users, None, np.array(["b", "a"]), None)  # no time: every row
     assert start.tolist() == [3, 0] and stop.tolist() == [5, 3]
+
+
+@pytest.mark.parametrize("timed", [True, False])
+def test_a_user_without_behavior_rows_sees_no_one_elses(timed: bool) -> None:
+    users = np.array(["a", "a", "c"])
+    times = np.array([10, 20, 5], np.int64) if timed else None
+    at_times = np.array([30, 30, 30], np.int64) if timed else None
+    start, stop = behavior_windows(users, times, np.array(["b", "0", "z"]), at_times)
+    assert (stop - start).tolist() == [0, 0, 0]
