@@ -18,7 +18,7 @@ import numpy as np
 from model_export import catalog as task
 from model_export import data as datasets
 from model_export import metrics
-from model_export.protocol import chronological_order
+from model_export.protocol import behavior_mask, chronological_order
 from service.contract import (
     SPLIT_FILE,
     Bundle,
@@ -37,13 +37,7 @@ def _histories(
 ) -> dict[str, tuple[list[str], list[int]]]:
     """Per user: items and timestamps of the interactions behavior may use, oldest first."""
     order = chronological_order(raw, seed)
-    if raw.timestamp is None:
-        keep = ~raw.is_sample[order]
-    elif clicks_only:
-        keep = ~raw.is_sample[order] | (raw.label[order] == 1)
-    else:
-        keep = np.ones(len(order), bool)
-    order = order[keep]
+    order = order[behavior_mask(raw, clicks_only)[order]]
     out: dict[str, tuple[list[str], list[int]]] = {}
     ts = raw.timestamp
     for i in order.tolist():

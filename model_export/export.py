@@ -33,9 +33,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from model_export.checkpoint import METRICS, load_checkpoint
 from model_export.model import MailModel, UserInputs
 from model_export.parity import verify_batch_parity, verify_parity
-from model_export.train import METRICS, load_checkpoint
 from service.contract import (
     CATALOG_FILE,
     FORMAT_VERSION,

@@ -15,7 +15,17 @@ import numpy.typing as npt
 
 from model_export.catalog import EvalSet, NegativeSampler, RankingSet, eval_set, keys
 from model_export.data import FieldPlan, Interactions
-from model_export.protocol import TEST, TRAIN, UNUSED, VAL, Split, chronological_order
+from model_export.protocol import (
+    TEST,
+    TRAIN,
+    UNUSED,
+    VAL,
+    Split,
+    behavior_mask,
+    behavior_windows,
+    chronological_order,
+    user_runs,
+)
 from service.contract import Catalog, FieldSpec, IntArray, Schema, build_vocab
 
 
@@ -101,31 +111,19 @@ def behavior_matrix(
     seed: int,
     clicks_only: bool = False,
 ) -> IntArray:
-    """For each sample, the user's most recent items strictly before its time (most recent first).
-
-    `clicks_only` keeps the sample interactions that were clicks (and every behavior-only one):
-    what the service knows of a user, whose history grows by their clicks. Without timestamps,
-    behavior is the user's behavior-only interactions (their implicit history) in a seeded order,
-    never a sample, so a label cannot leak through it.
-    """
+    """For each sample, the user's most recent items strictly before its time (most recent first):
+    `protocol.behavior_windows` over the interactions `protocol.behavior_mask` allows; without
+    time, in a seeded order (`protocol.chronological_order`)."""
     order = chronological_order(data, seed)
-    if data.timestamp is None:
-        order = order[~data.is_sample[order]]
-    elif clicks_only:
-        order = order[~data.is_sample[order] | (data.label[order] == 1)]
-    users = data.user[order]
+    order = order[behavior_mask(data, clicks_only)[order]]
     rows = catalog.rows(data.item[order].tolist())
-    first = {u: i for i, u in reversed(list(enumerate(users.tolist())))}
-    count = dict(zip(*np.unique(users, return_counts=True), strict=True))
-    start = np.array([first.get(u, 0) for u in data.user[samples]], np.int64)
-    if data.timestamp is None:
-        stop = start + np.array([count.get(u, 0) for u in data.user[samples]], np.int64)
-    else:
-        # position of the first of the user's interactions at or after the sample's time
-        names, codes = np.unique(users, return_inverse=True)
-        key = codes.astype(np.int64) << 34 | data.timestamp[order]  # sorted: (user, time)
-        probe = np.searchsorted(names, data.user[samples]).astype(np.int64) << 34
-        stop = np.searchsorted(key, probe | data.timestamp[samples], side="left").astype(np.int64)
+    ts = data.timestamp
+    start, stop = behavior_windows(
+        data.user[order],
+        None if ts is None else ts[order],
+        data.user[samples],
+        None if ts is None else ts[samples],
+    )
     pos = stop[:, None] - 1 - np.arange(length)[None, :]  # (n, L) most recent first
     valid = pos >= start[:, None]
     out = np.where(valid, rows[np.clip(pos, 0, max(len(rows) - 1, 0))], 0)
@@ -231,7 +229,7 @@ def ranking_cases(
     exclude = _by_user(e.user[known], e.item[known], n_users)
     rows = np.flatnonzero(part == held)
     rows = rows[np.lexsort((rows, ts[rows], user[rows]))]  # by user, then time, then row
-    firsts = rows[np.r_[True, user[rows][1:] != user[rows][:-1]]] if len(rows) else rows
+    firsts = rows[user_runs(user[rows])[0]] if len(rows) else rows
     reps = [r for r in firsts.tolist() if len(positives[user[r]])]
     return RankingSet(
         rows=np.array(reps, np.int64),

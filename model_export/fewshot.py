@@ -15,12 +15,13 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from model_export.batches import Batches
 from model_export.catalog import RankingSet
 from model_export.data import Interactions
+from model_export.evaluation import evaluate_rows
 from model_export.features import EncodedData
 from model_export.model import MailModel
-from model_export.protocol import TEST, VAL, Split, chronological_order
-from model_export.train import Batches, evaluate_rows
+from model_export.protocol import TEST, VAL, Split, behavior_mask, chronological_order, user_runs
 from service.contract import IntArray
 
 Revealed = dict[str, npt.NDArray[np.int64]]  # new user -> interaction indices, oldest first
@@ -34,15 +35,13 @@ def reveal(data: Interactions, split: Split, n: int, clicks_only: bool = False) 
     order = chronological_order(data, split.config.seed)
     order = order[np.isin(data.user[order], list(split.new_users))]
     users = data.user[order]
-    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+    may = behavior_mask(data, clicks_only)
     out: Revealed = {}
-    for start, end in zip(starts, np.r_[starts[1:], len(order)], strict=True):
+    for start, end in zip(*user_runs(users), strict=True):
         idx = order[start:end]
         held = np.isin(split.part[idx], (VAL, TEST))
         cutoff = ts[idx[held]].min() if held.any() else np.iinfo(np.int64).max
-        ok = ~held & (ts[idx] < cutoff)
-        if clicks_only:
-            ok &= ~data.is_sample[idx] | (data.label[idx] == 1)
+        ok = ~held & (ts[idx] < cutoff) & may[idx]
         out[str(users[start])] = idx[ok][:n].astype(np.int64)
     return out
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+from model_export.protocol import user_runs
+
 Array = npt.ArrayLike
 
 
@@ -33,11 +35,8 @@ def gauc(users: Array, labels: Array, scores: Array) -> float:
     y = np.asarray(labels)
     s = np.asarray(scores)
     order = np.argsort(users, kind="mergesort")
-    u_sorted = users[order]
-    starts = np.flatnonzero(np.r_[True, u_sorted[1:] != u_sorted[:-1]])
-    ends = np.r_[starts[1:], len(order)]
     total = weight = 0.0
-    for a, b in zip(starts, ends, strict=True):
+    for a, b in zip(*user_runs(users[order]), strict=True):
         idx = order[a:b]
         value = auc(y[idx], s[idx])
         if not np.isnan(value):

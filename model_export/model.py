@@ -8,7 +8,9 @@
 * `ZeroShotTower`: dual residual auto-encoders (attributes, behavior), both decoders on both codes
   (Eq. 3-4), alignment by Gaussian MMD or paired MSE (Eq. 5-6); virtual behavior = D2(E1(a))
   (Eq. 8).
-  It never names a ranker: the same class serves every tower.
+  It never names a ranker: the same class serves every tower. Its losses (`ZstLosses`) sit with
+  it, and `zst_step_losses` picks a training batch's rows they are computed on; the exported
+  graph reads `virtual_behavior` only.
 
 Every tower takes user-side tensors with batch U and item-side tensors with batch N, where U == N
 (training: one target per sample) or U == 1 (serving: one user against N candidates). Broadcasting
@@ -539,6 +541,24 @@ class ZeroShotTower(nn.Module):
         else:
             raise ValueError(f"unknown alignment {self.cfg.align!r}")
         return ZstLosses(l_a, l_v, l_d)
+
+
+def zst_step_losses(
+    model: MailModel, attrs: Tensor, behavior: Tensor, is_new: Tensor, keep: Tensor | None = None
+) -> ZstLosses | None:
+    """A training step's L_a, L_v, L_d: on old users with real behavior (among `keep` rows), the
+    tower's inputs and targets detached from the ranker (its own optimizer steps on them)."""
+    if model.zst is None or model.zst.cfg.variant == "none":
+        return None
+    rows = ~is_new & (behavior > 0).any(1)
+    if keep is not None:
+        rows &= keep
+    if int(rows.sum()) < 2:
+        return None
+    with torch.no_grad():
+        emb, mask = model.zst_fields(attrs[rows])
+        target, target_mask = model.ranker.behavior_target(behavior[rows])
+    return model.zst.losses(emb.detach(), mask, target.detach(), target_mask)
 
 
 # --- the whole model ----------------------------------------------------------------------------

@@ -12,10 +12,12 @@ import numpy as np
 
 from model_export import data as datasets
 from model_export.catalog import EVAL_NEGATIVES, RECALL_K, TOP_K
+from model_export.checkpoint import save_run
+from model_export.evaluation import full_report, task_record
 from model_export.features import EncodedData, encode_data
 from model_export.model import RANKERS, MailModel, ModelConfig, RankerConfig, ZeroShotConfig
 from model_export.protocol import TEST, Split, SplitConfig, add_declared_genres, make_split, split_record
-from model_export.train import TrainConfig, TrainHooks, full_report, save_run, task_record, train
+from model_export.train import TrainConfig, TrainHooks, train
 
 log = logging.getLogger(__name__)
 

@@ -17,10 +17,11 @@ import numpy.typing as npt
 
 from model_export import catalog as task
 from model_export import metrics
+from model_export.evaluation import part_pairs, task_record, tie_rank
 from model_export.features import EncodedData
 from model_export.model import segment_slot
 from model_export.protocol import TEST, TRAIN, VAL
-from model_export.train import TrainConfig, part_pairs, task_record, tie_rank
+from model_export.train import TrainConfig
 
 SHRINK = (300.0, 1_000.0, 3_000.0, 10_000.0)  # pseudo-counts towards the overall list (choices)
 FloatArray = npt.NDArray[np.float64]
@@ -99,7 +100,7 @@ def choose_segment(data: EncodedData, single_slot: bool = False) -> tuple[Popula
 def report(
     data: EncodedData, tcfg: TrainConfig, popular: PopularList, tried: list[dict[str, Any]] | None = None
 ) -> dict[str, Any]:
-    """`train.full_report`'s metrics for a popular list (no model); a segment list is recorded
+    """`evaluation.full_report`'s metrics for a popular list (no model); a segment list is recorded
     under "segment" with the choices `tried`."""
     out: dict[str, Any] = {"task": task_record(tcfg), "ranking": {}}
     for name, part in (("test", TEST), ("val", VAL)):

@@ -1,4 +1,5 @@
-"""Evaluation protocols: which users are new, and which interactions train, validate and test.
+"""Evaluation protocols: which users are new, which interactions train, validate and test, and
+which earlier interactions are a user's behavior at a moment.
 
 * `mail` (the paper's): per user, the last 20% of their samples (in time) are test and a
   validation slice is cut from the end of the rest. A seeded 40% of users are new: their behavior
@@ -63,6 +64,52 @@ def chronological_order(data: Interactions, seed: int) -> npt.NDArray[np.int64]:
     return np.lexsort((noise, data.user)).astype(np.int64)
 
 
+def user_runs(users: npt.NDArray[Any]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Where each user's rows start and end in `users` grouped by user (as `chronological_order`
+    leaves them): user i holds rows starts[i]:ends[i]."""
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+    return starts, np.r_[starts[1:], len(users)].astype(np.int64)
+
+
+def behavior_mask(data: Interactions, clicks_only: bool) -> npt.NDArray[np.bool_]:
+    """Which interactions may be a user's behavior: every one; with `clicks_only`, the behavior-only
+    ones and the samples that were clicks (what the service knows of a user, whose history grows by
+    their clicks). Without time, the behavior-only ones alone (a user's implicit history): never a
+    sample, so a label cannot leak through it."""
+    if data.timestamp is None:
+        return ~data.is_sample
+    if clicks_only:
+        return ~data.is_sample | (data.label == 1)
+    return np.ones(len(data), bool)
+
+
+def behavior_windows(
+    users: npt.NDArray[Any],
+    times: npt.NDArray[np.int64] | None,
+    at_users: npt.NDArray[Any],
+    at_times: npt.NDArray[np.int64] | None,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """The behavior of user at_users[i] at time at_times[i]: rows start[i]:stop[i] of `users`
+    (grouped by user, each user's rows oldest first, at `times`), the user's rows strictly before
+    that time; every row of the user without time; none for a user without rows."""
+    start = np.zeros(len(at_users), np.int64)
+    stop = np.zeros(len(at_users), np.int64)
+    if len(users) == 0:
+        return start, stop
+    starts, ends = user_runs(users)
+    slot = np.searchsorted(users[starts], at_users).clip(max=len(starts) - 1)
+    known = users[starts][slot] == at_users
+    start[known] = starts[slot[known]]
+    if times is None or at_times is None:
+        stop[known] = ends[slot[known]]
+        return start, stop
+    code = np.repeat(np.arange(len(starts), dtype=np.int64), ends - starts)
+    key = code << 34 | times  # sorted: (user, time)
+    probe = slot[known].astype(np.int64) << 34 | at_times[known]
+    stop[known] = np.searchsorted(key, probe, side="left")
+    return start, stop
+
+
 def make_split(data: Interactions, config: SplitConfig) -> Split:
     if config.protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {config.protocol!r}; choose from {PROTOCOLS}")
@@ -82,9 +129,7 @@ def make_split(data: Interactions, config: SplitConfig) -> Split:
     order = chronological_order(data, config.seed)
     order = order[data.is_sample[order]]
     users = data.user[order]
-    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
-    ends = np.r_[starts[1:], len(order)]
-    for start, end in zip(starts, ends, strict=True):
+    for start, end in zip(*user_runs(users), strict=True):
         n = end - start
         n_test = max(1, int(round(config.test_fraction * n)))
         n_val = max(1, int(round(config.val_fraction * (n - n_test)))) if n - n_test > 1 else 0
@@ -176,8 +221,7 @@ def add_declared_genres(
     order = chronological_order(data, seed)
     order = order[data.is_sample[order]]
     users = data.user[order]
-    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
-    for start, end in zip(starts, np.r_[starts[1:], len(order)], strict=True):
+    for start, end in zip(*user_runs(users), strict=True):
         first = order[start : min(end, start + n_first)]
         is_sample[first] = False
         counts: dict[str, int] = {}

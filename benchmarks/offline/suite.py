@@ -29,11 +29,13 @@ from tqdm import tqdm
 from benchmarks.offline.methods import METHODS, Method, Value
 from benchmarks.offline.runner import Cell, result_row
 from model_export import popular
+from model_export.batches import Batches
+from model_export.evaluation import rank_part
 from model_export.fewshot import evaluate_revealed, reveal, revealed_behavior, revealed_cases
 from model_export.model import RANKERS, ModelConfig, RankerConfig, ZeroShotConfig
 from model_export.pipeline import Prepared, RunSpec, prepare, run
 from model_export.protocol import TEST
-from model_export.train import Batches, TrainConfig, rank_part
+from model_export.train import TrainConfig
 
 log = logging.getLogger(__name__)
 

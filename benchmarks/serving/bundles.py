@@ -19,8 +19,11 @@ MODELS = ("control", "mail")
 TRAIN = ["--dataset", "ml-100k", "--protocol", "strict", "--ranker", "base", "--behavior", "clicks"]
 TRAIN += ["--seed", "0", "--epochs", "3"]
 CODE = [
+    "model_export/batches.py",
+    "model_export/checkpoint.py",
     "model_export/cli.py",
     "model_export/data.py",
+    "model_export/evaluation.py",
     "model_export/export.py",
     "model_export/parity.py",
     "model_export/features.py",

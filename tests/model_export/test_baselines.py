@@ -9,11 +9,13 @@ import pytest
 import torch
 
 from model_export import baselines
+from model_export.batches import Batches
 from model_export.catalog import user_id_slot
+from model_export.evaluation import mean_behavior
 from model_export.model import FeatureEmbeddings, ModelConfig, RankerConfig
 from model_export.pipeline import Prepared, RunSpec, prepare, run
 from model_export.protocol import TRAIN
-from model_export.train import Batches, TrainConfig, mean_behavior
+from model_export.train import TrainConfig
 from service.contract import OOV
 
 

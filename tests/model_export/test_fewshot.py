@@ -10,10 +10,12 @@ import pytest
 import torch
 
 from model_export import data as datasets
+from model_export.batches import Batches
+from model_export.checkpoint import load_checkpoint
+from model_export.evaluation import evaluate_rows, rank_part
 from model_export.features import encode_data
 from model_export.fewshot import evaluate_revealed, reveal, revealed_behavior, revealed_cases
 from model_export.protocol import TEST, VAL, SplitConfig, make_split
-from model_export.train import Batches, evaluate_rows, load_checkpoint, rank_part
 from tests.conftest import TinyRun
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from model_export import data as datasets
+from model_export.batches import Batches
 from model_export.features import EncodedData, encode_data
 from model_export.model import (
     MailModel,
@@ -19,9 +20,9 @@ from model_export.model import (
     ZeroShotTower,
     gaussian_mmd,
     segment_slot,
+    zst_step_losses,
 )
 from model_export.protocol import TRAIN, SplitConfig, make_split
-from model_export.train import Batches, zst_step_losses
 from tests.conftest import TinyRun
 
 
@@ -346,8 +347,9 @@ def test_ranker_frozen_for_serving_scores_as_trained_without_batch_norms(kind: s
 def test_attribute_probe_finds_nothing_in_shuffled_attributes(tiny_run: TinyRun) -> None:
     """The linear probe's R^2 is the attributes' information, not the probe's: with each user's
     attributes given to another user, it falls to about zero (the mean) or below."""
+    from model_export.checkpoint import load_checkpoint
+    from model_export.evaluation import mean_behavior, probe_r2
     from model_export.protocol import TEST
-    from model_export.train import load_checkpoint, mean_behavior, probe_r2
 
     model, _ = load_checkpoint(tiny_run("mail", "base"))
     raw = datasets.make_synthetic(seed=0)

@@ -15,8 +15,10 @@ from model_export.protocol import (
     VAL,
     SplitConfig,
     add_declared_genres,
+    behavior_windows,
     make_split,
     split_record,
+    user_runs,
 )
 from service.contract import OOV
 
@@ -113,3 +115,29 @@ def test_declared_genres_are_never_tested(ml: datasets.Interactions) -> None:
     assert same < 0.2 * len(ml.users)
     split = make_split(clean, SplitConfig(seed=0))
     assert (split.part[~clean.is_sample] == UNUSED).all()
+
+
+def test_user_runs_bound_each_users_rows() -> None:
+    starts, ends = user_runs(np.array(["a", "a", "b", "c", "c", "c"]))
+    assert starts.tolist() == [0, 2, 3] and ends.tolist() == [2, 3, 6]
+
+
+def test_behavior_windows_hold_the_users_strictly_earlier_rows() -> None:
+    users = np.array(["a", "a", "a", "b", "b"])
+    times = np.array([10, 20, 20, 5, 30], np.int64)
+    at_users = np.array(["a", "a", "a", "b", "b"])
+    at_times = np.array([10, 20, 21, 5, 31], np.int64)
+    start, stop = behavior_windows(users, times, at_users, at_times)
+    # a at 10: nothing before; at 20: the row at 10; at 21: all three; b at 5: none; at 31: both
+    assert start.tolist() == [0, 0, 0, 3, 3] and stop.tolist() == [0, 1, 3, 3, 5]
+    start, stop = behavior_windows(users, None, np.array(["b", "a"]), None)  # no time: every row
+    assert start.tolist() == [3, 0] and stop.tolist() == [5, 3]
+
+
+@pytest.mark.parametrize("timed", [True, False])
+def test_a_user_without_behavior_rows_sees_no_one_elses(timed: bool) -> None:
+    users = np.array(["a", "a", "c"])
+    times = np.array([10, 20, 5], np.int64) if timed else None
+    at_times = np.array([30, 30, 30], np.int64) if timed else None
+    start, stop = behavior_windows(users, times, np.array(["b", "0", "z"]), at_times)
+    assert (stop - start).tolist() == [0, 0, 0]

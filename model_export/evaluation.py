@@ -1,0 +1,233 @@
+"""Evaluation of a trained model: the task's AUC, GAUC and log loss, whole-catalog ranking, the
+R^2 diagnostics of virtual behavior, and the metrics.json report that gathers them."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import Tensor
+
+from model_export import catalog as task
+from model_export import metrics
+from model_export.batches import Batches, user_inputs
+from model_export.features import EncodedData
+from model_export.model import MailModel
+from model_export.protocol import TEST, TRAIN, VAL
+
+if TYPE_CHECKING:  # train imports this module for its validation after each epoch
+    from model_export.train import History, TrainConfig
+
+
+def predict(
+    model: MailModel,
+    batches: Batches,
+    rows: npt.NDArray[np.int64],
+    batch_size: int = 4096,
+    items: npt.NDArray[np.int64] | None = None,
+) -> npt.NDArray[np.float64]:
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for attrs, ctx, beh, item, _, _ in batches.iterate(rows, batch_size, items=items):
+            logits = model.ranker(user_inputs(model, attrs, ctx, beh, training=False), item)
+            out.append(torch.sigmoid(logits).double().numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def evaluate_rows(model: MailModel, batches: Batches, rows: npt.NDArray[np.int64]) -> dict[str, Any]:
+    data = batches.data
+    scores = predict(model, batches, rows)
+    return metrics.by_group(data.user[rows], data.label[rows], scores, data.is_new[rows])
+
+
+def part_pairs(data: EncodedData, part: int, tcfg: TrainConfig) -> task.EvalSet:
+    """What the task's AUC scores on VAL or TEST: liked samples against their sampled negatives
+    (catalog), or the rated samples with their labels (rating)."""
+    if tcfg.task == "catalog":
+        return data.sampled_eval[part]
+    rows = data.rows(part)
+    return task.EvalSet(rows, data.item[rows], data.label[rows])
+
+
+def evaluate_part(model: MailModel, batches: Batches, part: int, tcfg: TrainConfig) -> dict[str, Any]:
+    """The task's AUC, GAUC and log loss by group on VAL or TEST."""
+    data = batches.data
+    ev = part_pairs(data, part, tcfg)
+    scores = predict(model, batches, ev.rows, items=ev.items)
+    return metrics.by_group(data.user[ev.rows], ev.labels, scores, data.is_new[ev.rows])
+
+
+def tie_rank(data: EncodedData) -> npt.NDArray[np.int64]:
+    """Rank of each catalog row's raw id (rows 1..I), the service's tie-break."""
+    order = np.argsort(np.array(data.catalog.ids, dtype=object), kind="stable")
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order))
+    return rank
+
+
+def catalog_scorer(model: MailModel, batches: Batches, cases: task.RankingSet) -> task.CatalogScorer:
+    """Scores of every catalog item for ranking cases, through the ranking tower (owner batching)."""
+    n_items = len(batches.data.catalog)
+    all_items = torch.arange(1, n_items + 1)
+
+    def score(idx: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+        rows = torch.from_numpy(cases.rows[idx])
+        model.eval()
+        with torch.no_grad():
+            user = user_inputs(
+                model, batches.attrs[rows], batches.context[rows], batches.behavior[rows], training=False
+            )
+            owner = torch.arange(len(idx)).repeat_interleave(n_items)
+            logits = model.ranker(user, all_items.repeat(len(idx)), owner)
+        return logits.reshape(len(idx), n_items).double().numpy()
+
+    return score
+
+
+def rank_part(
+    model: MailModel, batches: Batches, part: int, cases: task.RankingSet | None = None
+) -> dict[str, Any]:
+    """Whole-catalog ranking metrics by group for the part's cases (or the given ones)."""
+    data = batches.data
+    cases = cases if cases is not None else data.ranking[part]
+    score = catalog_scorer(model, batches, cases)
+    return task.ranking_metrics(cases, score, len(data.catalog), tie_rank(data))
+
+
+def behavior_targets(
+    model: MailModel, data: EncodedData, rows: npt.NDArray[np.int64], chunk: int = 4096
+) -> tuple[Tensor, Tensor]:
+    """The ranker's representation of the real behavior of `rows` (never fed to a new user's row),
+    as the zero-shot tower learns it: (n, K, d) vectors and their (n, K) mask, in chunks."""
+    targets, masks = [torch.zeros(0, model.virtual_slots, model.emb.d)], [torch.zeros(0, model.virtual_slots)]
+    with torch.no_grad():
+        for start in range(0, len(rows), chunk):
+            t, m = model.ranker.behavior_target(torch.from_numpy(data.behavior[rows[start : start + chunk]]))
+            targets.append(t)
+            masks.append(m)
+    return torch.cat(targets), torch.cat(masks).bool()
+
+
+def virtual_r2(model: MailModel, batches: Batches, rows: npt.NDArray[np.int64], mean: Tensor) -> float:
+    """R^2 of virtual against real behavior (the ranker's representation) over valid slots.
+
+    The baseline is `mean`, old users' mean training behavior: R^2 > 0 means the zero-shot tower
+    predicts a user's behavior better than filling in the average user's.
+    """
+    if model.zst is None or len(rows) == 0:
+        return float("nan")
+    model.eval()
+    target, mask = behavior_targets(model, batches.data, rows)
+    with torch.no_grad():
+        virtual = model.virtual_behavior(batches.attrs[torch.from_numpy(rows)])
+    m = mask[..., None].double()
+    sse = float(((virtual - target).double().pow(2) * m).sum())
+    sst = float(((mean - target).double().pow(2) * m).sum())
+    return 1.0 - sse / sst if sst > 0 else float("nan")
+
+
+def probe_r2(
+    model: MailModel,
+    batches: Batches,
+    train_rows: npt.NDArray[np.int64],
+    rows: npt.NDArray[np.int64],
+    mean: Tensor,
+    ridge: float = 100.0,
+) -> float:
+    """R^2 on `rows` of a ridge regression from the attributes the zero-shot tower reads (one-hot)
+    to the ranker's behavior representation, fitted on old users' training rows: how much of a
+    user's behavior a linear map of the attributes can tell, whatever the tower. Same baseline as
+    `virtual_r2` (old users' mean behavior)."""
+    data = batches.data
+    keep = model.zst_keep[0].numpy().astype(bool)
+    attrs = data.user_attrs[:, keep]
+    widths = attrs.max(0) + 1
+    offsets = np.r_[0, np.cumsum(widths)[:-1]]
+
+    def design(users: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+        x = np.zeros((len(users), int(widths.sum())))
+        ids = attrs[users]
+        for j in range(ids.shape[1]):
+            x[np.arange(len(users)), offsets[j] + ids[:, j]] = ids[:, j] > 0  # PAD is no feature
+        return x
+
+    def target(r: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
+        t, m = behavior_targets(model, data, r)
+        return t.reshape(len(r), -1).double().numpy(), m.numpy()
+
+    fit = train_rows[~data.is_new[train_rows] & (data.behavior[train_rows] > 0).any(1)]
+    if len(fit) == 0 or len(rows) == 0:
+        return float("nan")
+    base = mean.reshape(-1).double().numpy()
+    y, m = target(fit)
+    full = m.all(1)  # rows whose every behavior slot is real
+    users, inverse, counts = np.unique(data.user[fit[full]], return_inverse=True, return_counts=True)
+    sums = np.zeros((len(users), len(base)))
+    np.add.at(sums, inverse, y[full] - base)  # the rows of a user share their design row
+    x = design(users)
+    w = np.linalg.solve(x.T @ (x * counts[:, None]) + ridge * np.eye(x.shape[1]), x.T @ sums)
+    y_new, mask = target(rows)
+    d = mean.shape[-1]
+    err = ((design(data.user[rows]) @ w + base - y_new) ** 2).reshape(len(rows), -1, d).sum(-1)
+    tot = ((base - y_new) ** 2).reshape(len(rows), -1, d).sum(-1)
+    sst = float(tot[mask].sum())
+    return 1.0 - float(err[mask].sum()) / sst if sst > 0 else float("nan")
+
+
+def mean_behavior(model: MailModel, batches: Batches, rows: npt.NDArray[np.int64]) -> Tensor:
+    """Old users' mean behavior representation over training rows: (K, d)."""
+    data = batches.data
+    target, mask = behavior_targets(model, data, rows[~data.is_new[rows]])
+    total = (target * mask[..., None]).sum(0)
+    return total / mask.sum(0)[:, None].clamp(min=1)
+
+
+def full_report(model: MailModel, data: EncodedData, history: History, tcfg: TrainConfig) -> dict[str, Any]:
+    """metrics.json: the task's test metrics by user group (AUC on the catalog task's sampled
+    negatives, or on rated rows), whole-catalog ranking, validation, diagnostics and losses."""
+    batches = Batches(data, fill_new_users=model.cfg.model == "oracle")
+    test_rows, train_rows = data.rows(TEST), data.rows(TRAIN)
+    report: dict[str, Any] = {
+        "task": task_record(tcfg),
+        "test": evaluate_part(model, batches, TEST, tcfg),
+        "val": evaluate_part(model, batches, VAL, tcfg),
+        "ranking": {"test": rank_part(model, batches, TEST), "val": rank_part(model, batches, VAL)},
+        "train_seconds": round(history.seconds, 2),
+        "best_epoch": history.best_epoch,
+        "epochs": history.epochs,
+    }
+    rcfg = model.cfg.ranker
+    if rcfg is not None and rcfg.item_prior:  # as resolved ("auto": chosen on validation)
+        report["prior"] = {"segment": rcfg.prior_segment or "overall", "shrink": rcfg.prior_shrink}
+    if model.zst is not None:
+        mean = mean_behavior(model, batches, train_rows)
+        new_test = test_rows[data.is_new[test_rows]]
+        old_test = test_rows[~data.is_new[test_rows]]
+        report["diagnostics"] = {
+            "virtual_r2_new": virtual_r2(model, batches, new_test, mean),
+            "virtual_r2_old": virtual_r2(model, batches, old_test, mean),
+            "probe_r2_new": probe_r2(model, batches, train_rows, new_test, mean),
+            "note": "R^2 of virtual vs real behavior on test rows; 0 = no better than the mean "
+            "behavior of old users (what mean-fill would give); probe: a ridge regression from the "
+            "same attributes, fitted on old users' training rows (what a linear map can tell)",
+        }
+    return report
+
+
+def task_record(tcfg: TrainConfig) -> dict[str, Any]:
+    """The task as trained, for metrics.json and the split record."""
+    if tcfg.task == "rating":
+        return {"task": "rating", "cold_rows": tcfg.cold_share}
+    return {
+        "task": "catalog",
+        "positives": tcfg.positives,
+        "rated_negatives": tcfg.rated_negatives,
+        "negatives": tcfg.negatives,
+        "sampling": tcfg.sampling,
+        "cold_rows": tcfg.cold_share,
+        "attr_dropout": tcfg.attr_dropout,
+        "select": tcfg.select,
+    }

@@ -1,0 +1,61 @@
+"""The training CLI's help and its console script (no training here: see test_export.py)."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from model_export.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+HEAVY = ("torch", "numpy", "onnxruntime", "model_export.train")
+# run the CLI and report, even as it exits, which heavy modules the help pulled in
+PROBE = (
+    "import sys\n"
+    "from model_export.cli import main\n"
+    "try:\n"
+    "    main(sys.argv[1:])\n"
+    "finally:\n"
+    f"    print('imported:', [m for m in {HEAVY!r} if m in sys.modules])\n"
+)
+
+
+@pytest.mark.parametrize("command", [[], ["train"], ["download"], ["export"], ["evaluate"]])
+def test_help_prints_usage_and_does_nothing_else(command: list[str], tmp_path: Path) -> None:
+    env = {**os.environ, "HOME": str(tmp_path), "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, *command, "--help"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"usage: python -m model_export {' '.join(command)}".rstrip())
+    assert "imported: []" in done.stdout  # no torch, no data code: help imports nothing heavy
+    assert done.stderr == ""  # no logging configured, nothing downloaded
+    assert list(tmp_path.iterdir()) == []  # no file or cache folder written
+
+
+def test_help_leaves_logging_alone(capsys: pytest.CaptureFixture[str]) -> None:
+    import logging
+
+    handlers = list(logging.getLogger().handlers)
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--help"])
+    assert exc.value.code == 0
+    assert "--dataset" in capsys.readouterr().out
+    assert logging.getLogger().handlers == handlers
+
+
+def test_console_script_is_the_cli() -> None:
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    module, _, name = scripts["mailrec-train"].partition(":")
+    assert getattr(importlib.import_module(module), name) is main
