@@ -37,9 +37,9 @@ T = TypeVar("T")
 def settle_heap() -> None:
     """Collect, then move every object alive now (bundles, sessions, catalogs, imported modules) to
     the collector's permanent generation, so that the full collections that serving triggers scan
-    only what requests allocate. Measured (cold user, 100 candidates, 32 connections, two runs
-    each): p99 53.7 / 45.1 ms without, 25.9 / 28.5 ms with; throughput unchanged. Once at start
-    and after each reload (one ~30 ms collection then)."""
+    only what requests allocate: it halved p99 under load with throughput unchanged
+    (benchmarks/results/serving-notes.md, commit 566a9d0). Once at start and after each reload
+    (one full collection then)."""
     gc.collect()
     gc.freeze()
 

@@ -95,8 +95,8 @@ class MailrecApp(FastAPI):
 
     In front, not inside: FastAPI's own per-request layers (server errors, its exception
     telemetry, body limit, native telemetry checks) do nothing for /recommend, whose errors the
-    fast path renders itself (measured in-process, CPU per cold request: 595 -> 543 us, medians of
-    5 noisy runs). FastAPI's native OpenTelemetry, if a deployment configures it, therefore does
+    fast path renders itself (measured: benchmarks/results/serving-notes.md, commit 6602aec).
+    FastAPI's native OpenTelemetry, if a deployment configures it, therefore does
     not see /recommend; the Prometheus metrics do. Everything else, and any /recommend request the
     fast path does not take, goes through FastAPI as usual.
     """

@@ -32,7 +32,7 @@ from service.logs import note
 from service.schemas import FeedbackRequest, RecommendRequest
 from service.state import AppState
 
-SORT_ALL = 256  # top_k: up to this many candidates, sort them all (measured: 100 -> 4.7 vs 9.0 us)
+SORT_ALL = 256  # top_k: up to this many candidates, sort them all (serving-notes.md, a141498)
 
 
 @dataclass(frozen=True)

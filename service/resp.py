@@ -8,11 +8,10 @@ records. Here the protocol's `data_received` resolves each caller's future as so
 in, so the budget measures Redis, not the event loop; and every command of every request shares
 one connection (Redis answers in order, RESP2). The calls submitted in one pass of the event loop
 go out together, in one `transport.write` at the end of that pass or as soon as WRITE_BATCH of
-them are waiting. Measured in-process at 32 requests in flight (CPU per cold request, two runs
-each): a write per call 479 / 548 us; batches of 4: 434 / 443; of 16: 394 / 386; unbounded (end of
-pass only) ~340 us, but then a call could wait a whole pass (32 requests' work) before it was even
-sent, calls missed the 20 ms budget and the breaker opened (4,396 and 7,060 of 15,750 lookups
-bypassed). 16 keeps the wait for a send to a few requests' work.
+them are waiting. Fewer, larger writes cost less CPU per request; unbounded batches (end of pass
+only) cost least, but then a call could wait a whole pass (32 requests' work) before it was even
+sent, calls missed their budget and the breaker opened. 16 keeps the wait for a send to a few
+requests' work (measured: benchmarks/results/serving-notes.md, commits ee4b04d and 1452462).
 
 `submit(commands)` never blocks: it returns a future of the replies (a list, one per command). A
 RESP error reply raises `ReplyError` for the whole call; a lost connection fails every call in
