@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.harness.processes import ServiceProcess
 from service.config import settings_table
 from tests.conftest import REPO
-from tests.servers import ServiceProcess
 
 README = (REPO / "README.md").read_text()
 

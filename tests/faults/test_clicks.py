@@ -10,8 +10,8 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks.harness.metrics import metric_value
 from tests.faults.load import lua_body_script, lua_string, run_wrk
-from tests.servers import metric_value
 from tests.service.conftest import NEW_USER, Live
 
 CLICK_KEY = "impression_id"  # the id /feedback credits, as /recommend returns it

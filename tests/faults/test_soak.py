@@ -11,9 +11,9 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks.harness.metrics import metric_value
 from tests.faults.load import WrkRun, lua_body_script, lua_string, run_wrk
 from tests.faults.process import open_fds, rss_mb
-from tests.servers import metric_value
 from tests.service.conftest import NEW_USER, Live
 
 WARM_UP = 20_000

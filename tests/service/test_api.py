@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
+from benchmarks.harness.metrics import metric_value
 from service.contract import RANKER_FILE
-from tests.servers import metric_value
 from tests.service.conftest import ADMIN_TOKEN, NEW_USER, Live
 
 CLICK_ID = "impression_id"

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import REPO, ServiceProcess, write_experiment
+from benchmarks.harness.experiments import write_experiment
+from benchmarks.harness.processes import REPO, ServiceProcess
 
 NO_URL = "MAILREC_REDIS_URL is not set"
 
