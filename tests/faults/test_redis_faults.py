@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pytest
 
 from benchmarks.harness.metrics import metric_value
 from benchmarks.harness.processes import RedisServer
@@ -61,6 +62,7 @@ def resumed_after(client: httpx.Client, restarted: float, limit_s: float = 60) -
     return hit_at, click_at
 
 
+@pytest.mark.slow  # seconds of load around the fault
 def test_redis_killed_for_3_s_under_load_then_restarted(
     live: Live, tmp_path: Path, record: Callable[[str, str, str], None]
 ) -> None:
@@ -87,6 +89,7 @@ def test_redis_killed_for_3_s_under_load_then_restarted(
     assert run.requests > 0 and run.non_2xx == 0 and run.socket_errors == 0, run.statuses
 
 
+@pytest.mark.slow  # seconds of load around the fault
 def test_redis_stalled_for_3_s_under_load(
     live: Live, tmp_path: Path, record: Callable[[str, str, str], None]
 ) -> None:

@@ -19,6 +19,8 @@ from tests.faults.proxy import DelayProxy
 from tests.faults.test_redis_faults import CONNECTIONS, LOAD_USER, resumed_after
 from tests.service.conftest import Live, start_live
 
+pytestmark = pytest.mark.slow  # seconds of load through a delaying proxy
+
 BUDGET_MS = 20
 DELAY_MS = 250  # each Redis reply this late: far past the budget
 RESET_S = 5.0  # the breaker's default
