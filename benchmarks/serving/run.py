@@ -16,54 +16,41 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from benchmarks.harness.experiments import write_experiment
+from benchmarks.harness.metrics import metric_by, metric_value
+from benchmarks.harness.processes import RedisServer
 from benchmarks.serving import profile, scenarios
 from benchmarks.serving.bundles import REPO, bench_bundles
 from benchmarks.serving.loadgen import Load, WrkResult, run_wrk, wrk_binary
-from benchmarks.serving.procs import Proc, cpu_seconds, start_floor, start_redis, start_service
+from benchmarks.serving.procs import cpu_seconds, start_floor, start_service
 from benchmarks.serving.report import markdown
 
 RESULTS = REPO / "benchmarks" / "results"
 SERVICE_CPU, LOAD_CPU = "0", "1"
 QUIET_LOAD = 0.5
-Samples = dict[tuple[str, str], float]  # (metric, label text) -> value
 
 
 def _brief(r: WrkResult) -> str:
     return f"{r.rps:8.0f} req/s p50 {r.p50_ms:6.2f} ms p99 {r.p99_ms:6.2f} ms"
 
 
-def metric_samples(url: str) -> Samples:
-    """(metric, label text) -> value, for the counters the benchmark checks."""
+def metric_samples(url: str) -> dict[str, float]:
+    """The counters the benchmark checks: cache lookups by result, /recommend answers by status,
+    impressions."""
     with urllib.request.urlopen(f"{url}/metrics", timeout=10) as r:
         text = r.read().decode()
-    out: Samples = {}
-    for line in text.splitlines():
-        if line.startswith("#"):
-            continue
-        head, _, value = line.rpartition(" ")
-        name, _, labels = head.partition("{")
-        if name in (
-            "mailrec_cache_requests_total",
-            "mailrec_http_requests_total",
-            "mailrec_impressions_total",
-        ):
-            out[(name, labels.rstrip("}"))] = out.get((name, labels.rstrip("}")), 0.0) + float(value)
-    return out
+    cache = metric_by(text, "mailrec_cache_requests_total", "result")
+    statuses = metric_by(text, "mailrec_http_requests_total", "status", route="/recommend")
+    return {
+        **{f"cache_{result}": v for result, v in cache.items()},
+        **{f"recommend_{status}": v for status, v in statuses.items()},
+        "impressions": metric_value(text, "mailrec_impressions_total"),
+    }
 
 
-def summarize_metrics(before: Samples, after: Samples) -> dict[str, int]:
-    delta = {k: v - before.get(k, 0.0) for k, v in after.items() if v != before.get(k, 0.0)}
-    out: dict[str, int] = {}
-    for (name, labels), v in delta.items():
-        if name == "mailrec_cache_requests_total":
-            result = labels.split('result="')[1].split('"')[0]
-            out[f"cache_{result}"] = out.get(f"cache_{result}", 0) + int(v)
-        elif name == "mailrec_http_requests_total" and 'route="/recommend"' in labels:
-            status = labels.split('status="')[1].split('"')[0]
-            out[f"recommend_{status}"] = out.get(f"recommend_{status}", 0) + int(v)
-        elif name == "mailrec_impressions_total":
-            out["impressions"] = out.get("impressions", 0) + int(v)
-    return out
+def summarize_metrics(before: dict[str, float], after: dict[str, float]) -> dict[str, int]:
+    """The counters that moved between two `metric_samples`, by how much."""
+    return {k: int(v - before.get(k, 0.0)) for k, v in after.items() if v != before.get(k, 0.0)}
 
 
 def capture(url: str, body: str, headers: dict[str, str], out: Path) -> int:
@@ -148,19 +135,15 @@ def versions() -> dict[str, str]:
 
 
 def write_experiments(work: Path, bundles: dict[str, Path]) -> Path:
-    lines = ["[experiment]", 'name = "cold-start"', 'salt = "bench"', ""]
-    for name, path in bundles.items():
-        lines += ["[[experiment.variants]]", f'name = "{name}"', "weight = 50", f'bundle = "{path}"', ""]
-    path = work / "experiments.toml"
-    path.write_text("\n".join(lines))
-    return path
+    return write_experiment(work / "experiments.toml", bundles, salt="bench")
 
 
 def run_scenarios(
     args: argparse.Namespace, work: Path, bundles: dict[str, Path], redis_url: str
 ) -> list[dict[str, Any]]:
     experiments = write_experiments(work, bundles)
-    service, url = start_service(work, experiments, redis_url, SERVICE_CPU)
+    service = start_service(work, experiments, redis_url, SERVICE_CPU)
+    url = service.url
     results = []
     try:
         for sc in scenarios.build(bundles["mail"]):
@@ -212,7 +195,8 @@ def run_scaling(
     sc = scenarios.build(bundles["mail"])[0]
     out: dict[str, Any] = {"scenario": sc.name, "connections": args.connections, "runs": []}
     for workers, cpus in ((1, SERVICE_CPU), (2, "0,1")):
-        service, url = start_service(work, experiments, redis_url, cpus, workers=workers)
+        service = start_service(work, experiments, redis_url, cpus, workers=workers)
+        url = service.url
         try:
             before = metric_samples(url)
             warm = (
@@ -278,14 +262,14 @@ def main(argv: list[str] | None = None) -> int:
         f"serving benchmark: {info['machine']['cpu']}, load {info['machine']['loadavg_at_start']}", flush=True
     )
     work = Path(tempfile.mkdtemp(prefix="mailrec-bench-"))
-    redis_proc: Proc | None = None
+    redis_server: RedisServer | None = None
     try:
-        redis_proc, redis_url = start_redis(work, LOAD_CPU)
-        rows = run_scenarios(args, work, bundles, redis_url)
-        scaling = None if args.no_scaling else run_scaling(args, work, bundles, redis_url)
+        redis_server = RedisServer(work, LOAD_CPU).start()
+        rows = run_scenarios(args, work, bundles, redis_server.url)
+        scaling = None if args.no_scaling else run_scaling(args, work, bundles, redis_server.url)
     finally:
-        if redis_proc is not None:
-            redis_proc.stop()
+        if redis_server is not None:
+            redis_server.stop()
     result = {
         "command": command,
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -56,6 +56,7 @@ def _cfg(kind: str):  # type: ignore[no-untyped-def]
     return ModelConfig(model="control", ranker=RankerConfig(kind=kind))
 
 
+@pytest.mark.slow  # trains every method of the grid
 def test_smoke_benchmark_tunes_on_validation_and_writes_its_report(tmp_path: Path) -> None:
     out = tmp_path / "offline-smoke"
     assert main(["--smoke", "--task", "rating", "--out", str(out), "--jobs", "2"]) == 0  # worker processes
@@ -96,6 +97,7 @@ def test_smoke_benchmark_tunes_on_validation_and_writes_its_report(tmp_path: Pat
     assert len(out.with_name("offline-smoke.jsonl").read_text().splitlines()) == n_rows
 
 
+@pytest.mark.slow  # trains every method of the grid
 def test_smoke_catalog_benchmark_ranks_the_whole_catalog_against_popularity(tmp_path: Path) -> None:
     out = tmp_path / "offline-catalog-smoke"
     assert main(["--smoke", "--out", str(out), "--jobs", "1"]) == 0

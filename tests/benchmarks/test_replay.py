@@ -11,8 +11,9 @@ import httpx
 import numpy as np
 
 from benchmarks import replay
+from benchmarks.harness.experiments import write_experiment
+from benchmarks.harness.processes import RedisServer, ServiceProcess
 from service.contract import load_bundle
-from tests.servers import RedisServer, ServiceProcess, write_experiment
 
 
 def test_replay_counts_clicks_from_the_service_metrics_and_serves_popularity(

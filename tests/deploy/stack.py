@@ -11,7 +11,6 @@ import json
 import math
 import re
 import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -22,7 +21,7 @@ from typing import Any
 import httpx
 import yaml
 
-from tests.servers import free_port
+from benchmarks.harness.processes import Proc, free_port, http_ok
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
@@ -159,7 +158,7 @@ class PrometheusServer:
         self.dir = Path(tempfile.mkdtemp(prefix="mailrec-test-prometheus-"))
         self.config = local_config(target, f"127.0.0.1:{self.port}", interval)
         self.log = self.dir / "prometheus.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: Proc | None = None
         self.http = httpx.Client(base_url=self.url, timeout=10)
 
     @property
@@ -178,23 +177,13 @@ class PrometheusServer:
             f"--storage.tsdb.path={self.dir / 'data'}",
             f"--web.listen-address=127.0.0.1:{self.port}",
         ]
-        with self.log.open("wb") as out:
-            self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"prometheus exited with {self.proc.returncode}:\n{self.logs()}")
-            try:
-                if self.http.get("/-/ready").status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        self.close()
-        raise RuntimeError(f"prometheus not ready in {timeout}s:\n{self.logs()}")
-
-    def logs(self) -> str:
-        return self.log.read_text(errors="replace")[-5000:]
+        self.proc = Proc("prometheus", args, self.log)
+        try:
+            self.proc.wait_until(lambda: http_ok(f"{self.url}/-/ready"), timeout)
+        except RuntimeError:
+            self.close()
+            raise
+        return self
 
     def api(self, path: str, **params: str) -> Any:
         response = self.http.get(f"/api/v1/{path}", params=params)
@@ -231,12 +220,7 @@ class PrometheusServer:
     def close(self) -> None:
         self.http.close()
         if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            self.proc.stop(timeout=15)
             self.proc = None
         shutil.rmtree(self.dir, ignore_errors=True)
 

@@ -22,6 +22,8 @@ from typing import Any
 import httpx
 import pytest
 
+from benchmarks.harness.experiments import write_experiment
+from benchmarks.harness.processes import RedisServer, ServiceProcess
 from tests.deploy.stack import (
     DOCKER,
     SERVICE_JOB,
@@ -31,7 +33,8 @@ from tests.deploy.stack import (
     dashboard_queries,
     finite,
 )
-from tests.servers import RedisServer, ServiceProcess, write_experiment
+
+pytestmark = pytest.mark.slow  # a real Prometheus scraping, rules and alerts evaluated over time
 
 ADMIN_TOKEN = "e2e-admin-token"
 USER = {"segment": "s1", "age": 31, "gender": "F"}

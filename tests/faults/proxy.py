@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import threading
 
-from tests.servers import free_port
+from benchmarks.harness.processes import free_port
 
 CHUNK = 65536
 

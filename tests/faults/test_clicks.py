@@ -9,9 +9,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pytest
 
+from benchmarks.harness.metrics import metric_value
 from tests.faults.load import lua_body_script, lua_string, run_wrk
-from tests.servers import metric_value
 from tests.service.conftest import NEW_USER, Live
 
 CLICK_KEY = "impression_id"  # the id /feedback credits, as /recommend returns it
@@ -54,6 +55,7 @@ def settled_counts(client: httpx.Client) -> dict[str, float]:
     return last
 
 
+@pytest.mark.slow  # 10 s of wrk
 def test_distinct_clicks_at_64_connections_are_all_counted_once(
     live: Live, tmp_path: Path, record: Callable[[str, str, str], None]
 ) -> None:

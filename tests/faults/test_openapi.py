@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
@@ -30,6 +31,8 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from tests.service.conftest import Live
+
+pytestmark = pytest.mark.slow  # schemathesis: many generated cases per operation
 
 EXAMPLES = 100
 

@@ -10,9 +10,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pytest
 
+from benchmarks.harness.metrics import metric_value
+from benchmarks.harness.processes import RedisServer
 from tests.faults.load import Background, lua_body_script
-from tests.servers import RedisServer, metric_value
 from tests.service.conftest import NEW_USER, Live
 from tests.service.test_store import make_store
 
@@ -28,7 +30,6 @@ def kill(redis: RedisServer) -> None:
     """SIGKILL: no goodbye to the clients (the port stays ours for the restart)."""
     assert redis.proc is not None
     redis.proc.kill()
-    redis.proc.wait(10)
     redis.proc = None
 
 
@@ -61,6 +62,7 @@ def resumed_after(client: httpx.Client, restarted: float, limit_s: float = 60) -
     return hit_at, click_at
 
 
+@pytest.mark.slow  # seconds of load around the fault
 def test_redis_killed_for_3_s_under_load_then_restarted(
     live: Live, tmp_path: Path, record: Callable[[str, str, str], None]
 ) -> None:
@@ -87,6 +89,7 @@ def test_redis_killed_for_3_s_under_load_then_restarted(
     assert run.requests > 0 and run.non_2xx == 0 and run.socket_errors == 0, run.statuses
 
 
+@pytest.mark.slow  # seconds of load around the fault
 def test_redis_stalled_for_3_s_under_load(
     live: Live, tmp_path: Path, record: Callable[[str, str, str], None]
 ) -> None:

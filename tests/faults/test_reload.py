@@ -8,9 +8,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from service.contract import RANKER_FILE
 from tests.faults.load import Background, lua_body_script
 from tests.service.conftest import ADMIN_TOKEN, NEW_USER, Live
+
+pytestmark = pytest.mark.slow  # a reload a second under load
 
 
 def corrupted_copy(bundle: Path, where: Path) -> Path:

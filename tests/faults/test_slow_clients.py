@@ -20,6 +20,8 @@ from tests.faults.process import rss_mb
 from tests.faults.test_redis_faults import LOAD_USER
 from tests.service.conftest import Live, start_live
 
+pytestmark = pytest.mark.slow  # waits out the keep-alive and body timeouts
+
 IDLE = 500
 SLOWLORIS = 5
 HOLD_S = 14.0  # past the body timeout (10 s, the default) and the keep-alive timeout (5 s)

@@ -12,11 +12,14 @@ from pathlib import Path
 import httpx
 import pytest
 
+from benchmarks.harness.metrics import metric_value
+from benchmarks.harness.processes import RedisServer
 from tests.faults.load import Background, lua_body_script
 from tests.faults.proxy import DelayProxy
 from tests.faults.test_redis_faults import CONNECTIONS, LOAD_USER, resumed_after
-from tests.servers import RedisServer, metric_value
 from tests.service.conftest import Live, start_live
+
+pytestmark = pytest.mark.slow  # seconds of load through a delaying proxy
 
 BUDGET_MS = 20
 DELAY_MS = 250  # each Redis reply this late: far past the budget

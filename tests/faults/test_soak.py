@@ -10,11 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import pytest
 
+from benchmarks.harness.metrics import metric_value
 from tests.faults.load import WrkRun, lua_body_script, lua_string, run_wrk
 from tests.faults.process import open_fds, rss_mb
-from tests.servers import metric_value
 from tests.service.conftest import NEW_USER, Live
+
+pytestmark = pytest.mark.slow  # 200,000 calls
 
 WARM_UP = 20_000
 SOAK = 200_000

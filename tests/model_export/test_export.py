@@ -65,6 +65,7 @@ def test_evaluate_reproduces_the_run_metrics(tiny_bundle: BundleFactory) -> None
     assert compare(result) <= 1e-4
 
 
+@pytest.mark.slow  # trains on MovieLens 100K
 def test_evaluate_on_real_data_matches_within_1e4(data_dir: Path, tmp_path: Path) -> None:
     from model_export.cli import main
 

@@ -177,6 +177,7 @@ def test_tiny_end_to_end_run(tiny_run: TinyRun) -> None:
     assert (run_dir / "model.pt").is_file() and (run_dir / "config.json").is_file()
 
 
+@pytest.mark.slow  # trains on MovieLens 100K
 def test_cli_trains_on_real_data(data_dir: Path, tmp_path: Path) -> None:
     from model_export.cli import main
 

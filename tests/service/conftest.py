@@ -10,7 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.servers import RedisServer, ServiceProcess, write_experiment
+from benchmarks.harness.experiments import write_experiment
+from benchmarks.harness.processes import RedisServer, ServiceProcess
 
 ADMIN_TOKEN = "test-admin-token"
 NEW_USER = {"segment": "s1", "age": 31, "gender": "F"}

@@ -15,8 +15,8 @@ import httpx
 import jsonschema_rs  # schemathesis's own JSON Schema validator (tests/faults)
 import pytest
 
+from benchmarks.harness.metrics import metric_value
 from service.contract import RANKER_FILE
-from tests.servers import metric_value
 from tests.service.conftest import ADMIN_TOKEN, NEW_USER, Live
 
 CLICK_ID = "impression_id"

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.servers import metric_value
+from benchmarks.harness.metrics import metric_value
 from tests.service.conftest import NEW_USER, Live, start_live
 
 BUDGET_MS = 20

@@ -10,9 +10,9 @@ from functools import partial
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from benchmarks.harness.processes import RedisServer
 from service.cache import within
 from service.resp import WRITE_BATCH, Address, Incomplete, ReplyError, RespClient, encode, parse
-from tests.servers import RedisServer
 
 STREAM = b"+OK\r\n:42\r\n$3\r\nabc\r\n$-1\r\n*2\r\n$1\r\nx\r\n*1\r\n:7\r\n*0\r\n-ERR wrong\r\n$0\r\n\r\n"
 EXPECTED = [b"OK", 42, b"abc", None, [b"x", [7]], [], "ERR wrong", b""]

