@@ -1,5 +1,5 @@
-"""README.md works as written: its curl session runs against `make run`'s service, and its
-settings table is the one the code generates."""
+"""README.md works as written: its curl session runs against `make run`'s service, its
+settings table is the one the code generates, and its module map names every module there is."""
 
 from __future__ import annotations
 
@@ -25,6 +25,43 @@ def test_readme_opens_with_the_two_commands() -> None:
     commands = [line.split("#")[0].strip() for line in first_block.group(1).splitlines()]
     assert [c for c in commands if c] == ["make run", "make test"]
     assert "make test" in (REPO / ".ci" / "run").read_text()
+
+
+def _module_map() -> set[Path]:
+    """The paths the README's "Where each piece lives" table names (a cell's later names are in
+    the first one's folder)."""
+    section = README.split("**Where each piece lives**", 1)[1].split("\n\n", 2)[1]
+    named: set[Path] = set()
+    for row in section.splitlines()[2:]:
+        names = re.findall(r"`([^`]+)`", row.split("|")[1])
+        folder = Path(names[0]).parent
+        named.add(Path(names[0]))
+        named.update(folder / n for n in names[1:])
+    return named
+
+
+def test_module_map_names_every_module_and_nothing_else() -> None:
+    named = _module_map()
+    assert all((REPO / p).exists() for p in named), sorted(str(p) for p in named if not (REPO / p).exists())
+    covered = {p for p in named if (REPO / p).is_dir()}
+    missing = [
+        str(f.relative_to(REPO))
+        for pattern in (
+            "service/*.py",
+            "service/*/*.py",
+            "model_export/*.py",
+            "benchmarks/*.py",
+            "benchmarks/*/",
+        )
+        for f in sorted(REPO.glob(pattern))
+        if f.name != "__init__.py"
+        and f.name != "__pycache__"
+        and f.relative_to(REPO) not in named
+        and not any(d in f.relative_to(REPO).parents for d in covered)
+        and f.relative_to(REPO) not in covered
+        and not (f.is_dir() and f.name == "results")
+    ]
+    assert not missing, f"modules the README's map does not name: {missing}"
 
 
 def test_settings_table_matches_the_code() -> None:
