@@ -68,7 +68,9 @@ OPSET = 17
 
 
 class RankerGraph(nn.Module):
-    """The served ranking tower: one user (batch 1) against N candidates -> probabilities (N,)."""
+    """The served ranking tower: one user (batch 1) against N candidates -> probabilities (N,);
+    given `owner` (N,), several users in one call (user inputs (U, ...), candidate n is user
+    owner[n]'s): the two graphs differ only in that input."""
 
     def __init__(self, model: MailModel) -> None:
         super().__init__()
@@ -82,27 +84,7 @@ class RankerGraph(nn.Module):
         virtual_behavior: Tensor,
         virtual_gate: Tensor,
         candidates: Tensor,
-    ) -> Tensor:
-        user = UserInputs(user_attrs, context, behavior, virtual_behavior, virtual_gate)
-        return torch.sigmoid(self.ranker(user, candidates))
-
-
-class RankerBatchGraph(nn.Module):
-    """Several users in one call: user inputs (U, ...), candidates (N,), owner (N,) -> (N,)."""
-
-    def __init__(self, model: MailModel) -> None:
-        super().__init__()
-        self.ranker = model.ranker
-
-    def forward(
-        self,
-        user_attrs: Tensor,
-        context: Tensor,
-        behavior: Tensor,
-        virtual_behavior: Tensor,
-        virtual_gate: Tensor,
-        candidates: Tensor,
-        owner: Tensor,
+        owner: Tensor | None = None,
     ) -> Tensor:
         user = UserInputs(user_attrs, context, behavior, virtual_behavior, virtual_gate)
         return torch.sigmoid(self.ranker(user, candidates, owner))
@@ -160,7 +142,7 @@ def export_bundle(run_dir: Path, out: Path) -> Manifest:
         example = _example_inputs(schema)
         _export(RankerGraph(served), example, tmp / RANKER_FILE, ranker_signature(schema))
         _export(
-            RankerBatchGraph(served),
+            RankerGraph(served),
             (  # two users, so that no user-side dimension is traced as a broadcast 1
                 *(t.repeat(2, *[1] * (t.dim() - 1)) for t in example[:5]),
                 example[5],

@@ -112,7 +112,9 @@ class Settings(BaseSettings):
         "json",
         description="Log lines as JSON objects (for a log collector), or text (to read in a "
         "terminal). Either way one line per request at INFO (logger `service.requests`): request id, "
-        "route, status, variant, model version, latency, cold start, cache outcome; never a body.",
+        "route, status, variant, model version, latency, cold start, cache outcome; never a body. "
+        "The line costs some CPU per request (`python -m benchmarks.log_cost`); "
+        "MAILREC_LOG_LEVEL=WARNING turns it off.",
     )
 
 
