@@ -131,6 +131,35 @@ def promql_names(expr: str) -> PromqlNames:
     return PromqlNames(frozenset(metrics), frozenset(labels))
 
 
+AGGREGATIONS = frozenset("sum min max avg count stddev stdvar topk bottomk quantile group".split())
+_CLAUSE_WORDS = frozenset("by without on ignoring group_left group_right".split())
+_TOKEN = re.compile(r"[A-Za-z_:][A-Za-z0-9_:]*|[()]")
+
+
+def unaggregated(expr: str) -> set[str]:
+    """The metrics of `expr` that no aggregation (sum, max, ...) encloses: with N replicas, each
+    of them is N series, one per instance. Recorded series (`level:metric:ops`) count as
+    aggregated: their rules are checked themselves."""
+    text = _RANGE.sub(" ", _MATCHERS.sub(" ", _STRING.sub('""', expr)))
+    stack: list[str] = []  # per open parenthesis: "agg", "clause" or "call"
+    pending = previous = ""
+    out: set[str] = set()
+    for token in _TOKEN.findall(text):
+        if token == "(":
+            kind = "clause" if previous in _CLAUSE_WORDS else "agg" if pending else "call"
+            pending = "" if kind == "agg" else pending
+            stack.append(kind)
+        elif token == ")":
+            stack.pop()
+        elif token.lower() in AGGREGATIONS:
+            pending = token
+        elif stack[-1:] != ["clause"] and token.lower() not in PROMQL_WORDS and ":" not in token:
+            if "agg" not in stack:
+                out.add(token)
+        previous = token.lower()
+    return out
+
+
 # --- Prometheus, natively --------------------------------------------------------------------
 
 

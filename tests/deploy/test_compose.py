@@ -12,6 +12,7 @@ import ast
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -20,9 +21,11 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
+from fastapi.routing import APIRoute
 
 from service.config import Settings
 from service.experiments import load_experiment
+from service.routes import router
 from tests.deploy.stack import (
     COMPOSE_FILE,
     DOCKER,
@@ -258,10 +261,75 @@ def test_scrape_target_is_the_service_name_and_port() -> None:
         service = SERVICES[name]
         port = int(environment(service)["MAILREC_PORT"] or 0)
         assert port == sd["port"], f"{name} listens on {port}, Prometheus scrapes {sd['port']}"
-        assert all(p.split(":")[-1] == str(port) for p in service["ports"])
+        assert all(p.split(":")[-1] == str(port) for p in service.get("ports", []))
         _, instructions = built(name)
         assert Instruction("EXPOSE", str(port)) in instructions
     assert job.get("metrics_path", "/metrics") == "/metrics"
+
+
+def haproxy_sections(path: Path) -> dict[str, list[list[str]]]:
+    """haproxy.cfg as {"backend service": [["balance", "roundrobin"], ...], ...}, comments dropped."""
+    sections: dict[str, list[list[str]]] = {}
+    current: list[list[str]] = []
+    for raw in path.read_text().splitlines():
+        line = raw.split("#", 1)[0].rstrip()
+        if not line.strip():
+            continue
+        if not line[0].isspace():
+            current = sections.setdefault(" ".join(line.split()), [])
+        else:
+            current.append(line.split())
+    return sections
+
+
+def haproxy_config() -> tuple[Path, dict[str, list[list[str]]]]:
+    """The load balancer's config file in the repository, and its sections."""
+    lb = SERVICES["lb"]
+    target = "/usr/local/etc/haproxy/haproxy.cfg"  # where the haproxy image reads it
+    mount = mount_of(lb, target)
+    assert mount.read_only
+    path = host_path(mount, target)
+    return path, haproxy_sections(path)
+
+
+def test_service_scales_behind_the_load_balancer() -> None:
+    """`docker compose up --scale service=N`: nothing pins one container, the LB owns the port."""
+    service = SERVICES["service"]
+    assert "ports" not in service, "a fixed host port stops `--scale service=N` at one replica"
+    assert "container_name" not in service
+    port = environment(service)["MAILREC_PORT"]
+    assert service["expose"] == [port]
+    lb = SERVICES["lb"]
+    assert lb["image"].startswith("haproxy:") and "service" in lb["depends_on"]
+    (published,) = lb["ports"]
+    _, sections = haproxy_config()
+    (bind,) = [line for line in sections["frontend http"] if line[0] == "bind"]
+    assert bind[1] == ":" + published.split(":")[-1]
+    assert published.split(":")[0] == "8000"  # README and the compose file's header name :8000
+
+
+def test_load_balancer_round_robins_over_every_ready_replica() -> None:
+    _, sections = haproxy_config()
+    backend = {line[0]: line[1:] for line in sections["backend service"]}
+    assert backend["balance"] == ["roundrobin"]
+    assert backend["option"][:2] == ["httpchk", "GET"]
+    health = backend["option"][2]
+    assert health == "/readyz" and health in {r.path for r in router.routes if isinstance(r, APIRoute)}
+    assert backend["http-check"] == ["expect", "status", "200"]
+    template = backend["server-template"]
+    host, port = template[2].split(":")
+    assert host == "service" and port == environment(SERVICES["service"])["MAILREC_PORT"]
+    assert "check" in template and template[template.index("resolvers") + 1] == "docker"
+    # Docker's embedded DNS: answers every replica, and new ones as they start
+    assert ["nameserver", "dns", "127.0.0.11:53"] in sections["resolvers docker"]
+
+
+def test_haproxy_accepts_the_load_balancer_config() -> None:
+    binary = shutil.which("haproxy")
+    assert binary, "haproxy not on PATH: `bash scripts/system-deps.sh haproxy` (make test does)"
+    path, _ = haproxy_config()
+    checked = subprocess.run([binary, "-c", "-f", str(path)], capture_output=True, text=True, timeout=30)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
 def test_prometheus_mounts_its_config_and_rules() -> None:

@@ -29,6 +29,7 @@ from tests.deploy.stack import (
     panels,
     promql_names,
     rules,
+    unaggregated,
 )
 
 
@@ -97,6 +98,21 @@ def test_metric_reader_finds_names_and_labels() -> None:
     )
     assert names.metrics == {"x_bucket", "a:b:c", "up"}
     assert names.labels == {"le", "route", "m", "variant", "job"}
+
+
+@pytest.mark.parametrize("query", dashboard_queries(), ids=lambda q: q.name)
+def test_dashboard_queries_sum_over_replicas(query: Query) -> None:
+    """Prometheus scrapes every replica (`docker compose up --scale service=N`): a panel adds
+    them up (or picks one by max/min), else it shows one line per replica where it means one."""
+    assert not unaggregated(query.expr), f"not aggregated over instances: {unaggregated(query.expr)}"
+
+
+def test_aggregation_reader_finds_bare_metrics() -> None:
+    expr = (
+        'sum by (variant) (rate(a_total{x="sum(b)"}[5m])) / b + max(c) + x:y:z'
+        " + histogram_quantile(0.5, sum by (le) (rate(d_bucket[1m]))) + rate(e_total[1m])"
+    )
+    assert unaggregated(expr) == {"b", "e_total"}
 
 
 # --- Grafana ----------------------------------------------------------------------------------
