@@ -41,8 +41,8 @@ lock: venv ## regenerate requirements/serve.lock (service image) and requirement
 	$(LOCK) --extra cpu --extra train --extra bench --extra dev --upgrade-package "$(TORCH)" -o $(DEV_LOCK) pyproject.toml
 	@! grep -iE '^(nvidia|triton|cuda)' $(DEV_LOCK) || { echo "lock: CUDA packages in $(DEV_LOCK)"; exit 1; }
 
-system-deps: ## install the Debian packages the tests need (redis-server, prometheus, wrk, jq), if missing
-	bash scripts/system-deps.sh redis-server prometheus wrk jq
+system-deps: ## install the Debian packages the tests need (redis-server, prometheus, wrk, jq, haproxy), if missing
+	bash scripts/system-deps.sh redis-server prometheus wrk jq haproxy
 
 run: venv ## data, training (control + mail), export, and the service on an embedded Redis
 	bash scripts/run.sh
