@@ -3,6 +3,7 @@
 # Installs only what is missing, and needs root (or sudo) only then. A package is "present" when
 # its command is on PATH (prometheus also needs promtool).
 set -euo pipefail
+PATH="$PATH:/usr/sbin:/sbin"  # Debian installs haproxy there, off a user's PATH
 missing=()
 for pkg in "$@"; do
   case "$pkg" in

