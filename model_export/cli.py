@@ -204,7 +204,9 @@ COMMANDS = {"train": _train, "download": _download, "export": _export, "evaluate
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m model_export", description=__doc__)
+    # named as it was called: the console script, or the module
+    prog = "mailrec-train" if Path(sys.argv[0]).name == "mailrec-train" else "python -m model_export"
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_download, _add_train, _add_export, _add_evaluate):

@@ -59,3 +59,12 @@ def test_console_script_is_the_cli() -> None:
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     module, _, name = scripts["mailrec-train"].partition(":")
     assert getattr(importlib.import_module(module), name) is main
+
+
+def test_the_console_script_names_itself_in_its_help() -> None:
+    script = Path(sys.executable).parent / "mailrec-train"
+    if not script.exists():
+        pytest.skip("the package's console scripts are not installed in this environment")
+    done = subprocess.run([str(script), "train", "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: mailrec-train train")
