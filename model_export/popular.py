@@ -97,6 +97,19 @@ def choose_segment(data: EncodedData, single_slot: bool = False) -> tuple[Popula
     return best[1], tried
 
 
+METHODS = ("popularity", "popularity-segment")  # the benchmarks' names for the two lists
+
+
+def by_method(data: EncodedData, method: str) -> tuple[PopularList, list[dict[str, Any]]]:
+    """The list a benchmark method names (`METHODS`) and, for the segment list, what choosing
+    it on validation tried."""
+    if method == "popularity":
+        return overall(data), []
+    if method == "popularity-segment":
+        return choose_segment(data)
+    raise ValueError(f"unknown list {method!r}; choose from {METHODS}")
+
+
 def report(
     data: EncodedData, tcfg: TrainConfig, popular: PopularList, tried: list[dict[str, Any]] | None = None
 ) -> dict[str, Any]:

@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 FEWSHOT_N = (1, 3, 5)
 FEWSHOT_N_CATALOG = (1, 3, 5, 10)
 FEWSHOT_METHODS = ("control", "oracle", "mail", "mail-blend", "popularity", "popularity-segment")
-POPULAR = ("popularity", "popularity-segment")  # no model: scored from the training counts
+POPULAR = popular.METHODS  # no model: scored from the training counts
 LOSS_CURVES = ("mail", "mail-mse")  # runs whose per-batch losses are kept (first seed, tuning setting)
 
 
@@ -287,9 +287,7 @@ def _popularity_row(job: Job) -> dict[str, Any]:
     prepared = _prepared(job, spec)
     started = time.perf_counter()
     enc = prepared.encoded
-    chosen, tried = (
-        popular.choose_segment(enc) if cell.method == "popularity-segment" else (popular.overall(enc), [])
-    )
+    chosen, tried = popular.by_method(enc, cell.method)
     report = popular.report(enc, tcfg, chosen, tried)
     row = result_row(cell, time.perf_counter() - started, report, value=job.value)
     if "segment" in report:

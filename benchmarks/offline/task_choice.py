@@ -99,12 +99,9 @@ def run_variant(
         _PREPARED.clear()
         _PREPARED[str(seed)] = prepare(spec)
     started = time.perf_counter()
-    if model == "popularity":  # the fallback, on the same split: the bar on validation too
+    if model in popular.METHODS:  # the lists, on the same split: the bars on validation too
         enc = _PREPARED[str(seed)].encoded
-        report = popular.report(enc, spec.train, popular.overall(enc))
-    elif model == "popularity-segment":
-        enc = _PREPARED[str(seed)].encoded
-        report = popular.report(enc, spec.train, *popular.choose_segment(enc))
+        report = popular.report(enc, spec.train, *popular.by_method(enc, model))
     else:
         _, report = run(spec, None, _PREPARED[str(seed)])
     return {

@@ -94,3 +94,14 @@ def test_an_auto_prior_takes_the_segment_validation_chooses(encoded: EncodedData
     assert resolved.prior_segment == "segment"  # the synthetic attribute that sets taste
     plain = ModelConfig(model="control", ranker=RankerConfig(item_prior=True))
     assert resolve_prior(encoded, plain) is plain
+
+
+def test_a_benchmark_method_names_its_list(encoded: EncodedData) -> None:
+    plain, tried = popular.by_method(encoded, "popularity")
+    assert plain.field is None and tried == []
+    np.testing.assert_array_equal(plain.table, popular.overall(encoded).table)
+    segment, tried = popular.by_method(encoded, "popularity-segment")
+    chosen, tried_there = popular.choose_segment(encoded)
+    assert (segment.field, segment.shrink, tried) == (chosen.field, chosen.shrink, tried_there)
+    with pytest.raises(ValueError, match="unknown list"):
+        popular.by_method(encoded, "control")
