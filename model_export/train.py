@@ -175,7 +175,7 @@ def train(
         else None  # a parameter-free generator (mean-fill) has nothing to step
     )
     sampler = make_sampler(data, tcfg)
-    cold = ColdRows(tcfg.cold_share, task.user_id_slot(data.schema), tcfg.attr_dropout, data.schema)
+    cold = ColdRows.for_schema(data.schema, tcfg.cold_share, tcfg.attr_dropout)
     history = History()
     best, best_state, stale = -math.inf, copy.deepcopy(model.state_dict()), 0
     by_ndcg = tcfg.task == "catalog" and tcfg.select == "ndcg"
@@ -266,12 +266,19 @@ def train(
 @dataclass(frozen=True)
 class ColdRows:
     """Shows a `share` of a batch's rows as a new user looks (user id OOV, no behavior), and in
-    those rows hides each other user attribute with probability `attr_dropout` (PAD: missing)."""
+    those rows hides each other user attribute (`attributes`: their columns) with probability
+    `attr_dropout` (PAD: missing)."""
 
     share: float
     id_slot: int
     attr_dropout: float = 0.0
-    schema: Schema | None = None
+    attributes: tuple[slice, ...] = ()
+
+    @classmethod
+    def for_schema(cls, schema: Schema, share: float, attr_dropout: float = 0.0) -> ColdRows:
+        """Cold rows for `schema`'s user fields: the id's column, and every other field's."""
+        others = (task.user_field_slots(schema, f.name) for f in schema.user_fields if f.name != "user_id")
+        return cls(share, task.user_id_slot(schema), attr_dropout, tuple(others))
 
     def __call__(self, batch: tuple[Tensor, ...], rng: np.random.Generator) -> tuple[Tensor, ...]:
         if self.share <= 0:
@@ -282,11 +289,10 @@ class ColdRows:
             return batch
         attrs, beh = attrs.clone(), beh.clone()
         task.as_new_user(attrs.numpy(), beh.numpy(), pick, self.id_slot)
-        if self.attr_dropout > 0 and self.schema is not None:
-            for f in self.schema.user_fields:
-                if f.name != "user_id":
-                    hide = pick & (rng.random(len(attrs)) < self.attr_dropout)
-                    attrs[torch.from_numpy(hide), task.user_field_slots(self.schema, f.name)] = PAD
+        if self.attr_dropout > 0:
+            for cols in self.attributes:
+                hide = pick & (rng.random(len(attrs)) < self.attr_dropout)
+                attrs[torch.from_numpy(hide), cols] = PAD
         return attrs, ctx, beh, item, label, is_new
 
 

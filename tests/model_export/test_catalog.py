@@ -152,7 +152,7 @@ def test_cold_rows_hide_id_behavior_and_some_attributes_of_the_picked_rows_only(
     id_slot = task.user_id_slot(enc.schema)
     others = [f.name for f in enc.schema.user_fields if f.name != "user_id"]
     assert others and (attrs[:, id_slot] > OOV).all() and (attrs > PAD).all()
-    got, _, got_beh, *_ = ColdRows(0.5, id_slot, 0.5, enc.schema)(batch, np.random.default_rng(0))
+    got, _, got_beh, *_ = ColdRows.for_schema(enc.schema, 0.5, 0.5)(batch, np.random.default_rng(0))
     cold = got[:, id_slot] == OOV
     assert 0.4 < cold.float().mean() < 0.6
     assert (got_beh[cold] == 0).all() and torch.equal(got_beh[~cold], beh[~cold])
@@ -164,7 +164,7 @@ def test_cold_rows_hide_id_behavior_and_some_attributes_of_the_picked_rows_only(
         kept = cold & ~hidden
         assert torch.equal(got[kept][:, cols], attrs[kept][:, cols])
     # no attribute dropout: the cold rows keep every attribute but the id
-    got, *_ = ColdRows(1.0, id_slot, 0.0, enc.schema)(batch, np.random.default_rng(0))
+    got, *_ = ColdRows.for_schema(enc.schema, 1.0, 0.0)(batch, np.random.default_rng(0))
     assert (got[:, id_slot] == OOV).all()
     keep = [c for c in range(attrs.shape[1]) if c != id_slot]
     assert torch.equal(got[:, keep], attrs[:, keep])
