@@ -10,6 +10,44 @@ def cpu(run: dict[str, Any], who: str) -> str:
     return f"{value:,.0f}" if value is not None else "n/a"
 
 
+def open_loop(r: dict[str, Any]) -> list[str]:
+    """The latency-against-offered-load table, for the scenarios that had an open-loop sweep."""
+    rows = [row for row in r["scenarios"] if row.get("open_loop")]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "Latency against offered load (open loop: requests leave on a fixed schedule, latency counts "
+        "from the scheduled time, so queueing is not hidden; `benchmarks.serving.openloop` on core 1; "
+        "max = the scenario's closed-loop req/s above, same run):",
+        "",
+        "| scenario | offered | offered req/s | achieved req/s | p50 ms | p99 ms | p99.9 ms | max ms "
+        "| errors | service CPU busy | generator lag p99 ms | connections |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        for run in row["open_loop"]["runs"]:
+            lines.append(
+                f"| {row['name']} | {run['fraction']:.0%} | {run['offered_rps']:,.0f} "
+                f"| {run['achieved_rps']:,.0f} "
+                f"| {run['p50_ms']:.2f} | {run['p99_ms']:.2f} | {run['p999_ms']:.2f} | {run['max_ms']:.1f} "
+                f"| {run['errors']} | {run['service_cpu_share']:.0%} | {run['send_lag_p99_ms']:.2f} "
+                f"| {run['connections']} |"
+            )
+    lines.append("")
+    for row in rows:
+        k = row["open_loop"]["knee"]
+        if k is None:
+            text = "no knee in the range measured (p99 stays within twice its lowest-load value)"
+        else:
+            below = f"{k['below_fraction']:.0%}" if k["below_fraction"] is not None else "the lowest load"
+            text = f"between {below} and {k['at_fraction']:.0%} of the closed-loop maximum"
+        lines.append(
+            f"- knee of `{row['name']}` (p99 above twice its lowest-load value, or < 97% answered): {text}."
+        )
+    return lines
+
+
 def markdown(r: dict[str, Any]) -> str:
     m, v, s = r["machine"], r["versions"], r["setup"]
     c = s["connections"]
@@ -58,6 +96,7 @@ def markdown(r: dict[str, Any]) -> str:
                 checks.append(f"{row['name']} c={key[1:]}: {row[key]['service_metrics']}")
     lines += ["", "Service metrics over each measured run (cache results, /recommend statuses):", ""]
     lines += [f"- {x}" for x in checks]
+    lines += open_loop(r)
     sc = r.get("scaling")
     if sc:
         lines += ["", f"Workers ({sc['scenario']}, c={sc['connections']}):", ""]

@@ -22,6 +22,7 @@ from benchmarks.harness.processes import RedisServer
 from benchmarks.serving import profile, scenarios
 from benchmarks.serving.bundles import REPO, bench_bundles
 from benchmarks.serving.loadgen import Load, WrkResult, run_wrk, wrk_binary
+from benchmarks.serving.openloop import OpenLoopResult
 from benchmarks.serving.procs import cpu_seconds, start_floor, start_service
 from benchmarks.serving.report import markdown
 
@@ -76,6 +77,69 @@ def measure(
     cpu = cpu_seconds(pid)
     result = run_wrk(url, load, connections, seconds, work, LOAD_CPU)
     return result, (cpu_seconds(pid) - cpu) / max(result.requests, 1) * 1e6
+
+
+def run_open_loop(
+    url: str, load: Load, rate: float, seconds: float, warmup: float, work: Path
+) -> OpenLoopResult:
+    """One open-loop run (`benchmarks.serving.openloop`) at `rate` req/s, pinned to the load core."""
+    assert load.body is not None
+    body = work / "openloop-body.json"
+    body.write_text(load.body)
+    cmd = [sys.executable, "-m", "benchmarks.serving.openloop", "--url", url, "--path", load.path]
+    cmd += ["--body-file", str(body), "--rate", f"{rate:.1f}", "--seconds", str(seconds)]
+    cmd += ["--warmup", str(warmup), *[f"--header={k}={v}" for k, v in load.headers.items()]]
+    done = subprocess.run(["taskset", "-c", LOAD_CPU, *cmd], capture_output=True, text=True, cwd=REPO)
+    line = next((x for x in done.stdout.splitlines() if x.startswith("OPENLOOP_JSON ")), None)
+    if line is None:
+        raise RuntimeError(f"the open-loop generator printed no summary:\n{done.stdout}{done.stderr}")
+    return OpenLoopResult(**json.loads(line.removeprefix("OPENLOOP_JSON ")))
+
+
+def knee(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The first offered load where queueing shows: p99 above twice its value at the lowest load, or
+    fewer than 97% of the scheduled requests answered 2xx in the window. None: no knee in the range."""
+    if not runs:
+        return None
+    base = runs[0]["p99_ms"]
+    for before, run in zip([None, *runs[:-1]], runs, strict=True):
+        if run["p99_ms"] > 2 * base or run["completed"] < 0.97 * run["scheduled"]:
+            return {"at_fraction": run["fraction"], "below_fraction": before["fraction"] if before else None}
+    return None
+
+
+def open_loop_sweep(
+    args: argparse.Namespace, url: str, pid: int, load: Load, max_rps: float, work: Path
+) -> dict[str, Any]:
+    """p50/p99 against offered load: fractions of the closed-loop maximum measured just before."""
+    runs = []
+    for fraction in args.open_loop:
+        before = metric_samples(url)
+        cpu = cpu_seconds(pid)
+        result = run_open_loop(url, load, fraction * max_rps, args.seconds, args.warmup, work)
+        spent = cpu_seconds(pid) - cpu
+        time.sleep(0.2)
+        checks = summarize_metrics(before, metric_samples(url))
+        runs.append(
+            {
+                "fraction": fraction,
+                **result.to_dict(),
+                "service_cpu_share": round(spent / (args.seconds + args.warmup), 3),
+                "service_metrics": checks,
+            }
+        )
+        print(
+            f"    open loop {fraction:4.0%} of {max_rps:,.0f}: offered {result.offered_rps:8.0f} req/s, "
+            f"achieved {result.achieved_rps:8.0f}, p50 {result.p50_ms:7.2f} ms p99 {result.p99_ms:8.2f} ms, "
+            f"errors {result.errors}, generator lag p99 {result.send_lag_p99_ms:.2f} ms",
+            flush=True,
+        )
+    return {
+        "max_rps": max_rps,
+        "max_from": f"closed loop, c={args.connections}",
+        "runs": runs,
+        "knee": knee(runs),
+    }
 
 
 def wait_quiet(minutes: float) -> float:
@@ -174,6 +238,9 @@ def run_scenarios(
                     print(f"    c={c:<3} service {_brief(svc)} | floor {_brief(ref)}", end="", flush=True)
                     print(f" | ratio {svc.rps / ref.rps:.2f}", end="")
                     print(f" | CPU/request {svc_cpu:.0f} vs {ref_cpu:.0f} us  {checks}", flush=True)
+                if args.open_loop and sc.name in args.open_loop_scenarios and sc.load.body is not None:
+                    max_rps = row[f"c{args.connections}"]["service"]["rps"]
+                    row["open_loop"] = open_loop_sweep(args, url, service.pid, sc.load, max_rps, work)
                 if args.profile:
                     row["profile"] = profile.record(
                         service.pid, url, sc.load, args.connections, args.profile, work, LOAD_CPU
@@ -241,6 +308,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=2.0, help="unrecorded seconds before each run")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--scenarios", nargs="*", default=None)
+    parser.add_argument(
+        "--open-loop",
+        type=lambda text: [float(x) for x in text.split(",") if x.strip()],
+        default=[0.25, 0.5, 0.75, 0.9, 1.0],
+        help="open-loop runs at these fractions of the scenario's closed-loop req/s ('' for none)",
+    )
+    parser.add_argument(
+        "--open-loop-scenarios",
+        type=lambda text: [x for x in text.split(",") if x],
+        default=["cold_cached_100", "cold_catalog"],
+        help="the scenarios that get an open-loop sweep (fixed-body scenarios only)",
+    )
     parser.add_argument("--no-scaling", action="store_true", help="skip the 1 vs 2 workers run")
     parser.add_argument("--profile", type=float, default=0, help="py-spy seconds per scenario (0: none)")
     parser.add_argument("--wait-quiet", type=float, default=0, help="minutes to wait for load < 0.5")
