@@ -69,7 +69,9 @@ def user_on(cluster: RedisClusterProcesses, prefix: str, port: int) -> str:
     raise RuntimeError(f"no user id on the master at {port} in 200 tries")
 
 
-async def load(url: str, body: dict[str, Any], seconds: float, clients: int) -> list[tuple[float, int, float]]:
+async def load(
+    url: str, body: dict[str, Any], seconds: float, clients: int
+) -> list[tuple[float, int, float]]:
     """(send time, status, latency s) of every /recommend that `clients` loops sent for `seconds`."""
     out: list[tuple[float, int, float]] = []
     end = time.monotonic() + seconds
@@ -79,7 +81,9 @@ async def load(url: str, body: dict[str, Any], seconds: float, clients: int) -> 
             while time.monotonic() < end:
                 t = time.monotonic()
                 try:
-                    status = (await ac.post("/recommend", json=body, headers={"X-Variant": "mail"})).status_code
+                    status = (
+                        await ac.post("/recommend", json=body, headers={"X-Variant": "mail"})
+                    ).status_code
                 except httpx.HTTPError:
                     status = 0
                 out.append((t, status, time.monotonic() - t))
@@ -128,7 +132,9 @@ def run(
                 hit = now
             if click is None and failover is not None:
                 served = client.post(
-                    "/recommend", json={"user_id": user, "attributes": ATTRS, "k": 3}, headers={"X-Variant": "mail"}
+                    "/recommend",
+                    json={"user_id": user, "attributes": ATTRS, "k": 3},
+                    headers={"X-Variant": "mail"},
                 ).json()
                 if served["impression_id"] is not None:
                     item = served["items"][0]["item_id"]
@@ -193,7 +199,8 @@ def main() -> int:
     finally:
         service.stop()
         cluster.close()
-    command = f"python -m benchmarks.cluster_failover --bundles {args.bundles} --seconds {args.seconds:g} --clients {args.clients}"
+    command = f"python -m benchmarks.cluster_failover --bundles {args.bundles} --seconds {args.seconds:g}"
+    command += f" --clients {args.clients}"
     out = {"command": command, "load_average": [load_start, os.getloadavg()[0]], **asdict(res)}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "redis-cluster-failover.json").write_text(json.dumps(out, indent=2) + "\n")

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import uvloop
-
 from redis.asyncio import Redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -42,7 +41,7 @@ from benchmarks.serving import scenarios
 from benchmarks.serving.inprocess import drive
 from benchmarks.serving.loadgen import Load, run_wrk
 from benchmarks.serving.run import write_experiments
-from service.resp import Command, Reply, RespClient
+from service.resp import Command, Reply
 
 CLIENTS = ("redis-py", "resp")
 SCENARIO = "cold_cached_100"
@@ -190,6 +189,7 @@ def http(
 def report(args: argparse.Namespace, res: dict[str, Any], load: tuple[float, float], commit: str) -> str:
     cpu = {c: statistics.median(res["inprocess"]["cpu_us"][c]) for c in CLIENTS}
     rps = {c: statistics.median(res["http"]["rps"][c]) for c in CLIENTS}
+    inproc = res["inprocess"]
     lines = [
         "# redis-py (asyncio + hiredis) vs the hand-written RESP client",
         "",
@@ -203,8 +203,8 @@ def report(args: argparse.Namespace, res: dict[str, Any], load: tuple[float, flo
         "|---|---|---|---|",
         f"| in process: CPU per request, median (us) | {cpu['redis-py']:.0f} | {cpu['resp']:.0f} | "
         f"{cpu['resp'] / cpu['redis-py']:.3f} |",
-        f"| in process: runs (us) | {', '.join(f'{x:.0f}' for x in res['inprocess']['cpu_us']['redis-py'])} | "
-        f"{', '.join(f'{x:.0f}' for x in res['inprocess']['cpu_us']['resp'])} | |",
+        f"| in process: runs (us) | {', '.join(f'{x:.0f}' for x in inproc['cpu_us']['redis-py'])} | "
+        f"{', '.join(f'{x:.0f}' for x in inproc['cpu_us']['resp'])} | |",
         f"| HTTP, 32 connections: req/s, median | {rps['redis-py']:.0f} | {rps['resp']:.0f} | "
         f"{rps['resp'] / rps['redis-py']:.3f} |",
         f"| HTTP: runs (req/s) | {', '.join(f'{x:.0f}' for x in res['http']['rps']['redis-py'])} | "
@@ -240,7 +240,8 @@ def main() -> int:
         t = time.monotonic()
         res: dict[str, Any] = {
             "command": f"python -m benchmarks.redis_client --bundles {args.bundles} --rounds {args.rounds} "
-            f"--requests {args.requests} --seconds {args.seconds:g} --budget-ms {args.budget_ms:g} --out {args.out}",
+            f"--requests {args.requests} --seconds {args.seconds:g} --budget-ms {args.budget_ms:g} "
+            f"--out {args.out}",
             "inprocess": uvloop.run(
                 inprocess(redis_server.url, work, bundles, args.rounds, args.requests, args.budget_ms)
             ),

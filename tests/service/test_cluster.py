@@ -8,15 +8,18 @@ exactly once, warm-up by clicks, cache hits and single-flight, the impression re
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from redis.crc import key_slot
 
 from benchmarks.harness.experiments import write_experiment
 from benchmarks.harness.processes import RedisClusterProcesses, ServiceProcess
+from service.resp import ClusterClient, Reply
 from tests.service.conftest import NEW_USER, Live, service_env, tiny_bundles
 from tests.service.test_api import (  # noqa: F401 - collected here again, on the cluster
     test_a_cold_user_with_clicks_is_no_longer_cold,
@@ -64,7 +67,9 @@ def test_one_requests_keys_live_on_different_masters_and_the_click_script_on_its
     for i in range(40):  # a user whose history key's master is not the vector key's
         user = f"split-{i}"
         served = client.post(
-            "/recommend", json={"user_id": user, "attributes": NEW_USER, "k": 3}, headers={"X-Variant": "mail"}
+            "/recommend",
+            json={"user_id": user, "attributes": NEW_USER, "k": 3},
+            headers={"X-Variant": "mail"},
         ).json()
         vkeys = list(cluster.client().scan_iter(f"{live.prefix}:vb:{served['model_version']}:*", count=1000))
         history = f"{live.prefix}:hist:{{{user}}}"
@@ -80,3 +85,36 @@ def test_one_requests_keys_live_on_different_masters_and_the_click_script_on_its
         "/recommend", json={"user_id": user, "attributes": NEW_USER}, headers={"X-Variant": "mail"}
     ).json()
     assert again["cold_start"] is False  # the read of both keys, each from its master, was answered
+
+
+def test_the_cluster_client_follows_moved_from_a_stale_slot_map(live: Live) -> None:
+    """In process: every slot wrongly believed to be on one master; the commands of one call that
+    land on the wrong master are answered MOVED, sent again where they belong, and the slot map
+    read again; the replies come back in the call's order."""
+    assert isinstance(live.redis, RedisClusterProcesses)
+    cluster = live.redis
+    keys = [f"{live.prefix}:moved:{i}" for i in range(12)]
+    with cluster.client() as rc:
+        for key in keys:
+            rc.set(key, key)
+    masters = {cluster.master_for(k).port for k in keys}
+    assert len(masters) > 1  # 12 keys over 3 masters
+
+    async def run() -> tuple[list[Reply], bool]:
+        client = ClusterClient(cluster.url, connect_timeout=1.0)
+        await client.refresh()
+        wrong = ("127.0.0.1", min(masters))
+        client.slots = [wrong] * len(client.slots)
+        replies = await client.call([("GET", k) for k in keys]).future
+        fixed = client.slots[key_slot(keys[0].encode())] == ("127.0.0.1", cluster.master_for(keys[0]).port)
+        client.close()
+        return replies, fixed
+
+    replies, fixed = asyncio.run(run())
+    assert replies == [k.encode() for k in keys]
+    assert fixed
+
+
+def test_a_cluster_url_with_a_database_is_refused() -> None:
+    with pytest.raises(ValueError, match="database 0"):
+        ClusterClient("redis://127.0.0.1:7000/2", connect_timeout=1.0)
