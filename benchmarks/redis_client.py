@@ -93,7 +93,7 @@ def redispy_app() -> Any:
     def connect(url: str, cluster: bool, connect_timeout: float) -> Any:
         return RedisPyClient(url, connect_timeout)
 
-    service.resp.connect = connect  # type: ignore[assignment]
+    service.resp.connect = connect
     return create_app()
 
 

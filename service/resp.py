@@ -375,8 +375,12 @@ class ClusterClient:
     The slot map (CLUSTER SLOTS) is read from any node that answers, at the first call and again
     after a `MOVED` reply (a failover, a resharding) or a lost connection. A call's commands go to
     the masters owning their keys' slots, each master's part as one pipelined write, the parts in
-    parallel; a `MOVED` or `ASK` reply sends the call again (at most `REDIRECTS` times) to the
-    node named. Commands without a key (PING) go to one master. Commands of one call may well
+    parallel. A part answered `MOVED` is routed again on the slot map read again, one answered
+    `ASK` (a slot being migrated) is sent to the node named, each command after an ASKING; at
+    most `REDIRECTS` times. Such a part is sent again whole, as only its first error is seen: a
+    command of it that had run runs again, which the service's commands allow (reads, SET of a
+    vector; SET NX and the click script change nothing the second time, and are calls of their
+    own). Commands without a key (PING) go to one master. Commands of one call may well
     land on different nodes: only a command with several keys (the click script) needs them in
     one slot, which the keys' `{user}` hash tag gives. The URL names any node; a database other
     than 0 is refused (a cluster has only db 0).
@@ -426,6 +430,8 @@ class ClusterClient:
             except (RedisConnectionError, ResponseError, OSError) as exc:
                 last = exc
                 continue
+            if not isinstance(rows, list):
+                raise RedisConnectionError(f"unreadable CLUSTER SLOTS reply: {rows!r}")
             slots: list[tuple[str, int] | None] = [None] * 16384
             for row in rows:
                 start, end, master = int(row[0]), int(row[1]), row[2]
@@ -450,38 +456,40 @@ class ClusterClient:
         return found
 
     async def run(self, commands: list[Command], call: ClusterCall) -> list[Reply]:
-        redirect: dict[int, tuple[tuple[str, int], bool]] = {}  # command -> (node, ASKING first)
+        replies: list[Reply] = [None] * len(commands)
+        todo = list(range(len(commands)))  # the commands still without their reply
+        redirect: dict[int, tuple[str, int]] = {}  # command -> node to ask (ASK), ASKING first
         for attempt in range(self.REDIRECTS + 1):
             if self.stale:
                 await self.refresh()
             groups: dict[tuple[str, int], list[int]] = {}
-            for i, command in enumerate(commands):
-                node = redirect[i][0] if i in redirect else self.owner(command)
-                groups.setdefault(node, []).append(i)
+            for i in todo:
+                groups.setdefault(redirect.get(i) or self.owner(commands[i]), []).append(i)
             parts = []
             for node, indexes in groups.items():
                 sent: list[Command] = []
                 positions = []  # where each command's reply is in the part's replies
                 for i in indexes:
-                    if redirect.get(i, (node, False))[1]:
+                    if i in redirect:
                         sent.append(("ASKING",))
                     positions.append(len(sent))
                     sent.append(commands[i])
                 parts.append((indexes, self.node(*node).call(sent), positions))
             call.parts = [batch for _, batch, _ in parts]
             results = await asyncio.gather(*(b.future for _, b, _ in parts), return_exceptions=True)
-            replies: list[Reply] = [None] * len(commands)
-            redirect = {}
+            todo, redirect = [], {}
             for (indexes, _, positions), result in zip(parts, results, strict=True):
                 if isinstance(result, ReplyError) and attempt < self.REDIRECTS:
                     moved = str(result).split()
-                    if moved[0] in ("MOVED", "ASK"):
+                    if moved[0] == "MOVED":  # the slot map changed: read it again, route again
+                        self.stale = True
+                        todo += indexes  # the whole part again: its first error is all we see
+                        continue
+                    if moved[0] == "ASK":  # a slot being migrated: to the node named
                         host, _, port = moved[2].rpartition(":")
                         target = (host or (self.seed.host or "localhost"), int(port))
-                        if moved[0] == "MOVED":
-                            self.stale = True
-                        for i in indexes:  # the whole part again: its first error is all we see
-                            redirect[i] = (target, moved[0] == "ASK")
+                        redirect.update(dict.fromkeys(indexes, target))
+                        todo += indexes
                         continue
                 if isinstance(result, RedisConnectionError):
                     self.stale = True  # a node lost: the next call reads the slot map again
@@ -490,7 +498,7 @@ class ClusterClient:
                 assert isinstance(result, list)
                 for i, at in zip(indexes, positions, strict=True):
                     replies[i] = result[at]
-            if not redirect:
+            if not todo:
                 return replies
         raise RedisConnectionError("too many cluster redirections")
 

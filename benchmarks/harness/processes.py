@@ -21,6 +21,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -442,9 +443,9 @@ def _text(raw: object) -> str:
     return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
-def _pairs(raw: object) -> dict[str, object]:
+def _pairs(raw: Any) -> dict[str, Any]:
     """A RESP2 flat [name, value, ...] list (or an already parsed dict) as a dict."""
     if isinstance(raw, dict):
         return {_text(k): v for k, v in raw.items()}
-    items = list(raw)  # type: ignore[call-overload]
+    items = list(raw)
     return {_text(k): v for k, v in zip(items[::2], items[1::2], strict=True)}

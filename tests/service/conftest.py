@@ -28,6 +28,12 @@ class Live:
     def url(self) -> str:
         return self.service.url
 
+    @property
+    def single(self) -> RedisServer:
+        """The one redis-server, for the tests that stop, pause or kill it (not on a cluster)."""
+        assert isinstance(self.redis, RedisServer)
+        return self.redis
+
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=30)
 
