@@ -32,15 +32,16 @@ from tests.service.test_api import (  # noqa: F401 - collected here again, on th
     test_virtual_behavior_is_cached_with_the_model_version,
 )
 
+CLUSTER = {"MAILREC_REDIS_CLUSTER": "1"}
+
 
 def start_cluster_live(tmp: Path, bundle_factory: Callable[..., Path], **env: str) -> Live:
     """The service on a Redis Cluster of its own (MAILREC_REDIS_CLUSTER=1, the URL of one node)."""
     experiments = write_experiment(tmp / "experiments.toml", tiny_bundles(bundle_factory))
     cluster = RedisClusterProcesses().start()
     prefix = f"test-{uuid.uuid4().hex[:8]}"
-    settings = service_env(experiments, cluster.url, prefix, MAILREC_REDIS_CLUSTER="1", **env)
-    service = ServiceProcess(settings)
     try:
+        service = ServiceProcess(service_env(experiments, cluster.url, prefix, **{**env, **CLUSTER}))
         service.start()
     except Exception:
         cluster.close()
