@@ -19,6 +19,7 @@ import asyncio
 import json
 import os
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -128,8 +129,6 @@ def run(
 
         def background() -> None:
             result["load"] = asyncio.run(load(service_url, body, seconds, clients))
-
-        import threading
 
         thread = threading.Thread(target=background)
         thread.start()

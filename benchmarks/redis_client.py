@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -175,8 +176,6 @@ def http(
                 errors[name] += res.errors
                 print(f"  HTTP, round {r + 1}, {name}: {res.rps:.0f} req/s, p99 {res.p99_ms} ms", flush=True)
         for name, (_, base) in procs.items():
-            import urllib.request
-
             with urllib.request.urlopen(f"{base}/metrics", timeout=5) as resp:
                 text = resp.read().decode()
             cache[name] = metric_by(text, "mailrec_cache_requests_total", "result")
