@@ -6,8 +6,9 @@ connections on one worker) that took longer than the request's Redis budget: mea
 lookups timed out and the breaker opened on a healthy Redis, which also dropped the impression
 records. It also costs more CPU: measured against redis-py 8.1 with hiredis in one run (issue 13,
 `benchmarks/redis_client.py`), 483 against 309 us per cold cached request in process, 316 against
-454 req/s at 32 connections (benchmarks/results/redis-client.md). Here the protocol's `data_received` resolves each caller's future as soon as the bytes are
-in, so the budget measures Redis, not the event loop; and every command of every request shares
+454 req/s at 32 connections (benchmarks/results/redis-client.md). Here the protocol's
+`data_received` resolves each caller's future as soon as the bytes are in, so the budget measures
+Redis, not the event loop; and every command of every request shares
 one connection (Redis answers in order, RESP2). The calls submitted in one pass of the event loop
 go out together, in one `transport.write` at the end of that pass or as soon as WRITE_BATCH of
 them are waiting. Fewer, larger writes cost less CPU per request; unbounded batches (end of pass
