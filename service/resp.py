@@ -1,20 +1,20 @@
 """A small Redis client for the request path: one connection, commands pipelined as they come.
 
 Why not redis-py here: its asyncio client reads replies in a task of its own, so a reply that
-arrived in time is only seen once the event loop gets back to that task. Under load (32
-connections on one worker) that took longer than the request's Redis budget: measured, most cache
-lookups timed out and the breaker opened on a healthy Redis, which also dropped the impression
-records. It also costs more CPU: measured against redis-py 8.1 with hiredis in one run (issue 13,
+arrived in time is only seen once the event loop gets back to that task. Under load (32 connections
+on one worker) that took longer than the request's Redis budget: measured, most cache lookups timed
+out and the breaker opened on a healthy Redis, which also dropped the impression records. It also
+costs more CPU: measured against redis-py 8.1 with hiredis in one run (issue 13,
 `benchmarks/redis_client.py`), 483 against 309 us per cold cached request in process, 316 against
 454 req/s at 32 connections (benchmarks/results/redis-client.md). Here the protocol's
 `data_received` resolves each caller's future as soon as the bytes are in, so the budget measures
-Redis, not the event loop; and every command of every request shares
-one connection (Redis answers in order, RESP2). The calls submitted in one pass of the event loop
-go out together, in one `transport.write` at the end of that pass or as soon as WRITE_BATCH of
-them are waiting. Fewer, larger writes cost less CPU per request; unbounded batches (end of pass
-only) cost least, but then a call could wait a whole pass (32 requests' work) before it was even
-sent, calls missed their budget and the breaker opened. 16 keeps the wait for a send to a few
-requests' work (measured: benchmarks/results/serving-notes.md, commits ee4b04d and 1452462).
+Redis, not the event loop; and every command of every request shares one connection (Redis answers
+in order, RESP2). The calls submitted in one pass of the event loop go out together, in one
+`transport.write` at the end of that pass or as soon as WRITE_BATCH of them are waiting. Fewer,
+larger writes cost less CPU per request; unbounded batches (end of pass only) cost least, but then
+a call could wait a whole pass (32 requests' work) before it was even sent, calls missed their
+budget and the breaker opened. 16 keeps the wait for a send to a few requests' work (measured:
+benchmarks/results/serving-notes.md, commits ee4b04d and 1452462).
 
 `submit(commands)` never blocks: it returns a future of the replies (a list, one per command). A
 RESP error reply raises `ReplyError` for the whole call; a lost connection fails every call in
