@@ -8,14 +8,17 @@ Redis is skipped for `breaker_reset_s`, then one trial call decides. Skipped or 
 degrade to "no cached vector, no stored clicks"; failed writes are counted and dropped.
 
 Every call (/recommend's user read, impression write and vector write-back, /feedback's
-impression read and click script, the readiness probe) goes through `service.resp.RespClient`, one
-pipelined connection whose replies are seen as soon as they arrive. A call that fails because its
-connection was dropped (a Redis restart, a proxy, an idle timeout) is made once more, on a new
-connection, within what is left of the budget; only if that fails too does the breaker count it.
+impression read and click script, the readiness probe) goes through `service.resp`: one pipelined
+connection to one Redis (`RespClient`), or, with MAILREC_REDIS_CLUSTER=1, one per master of a
+Redis Cluster (`ClusterClient`: each command to the master owning its key, one call's parts in
+parallel, MOVED/ASK followed). A call that fails because its connection was dropped (a Redis
+restart, a proxy, an idle timeout) is made once more, on a new connection, within what is left
+of the budget; only if that fails too does the breaker count it.
 Impression records are written with SET NX: a second write never replaces a first.
 
 Keys (`{p}` = MAILREC_REDIS_PREFIX; `{u}` = the user id, a hash tag so a user's keys share a
-Redis Cluster slot):
+Redis Cluster slot: the click script's two keys must, and do; every other command has one key, and
+the user read's two (vector, history) go to their own masters in parallel on a cluster):
   {p}:vb:{model_version}:{attrs hash}     raw float32 virtual behavior, TTL vector_ttl_s. Keyed by
                                           the encoded attributes: a pure function of them, so a
                                           changed attribute never gets a stale vector
@@ -41,7 +44,7 @@ from redis.exceptions import RedisError
 
 from service.contract import FloatArray, IntArray
 from service.metrics import Metrics
-from service.resp import Command, ConnectionDropped, Reply, RespClient
+from service.resp import ClusterClient, Command, ConnectionDropped, Reply, RespClient
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -165,7 +168,7 @@ async def within(op: Awaitable[T], seconds: float, sent_at: Callable[[], float |
     load the loop runs the timeout before the task that would read the buffered reply (measured at
     32 connections: most cache lookups failed and the breaker opened on a healthy Redis); one more
     loop pass lets such a reply be read. And with `sent_at` (the loop time the call was written,
-    `RespClient.sent_at`), a call that waited in this process before it went out gets `seconds`
+    `Batch.sent_at`), a call that waited in this process before it went out gets `seconds`
     from that write. A Redis that really does not answer (stalled, down) still costs the budget,
     and no more than the budget once the call is out.
     """
@@ -197,7 +200,7 @@ def vector_key(prefix: str, model_version: str, user_attrs: IntArray) -> str:
 class RedisStore:
     def __init__(
         self,
-        pipe: RespClient,
+        pipe: RespClient | ClusterClient,
         prefix: str,
         metrics: Metrics,
         budget_s: float,

@@ -24,8 +24,16 @@ class Settings(BaseSettings):
     )
     redis_url: str | None = Field(
         None,
-        description="Redis URL (redis://host:port/db), one shared by every replica. Required unless "
+        description="Redis URL (redis://host:port/db, unix://path, or rediss:// for TLS with its "
+        "settings in the query: ssl_ca_certs, ssl_certfile, ssl_keyfile, ssl_cert_reqs, "
+        "ssl_check_hostname), one shared by every replica. Required unless "
         "MAILREC_REDIS_EMBEDDED=1: without it the service refuses to start.",
+    )
+    redis_cluster: bool = Field(
+        False,
+        description="MAILREC_REDIS_URL names any node of a Redis Cluster (redis:// or rediss://, "
+        "database 0): the masters are found from it (CLUSTER SLOTS), each command goes to the "
+        "master owning its key, MOVED and ASK are followed.",
     )
     redis_embedded: bool = Field(
         False,

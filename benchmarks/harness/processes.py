@@ -21,6 +21,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -299,3 +300,152 @@ frontend stats
             self.proc.stop()
             self.proc = None
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free too."""
+    for _ in range(100):
+        port = free_port()
+        if port + 10000 >= 65536:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port with a free cluster bus port")
+
+
+class ClusterNode(RedisServer):
+    """One redis-server in cluster mode (`cluster-node-timeout` ms before a silent node is failed)."""
+
+    def __init__(self, workdir: Path, node_timeout_ms: int) -> None:
+        super().__init__(workdir)
+        self.port = free_cluster_port()
+        self.node_timeout_ms = node_timeout_ms
+
+    def start(self) -> ClusterNode:
+        cmd = [redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        cmd += ["--appendonly", "no", "--dir", str(self.dir), "--cluster-enabled", "yes"]
+        cmd += ["--cluster-config-file", f"nodes-{self.port}.conf"]
+        cmd += ["--cluster-node-timeout", str(self.node_timeout_ms)]
+        # a replica takes over however long its master was away; the other masters' slots keep
+        # answering while one master is down
+        cmd += ["--cluster-replica-validity-factor", "0", "--cluster-require-full-coverage", "no"]
+        self.proc = Proc("redis-server", cmd, self.dir / f"redis-{self.port}.log")
+        self.proc.wait_until(self.answers, timeout=10, poll=0.02)
+        return self
+
+    def info(self, section: str) -> dict[str, str]:
+        with self.client() as c:
+            raw = c.execute_command("CLUSTER", "INFO") if section == "cluster" else c.info(section)
+        if isinstance(raw, dict):
+            return {k: str(v) for k, v in raw.items()}
+        text = raw.decode() if isinstance(raw, bytes) else str(raw)
+        return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+
+
+class RedisClusterProcesses:
+    """A real Redis Cluster on free loopback ports: `masters` masters with `replicas` replicas each
+    (redis-cli --cluster create), in a temporary folder of its own removed by `close()`; started
+    once every node reports `cluster_state:ok` and agrees on the slot map."""
+
+    def __init__(self, masters: int = 3, replicas: int = 1, node_timeout_ms: int = 1000) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="mailrec-cluster-"))
+        self.nodes = [ClusterNode(self.dir, node_timeout_ms) for _ in range(masters * (1 + replicas))]
+        self.replicas = replicas
+
+    @property
+    def url(self) -> str:
+        """A URL naming one node (the service finds the others): for MAILREC_REDIS_CLUSTER=1."""
+        return f"redis://127.0.0.1:{self.nodes[0].port}"
+
+    def start(self, timeout: float = 60) -> RedisClusterProcesses:
+        try:
+            for node in self.nodes:
+                node.start()
+            cli = shutil.which("redis-cli")
+            if cli is None:
+                raise RuntimeError("redis-cli not found: `bash scripts/system-deps.sh redis-server`")
+            cmd = [cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes)]
+            cmd += ["--cluster-replicas", str(self.replicas), "--cluster-yes"]
+            made = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+            if made.returncode != 0:
+                raise RuntimeError(f"redis-cli --cluster create failed:\n{made.stdout}{made.stderr}")
+            self.wait_ok(timeout)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def live_nodes(self) -> list[ClusterNode]:
+        return [n for n in self.nodes if n.proc is not None]
+
+    def ok(self) -> bool:
+        """Every running node: cluster_state ok, every slot assigned, the same view of who owns it."""
+        try:
+            views = set()
+            for node in self.live_nodes():
+                info = node.info("cluster")
+                if info.get("cluster_state") != "ok" or info.get("cluster_slots_ok") != "16384":
+                    return False
+                views.add(tuple(sorted(self.masters_of(node).items())))
+            return len(views) == 1
+        except redis.RedisError:
+            return False
+
+    def wait_ok(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.ok():
+                return
+            time.sleep(0.1)
+        logs = "\n".join(n.proc.logs(2000) for n in self.live_nodes() if n.proc is not None)
+        raise RuntimeError(f"the Redis Cluster did not reach cluster_state:ok in {timeout}s:\n{logs}")
+
+    @staticmethod
+    def masters_of(node: ClusterNode) -> dict[int, int]:
+        """Slot range start -> port of its master, as `node` sees it (CLUSTER SLOTS)."""
+        with node.client() as c:
+            slots = c.execute_command("CLUSTER", "SLOTS")
+        if isinstance(slots, dict):  # redis-py may parse it into {(start, end): {...}}
+            return {int(k[0]): int(v["primary"][1]) for k, v in slots.items()}
+        return {int(row[0]): int(row[2][1]) for row in slots}
+
+    def master_for(self, key: str) -> ClusterNode:
+        """The node that owns `key`'s slot now."""
+        node = self.live_nodes()[0]
+        with node.client() as c:
+            slot = int(c.execute_command("CLUSTER", "KEYSLOT", key))
+            for row in c.execute_command("CLUSTER", "SHARDS"):
+                fields = _pairs(row)
+                ranges = fields["slots"]
+                if any(int(a) <= slot <= int(b) for a, b in zip(ranges[::2], ranges[1::2], strict=True)):
+                    for raw in fields["nodes"]:
+                        n = _pairs(raw)
+                        if _text(n["role"]) == "master" and _text(n["health"]) == "online":
+                            port = int(n["port"])
+                            return next(x for x in self.nodes if x.port == port)
+        raise RuntimeError(f"no online master owns slot {slot}")
+
+    def client(self) -> redis.RedisCluster:
+        node = self.live_nodes()[0]
+        return redis.RedisCluster(host="127.0.0.1", port=node.port, socket_timeout=2)
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _text(raw: object) -> str:
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+def _pairs(raw: Any) -> dict[str, Any]:
+    """A RESP2 flat [name, value, ...] list (or an already parsed dict) as a dict."""
+    if isinstance(raw, dict):
+        return {_text(k): v for k, v in raw.items()}
+    items = list(raw)
+    return {_text(k): v for k, v in zip(items[::2], items[1::2], strict=True)}

@@ -72,9 +72,9 @@ def test_redis_killed_for_3_s_under_load_then_restarted(
         script = lua_body_script(json.dumps(LOAD_USER))
         load = Background(live.url + "/recommend", script, CONNECTIONS, 7, tmp_path)
         time.sleep(2)
-        kill(live.redis)
+        kill(live.single)
         time.sleep(3)
-        live.redis.start()  # same port, empty
+        live.single.start()  # same port, empty
         restarted = time.monotonic()
         run = load.join()
         hit_s, click_s = resumed_after(client, restarted)
@@ -98,7 +98,7 @@ def test_redis_stalled_for_3_s_under_load(
         script = lua_body_script(json.dumps(LOAD_USER))
         load = Background(live.url + "/recommend", script, CONNECTIONS, 6, tmp_path)
         time.sleep(1.5)
-        live.redis.pause(3000)
+        live.single.pause(3000)
         run = load.join()
         until_redis_answers(client)
         hit_s, click_s = resumed_after(client, time.monotonic())
@@ -119,8 +119,8 @@ def test_redis_restarted_with_data_lost_between_impression_and_click(
         until_redis_answers(client)
         served = client.post("/recommend", json={"user_id": "lost-user", "attributes": NEW_USER}).json()
         assert served["impression_id"] is not None
-        live.redis.stop()
-        live.redis.start()  # empty
+        live.single.stop()
+        live.single.start()  # empty
         body = {"impression_id": served["impression_id"], "item_id": served["items"][0]["item_id"]}
         click = client.post("/feedback", json={**body, "event": "click"})
     record(

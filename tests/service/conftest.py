@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from benchmarks.harness.experiments import write_experiment
-from benchmarks.harness.processes import RedisServer, ServiceProcess
+from benchmarks.harness.processes import RedisClusterProcesses, RedisServer, ServiceProcess
 
 ADMIN_TOKEN = "test-admin-token"
 NEW_USER = {"segment": "s1", "age": 31, "gender": "F"}
@@ -20,13 +20,19 @@ NEW_USER = {"segment": "s1", "age": 31, "gender": "F"}
 @dataclass
 class Live:
     service: ServiceProcess
-    redis: RedisServer
+    redis: RedisServer | RedisClusterProcesses
     prefix: str
     bundles: dict[str, Path]
 
     @property
     def url(self) -> str:
         return self.service.url
+
+    @property
+    def single(self) -> RedisServer:
+        """The one redis-server, for the tests that stop, pause or kill it (not on a cluster)."""
+        assert isinstance(self.redis, RedisServer)
+        return self.redis
 
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=30)

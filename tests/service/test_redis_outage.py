@@ -47,7 +47,7 @@ def test_redis_stopped_mid_test_then_restarted(own: Live) -> None:
         assert _cold(client).json()["cold_start"] is True
         assert _cache(client, "hit") == hits + 1
 
-        own.redis.stop()
+        own.single.stop()
         for i in range(8):
             started = time.perf_counter()
             r = _cold(client, f"outage-{i}")
@@ -64,7 +64,7 @@ def test_redis_stopped_mid_test_then_restarted(own: Live) -> None:
         down = client.post("/feedback", json={"impression_id": "x", "item_id": "1", "event": "click"})
         assert down.status_code == 503 and down.json()["error"] == "feedback_store_down"
 
-        own.redis.start()  # same port, empty
+        own.single.start()  # same port, empty
         deadline = time.monotonic() + 10
         hits = _cache(client, "hit")
         while _cache(client, "hit") == hits and time.monotonic() < deadline:
@@ -79,7 +79,7 @@ def test_redis_stopped_mid_test_then_restarted(own: Live) -> None:
 def test_a_stalled_redis_costs_at_most_the_budget(own: Live) -> None:
     with own.client() as client:
         assert _cold(client).status_code == 200
-        own.redis.pause(2000)  # every client stalls 2 s
+        own.single.pause(2000)  # every client stalls 2 s
         started = time.perf_counter()
         r = _cold(client, "stalled-user")
         elapsed = time.perf_counter() - started
@@ -92,9 +92,9 @@ def test_the_first_clicks_after_a_redis_restart_are_counted(own: Live) -> None:
     service's connections are stale. The next clicks must be counted, not refused."""
     with own.client() as client:
         served = [_cold(client, f"restart-{i}").json() for i in range(4)]
-        own.redis.stop()
+        own.single.stop()
         time.sleep(1)
-        own.redis.start()  # empty: the impressions are gone, so serve again
+        own.single.start()  # empty: the impressions are gone, so serve again
         served = [_cold(client, f"restart-{i}").json() for i in range(4)]
         clicks = [
             client.post(
@@ -129,15 +129,15 @@ def test_an_impression_redis_did_not_record_is_counted(own: Live) -> None:
         stored = _impression_writes(client)
         assert stored["stored"] == before["stored"] + 1
 
-        own.redis.pause(1500, "WRITE")  # the user read answers, the impression's SET NX stalls
+        own.single.pause(1500, "WRITE")  # the user read answers, the impression's SET NX stalls
         r = _cold(client, "recorded-user")
         assert r.status_code == 200 and r.json()["impression_id"] is None
         failed = _impression_writes(client)
         assert failed["failed"] == stored["failed"] + 1 and failed["stored"] == stored["stored"]
 
-        own.redis.stop()
+        own.single.stop()
         served = [_cold(client, f"unrecorded-{i}").json() for i in range(4)]
         assert [s["impression_id"] for s in served] == [None] * 4
         after = _impression_writes(client)
         assert after["skipped"] == failed["skipped"] + 4 and after["failed"] == failed["failed"]
-        own.redis.start()
+        own.single.start()

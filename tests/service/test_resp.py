@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import Iterator
 from functools import partial
 
 import pytest
+from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from benchmarks.harness.processes import RedisServer
 from service.cache import within
-from service.resp import WRITE_BATCH, Address, Incomplete, ReplyError, RespClient, encode, parse
+from service.resp import WRITE_BATCH, Address, Incomplete, ReplyError, RespClient, encode, key_of, parse
 
 STREAM = b"+OK\r\n:42\r\n$3\r\nabc\r\n$-1\r\n*2\r\n$1\r\nx\r\n*1\r\n:7\r\n*0\r\n-ERR wrong\r\n$0\r\n\r\n"
 EXPECTED = [b"OK", 42, b"abc", None, [b"x", [7]], [], "ERR wrong", b""]
@@ -64,6 +66,29 @@ def test_addresses() -> None:
     assert Address.parse("rediss://h").tls and Address.parse("redis://h").port == 6379
     with pytest.raises(ValueError):
         Address.parse("http://h")
+
+
+def test_tls_settings_come_from_the_rediss_query() -> None:
+    default = Address.parse("rediss://h:6380/0").ssl_context()
+    assert default is not None and default.verify_mode == ssl.CERT_REQUIRED and default.check_hostname
+    loose = Address.parse("rediss://h/0?ssl_cert_reqs=none").ssl_context()
+    assert loose is not None and loose.verify_mode == ssl.CERT_NONE and not loose.check_hostname
+    assert Address.parse("redis://h").ssl_context() is None
+    with pytest.raises(ValueError, match="unsupported Redis URL parameters"):
+        Address.parse("redis://h/0?ssl_cert_reqs=none")  # TLS settings without TLS
+    with pytest.raises(ValueError, match="unsupported Redis URL parameters"):
+        Address.parse("rediss://h/0?ssl_verify=no")
+    with pytest.raises(FileNotFoundError):  # the files named are the files used
+        Address.parse("rediss://h/0?ssl_ca_certs=/nonexistent/ca.pem").ssl_context()
+
+
+def test_the_key_that_routes_a_command_on_a_cluster() -> None:
+    assert key_of(("GET", "p:vb:v1:abc")) == b"p:vb:v1:abc"
+    assert key_of(("LRANGE", "p:hist:{u}", 0, -1)) == b"p:hist:{u}"
+    assert key_of(("EVAL", "script", 2, "p:clk:{u}:i:1", "p:hist:{u}", 60)) == b"p:clk:{u}:i:1"
+    assert key_of(("EVAL", "return 1", 0)) is None and key_of(("PING",)) is None
+    # the click script's two keys route to one slot: the user's hash tag
+    assert key_slot(b"p:clk:{u-1}:imp:7") == key_slot(b"p:hist:{u-1}")
 
 
 @pytest.fixture()
