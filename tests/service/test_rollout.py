@@ -69,9 +69,7 @@ def replica(name: str, experiment: Experiment, url: str) -> Replica:
     return Replica(Rollout(name, experiment, registry, store, store.metrics, POLL_S), store)
 
 
-def run_with(
-    experiment: Experiment, url: str, names: list[str], body: Callable[..., object]
-) -> None:
+def run_with(experiment: Experiment, url: str, names: list[str], body: Callable[..., object]) -> None:
     """`body(*replicas)` (a coroutine function) with the named replicas, closed afterwards."""
     replicas = [replica(n, experiment, url) for n in names]
 
@@ -211,4 +209,3 @@ def test_an_unreadable_pointer_is_skipped() -> None:
     assert Pointer.from_hash({"variant": "mail", "generation": "x"}) is None
     full = Pointer("mail", 3, "/b", "v", "s", "t", "r")
     assert Pointer.from_hash({**full.fields(), "generation": "3"}) == full
-
