@@ -260,18 +260,20 @@ class Rollout:
 
     def describe(self) -> dict[str, Any]:
         """This replica's state: each variant's version, handled generation and last failure."""
+        served = {m.variant: m for m in self.registry.all()}
         return {
             "replica": self.replica_id,
             "started_at": self.started_at,
             "reported_at": utc_now(),
             "variants": {
                 name: {
-                    "model_version": self.registry.get(name).version,
-                    "bundle": str(self.registry.get(name).bundle.path),
+                    "model_version": served[name].version,
+                    "bundle": str(served[name].bundle.path),
                     "generation": state.generation,
                     "error": state.error,
                 }
                 for name, state in self.variants.items()
+                if name in served  # (all of them once the replica is ready)
             },
         }
 
