@@ -297,6 +297,7 @@ def test_a_bundle_that_fails_leaves_every_replica_on_its_old_model_and_the_failu
     # written as /admin/reload writes it, each replica tries it and keeps its old model
     fields = Pointer("mail", 0, str(broken), "0123456789ab", "-", "now", "test").fields()
     published = redis.eval(PUBLISH_SCRIPT, 1, key, *[p for pair in fields.items() for p in pair])
+    redis.close()
     assert published == generation + 1
     wait_for(urls(replicas), lambda s: s["generation"] == published)
     after = {name: mail_state(url) for name, url in urls(replicas).items()}
