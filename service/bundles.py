@@ -188,12 +188,19 @@ class ModelRegistry:
         self.metrics.set_model(model.variant, model.model_name, model.version, ranker, model.towers.provider)
 
     async def reload(
-        self, variant: str, path: Path, kind: str = "model"
+        self,
+        variant: str,
+        path: Path,
+        kind: str = "model",
+        check: Callable[[ServedModel], None] | None = None,
     ) -> tuple[ServedModel, ServedModel | None]:
-        """Load `path` for `variant` and swap it in; returns (new, old). Raises BadBundle."""
+        """Load `path` for `variant` and swap it in; returns (new, old). Raises BadBundle, or what
+        `check` (called on the loaded model before the swap) raises."""
         async with self._lock:  # one reload at a time
             loop = asyncio.get_running_loop()
             new = await loop.run_in_executor(None, self.load, variant, path, kind)
+            if check is not None:
+                check(new)
             old = self._models.get(variant)
             self.put(new)
             settle_heap()

@@ -60,6 +60,12 @@ end
 return 0
 """
 HISTORY_TTL_S = 90 * 86400
+# Write a rollout pointer with the next generation of its variant (service.rollout).
+PUBLISH_SCRIPT = """
+local generation = redis.call('HINCRBY', KEYS[1], 'generation', 1)
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return generation
+"""
 
 
 class CircuitBreaker:
@@ -361,6 +367,72 @@ class RedisStore:
         """Let pending write-backs finish (shutdown)."""
         if self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    # --- rollout (service.rollout): its keys and their meaning are documented there ---------------
+
+    def rollout_budget(self) -> Budget:
+        """A watcher's or a publisher's call: off the request path, given the feedback budget."""
+        return Budget(max(self.feedback_budget_s, self.budget_s))
+
+    async def publish_rollout(self, key: str, fields: dict[str, str]) -> int | None:
+        """Write the pointer hash `key` with the next generation, atomically; the generation, or
+        None if Redis did not answer."""
+        flat = [part for pair in fields.items() for part in pair]
+        command: Command = ("EVAL", PUBLISH_SCRIPT, 1, key, *flat)
+        answered, out = await self._submit([command], self.rollout_budget())
+        return int(out[0]) if answered and out is not None and isinstance(out[0], int) else None
+
+    async def read_rollout(self, keys: list[str]) -> list[dict[str, str]] | None:
+        """The pointer hashes `keys` (one slot: pipelined), each {} if absent; None if Redis did not
+        answer."""
+        answered, out = await self._submit([("HGETALL", k) for k in keys], self.rollout_budget())
+        if not answered or out is None:
+            return None
+        return [_hash(reply) for reply in out]
+
+    async def write_replica(
+        self, key: str, index_key: str, replica_id: str, state: bytes, ttl_s: float
+    ) -> bool:
+        """This replica's state at `key` (expiring after `ttl_s`) and its entry in the index of
+        replicas (entries older than `ttl_s` dropped); whether Redis answered both."""
+        ttl_ms = int(ttl_s * 1000)
+        wrote, _ = await self._submit([("SET", key, state, "PX", ttl_ms)], self.rollout_budget())
+        if not wrote:
+            return False
+        now = time.time()
+        index: list[Command] = [
+            ("ZADD", index_key, f"{now:.3f}", replica_id),
+            ("ZREMRANGEBYSCORE", index_key, "-inf", f"({now - ttl_s:.3f}"),
+        ]
+        indexed, _ = await self._submit(index, self.rollout_budget())
+        return indexed
+
+    async def read_replicas(
+        self, index_key: str, key_of: Callable[[str], str], ttl_s: float
+    ) -> list[bytes] | None:
+        """The state of every replica seen in the last `ttl_s` whose key has not expired; None if
+        Redis did not answer the index read. Each key is its own call (keys of several slots)."""
+        since = f"{time.time() - ttl_s:.3f}"
+        answered, out = await self._submit(
+            [("ZRANGEBYSCORE", index_key, since, "+inf")], self.rollout_budget()
+        )
+        if not answered or out is None or not isinstance(out[0], list):
+            return None
+        ids = [rid.decode() for rid in out[0] if isinstance(rid, bytes)]
+        reads = [self._submit([("GET", key_of(rid))], self.rollout_budget()) for rid in ids]
+        found = []
+        for answered, got in await asyncio.gather(*reads):
+            if answered and got is not None and isinstance(got[0], bytes):
+                found.append(got[0])
+        return found
+
+
+def _hash(reply: Reply) -> dict[str, str]:
+    """HGETALL's reply (RESP2: field, value, ...) as a dict."""
+    if not isinstance(reply, list):
+        return {}
+    parts = [p.decode() if isinstance(p, bytes) else str(p) for p in reply]
+    return dict(zip(parts[::2], parts[1::2], strict=True))
 
 
 class EmbeddedRedis:

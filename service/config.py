@@ -99,6 +99,18 @@ class Settings(BaseSettings):
     admin_token: str | None = Field(
         None, description="Bearer token for POST /admin/reload. Unset: reload is disabled (401)."
     )
+    rollout_poll_s: float = Field(
+        2.0,
+        gt=0,
+        description="How often each replica reads the rollout pointers in Redis (seconds, give or "
+        "take 20%): a bundle published by POST /admin/reload on one replica reaches every replica "
+        "within about this long, plus its load time.",
+    )
+    replica_id: str | None = Field(
+        None,
+        description="This replica's name in /models and in Redis (Kubernetes: the pod's name). "
+        "Unset: hostname-pid. With several workers, each worker's pid is appended.",
+    )
     host: str = Field("127.0.0.1", description="Address `python -m service` binds.")
     port: int = Field(8000, ge=1, le=65535, description="Port `python -m service` binds.")
     workers: int = Field(

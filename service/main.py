@@ -2,13 +2,16 @@
 
 Nothing happens at import time. `create_app()` reads the settings; its lifespan connects Redis
 (or starts an embedded one, if asked; with neither it refuses to start), loads and warms every
-variant's bundle, then marks the app ready.
+variant's bundle, applies the rollout pointers published before it started (`service.rollout`),
+starts watching them, then marks the app ready.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -24,6 +27,7 @@ from service.experiments import default_experiment, load_experiment
 from service.inference import SessionOptions
 from service.metrics import Metrics
 from service.plumbing import ObservabilityMiddleware, RecommendFastPath, install_error_handlers
+from service.rollout import Rollout
 from service.routes import route, router
 from service.state import AppState
 
@@ -74,7 +78,16 @@ def _build_state(settings: Settings, metrics: Metrics) -> AppState:
         settings.cuda_mem_limit_mb,
         settings.cuda_arena_extend,
     )
-    return AppState(settings, experiment, ModelRegistry(options, metrics), store, metrics, embedded)
+    registry = ModelRegistry(options, metrics)
+    rollout = Rollout(replica_id(settings), experiment, registry, store, metrics, settings.rollout_poll_s)
+    return AppState(settings, experiment, registry, store, metrics, rollout, embedded)
+
+
+def replica_id(settings: Settings) -> str:
+    """MAILREC_REPLICA_ID (with the pid if there are several workers), else hostname-pid."""
+    if settings.replica_id is None:
+        return f"{socket.gethostname()}-{os.getpid()}"
+    return f"{settings.replica_id}-{os.getpid()}" if settings.workers > 1 else settings.replica_id
 
 
 async def _load_variants(state: AppState) -> None:
@@ -85,7 +98,6 @@ async def _load_variants(state: AppState) -> None:
         )
         state.registry.put(model)
     state.metrics.init_experiment(state.experiment.name, state.experiment.names)
-    state.ready = True
 
 
 class MailrecApp(FastAPI):
@@ -126,11 +138,15 @@ def create_app(settings: Settings | None = None) -> MailrecApp:
         try:
             await _load_variants(state)
             await state.store.ping()
+            await state.rollout.poll()  # what was published before this replica started
+            state.rollout.start()
             settle_heap()
+            state.ready = True
             log.info("ready: experiment %s, variants %s", state.experiment.name, state.experiment.names)
             yield {}
         finally:
             state.ready = False
+            await state.rollout.stop()
             await state.store.drain()
             state.store.pipe.close()
             if state.embedded is not None:

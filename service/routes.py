@@ -118,7 +118,8 @@ async def readyz(state: StateDep) -> Response:
 
 @router.get("/models", tags=["operations"])
 async def models(state: StateDep) -> dict[str, Any]:
-    """The experiment and the model each variant serves, with the provider it really runs on."""
+    """The experiment and the model each variant serves, with the provider it really runs on; this
+    replica's rollout state and every live replica's (null while Redis does not answer)."""
     exp = state.experiment
     return {
         "experiment": {
@@ -131,6 +132,8 @@ async def models(state: StateDep) -> dict[str, Any]:
             "override_allowed": sorted(exp.overridable),
         },
         "models": [m.describe() for m in state.registry.all()],
+        "replica": state.rollout.describe(),
+        "replicas": await state.rollout.replicas(),
     }
 
 
@@ -152,7 +155,8 @@ def check_admin(state: StateDep, credentials: HTTPAuthorizationCredentials | Non
 
 @router.post("/admin/reload", tags=["admin"], responses=errors(400, 401, 408, 413, 422))
 async def reload(req: ReloadRequest, state: StateDep, credentials: AdminCredentials) -> dict[str, Any]:
-    """Load, validate and warm a bundle for a variant, then swap it in; a bad bundle is refused."""
+    """Load, validate and warm a bundle for a variant, then swap it in and publish it to every replica
+    (each loads and validates it itself); a bad bundle is refused and nothing is published."""
     check_admin(state, credentials)
     names = state.experiment.names
     if req.variant not in names:
@@ -165,9 +169,13 @@ async def reload(req: ReloadRequest, state: StateDep, credentials: AdminCredenti
         state.metrics.reloads.labels(req.variant, "failure").inc()
         raise
     state.metrics.reloads.labels(req.variant, "success").inc()
+    generation = await state.rollout.publish(new)
     return {
         "variant": req.variant,
         "model_version": new.version,
         "previous_version": old.version if old else None,
         "model": new.describe(),
+        # every replica loads it within about MAILREC_ROLLOUT_POLL_S; null: Redis did not answer,
+        # this replica alone serves it
+        "rollout_generation": generation,
     }

@@ -14,6 +14,7 @@ from service.config import Settings
 from service.contract import FloatArray
 from service.experiments import Experiment
 from service.metrics import Metrics
+from service.rollout import Rollout
 
 
 @dataclass
@@ -23,6 +24,7 @@ class AppState:
     registry: ModelRegistry
     store: RedisStore
     metrics: Metrics
+    rollout: Rollout
     embedded: EmbeddedRedis | None = None
     ready: bool = False
     # single-flight: vectors being computed, and those computed in the last seconds, by cache key

@@ -31,6 +31,8 @@ from tests.deploy.test_compose import SERVICES, SETTINGS_ENV, built
 
 K8S = REPO / "deploy" / "k8s"
 KUSTOMIZATION: dict[str, Any] = load_yaml(K8S / "kustomization.yaml")
+TRAIN = K8S / "train"  # the training Job, a kustomization applied on its own
+TRAIN_KUSTOMIZATION: dict[str, Any] = load_yaml(TRAIN / "kustomization.yaml")
 ROUTES = {r.path for r in router.routes if isinstance(r, APIRoute)}
 KUBERNETES = kubernetes_validate.latest_version()
 
@@ -50,9 +52,13 @@ def generated_configmaps() -> list[dict[str, Any]]:
 
 
 def resources() -> list[dict[str, Any]]:
-    """Every resource `kubectl apply -k deploy/k8s` creates."""
+    """Every resource `kubectl apply -k deploy/k8s` creates, then the training Job's
+    (`kubectl apply -k deploy/k8s/train`)."""
     docs = [d for f in KUSTOMIZATION["resources"] for d in yaml.safe_load_all((K8S / f).read_text()) if d]
-    return docs + generated_configmaps()
+    train = [
+        d for f in TRAIN_KUSTOMIZATION["resources"] for d in yaml.safe_load_all((TRAIN / f).read_text()) if d
+    ]
+    return docs + generated_configmaps() + train
 
 
 def resource(kind: str, name: str) -> dict[str, Any]:
@@ -120,8 +126,11 @@ def test_kustomization_applies_every_manifest_of_the_folder() -> None:
         *KUSTOMIZATION["resources"],
         *(f for g in KUSTOMIZATION["configMapGenerator"] for f in g["files"]),
     }
-    present = {p.name for p in K8S.iterdir()} - {"kustomization.yaml"}
+    present = {p.name for p in K8S.iterdir() if p.is_file()} - {"kustomization.yaml"}
     assert applied == present, f"applied but missing: {applied - present}; not applied: {present - applied}"
+    assert {p.name for p in K8S.iterdir() if p.is_dir()} == {TRAIN.name}
+    train_present = {p.name for p in TRAIN.iterdir()} - {"kustomization.yaml"}
+    assert set(TRAIN_KUSTOMIZATION["resources"]) == train_present
     (image,) = KUSTOMIZATION["images"]
     assert image["name"] == CONTAINER["image"] == SERVICES["service"]["image"]  # docker/Dockerfile's
     assert built("service")[0] == DOCKER / "Dockerfile"
@@ -232,3 +241,34 @@ def test_autoscaler_budget_and_service_select_the_deployment() -> None:
     (metric,) = hpa["metrics"]
     assert metric["resource"]["name"] == "cpu" and "cpu" in CONTAINER["resources"]["requests"]
     assert "replicas" not in DEPLOYMENT["spec"]  # the autoscaler owns the count
+
+
+def test_training_job_writes_new_bundles_into_the_volume_the_replicas_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    job = resource("Job", "mailrec-train")
+    pod = job["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    (image,) = TRAIN_KUSTOMIZATION["images"]
+    assert image["name"] == container["image"] == SERVICES["train"]["image"]
+    path, instructions = built("train")
+    assert path == DOCKER / "Dockerfile.train"
+    assert (
+        str(pod["spec"]["securityContext"]["runAsUser"])
+        == [i.args for i in instructions if i.name == "USER"][-1]
+    )
+    job_env = {e["name"]: e["value"] for e in container["env"]}
+    assert job_env["MAILREC_RETRAIN"] == "1"  # docker/train.sh keeps existing bundles otherwise
+    assert "MAILREC_RETRAIN" in (DOCKER / "train.sh").read_text()
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "bundles"]
+    assert not mount.get("readOnly") and mount["mountPath"] == job_env["MAILREC_BUNDLE_DIR"]
+    # the same claim the Deployment mounts, at the path its MAILREC_BUNDLE_DIR names
+    (claim,) = [v["persistentVolumeClaim"] for v in pod["spec"]["volumes"] if v["name"] == "bundles"]
+    assert claim["claimName"] == volume("bundles")["persistentVolumeClaim"]["claimName"]
+    assert Path(mount["mountPath"]) == settings(monkeypatch).bundle_dir
+    assert pod["spec"]["restartPolicy"] == "Never"
+
+
+def test_replicas_poll_rollouts_and_name_themselves_by_pod(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert settings(monkeypatch).rollout_poll_s > 0
+    assert env()["MAILREC_REPLICA_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
