@@ -74,6 +74,7 @@ def _build_state(settings: Settings, metrics: Metrics) -> AppState:
         settings.cuda_device_id,
         settings.cuda_mem_limit_mb,
         settings.cuda_arena_extend,
+        ranker_precision=settings.ranker_precision,
     )
     return AppState(settings, experiment, ModelRegistry(options, metrics), store, metrics, embedded)
 
