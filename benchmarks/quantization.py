@@ -279,7 +279,7 @@ def speed_markdown(speed: dict[str, Any]) -> list[str]:
         "## Speed: the ranker call in-process",
         "",
         f"Command: `{speed['command']}`; bundle {speed['bundle']}; one ONNX Runtime thread per session; "
-        f"{speed['rounds']} rounds, fp32 and int8 alternating, median per call of the round medians; "
+        f"{speed['rounds']} rounds, fp32 and int8 alternating; per call, the median over rounds of each round's mean; "
         f"load average at start {speed['loadavg_at_start']}, at end {speed['loadavg_at_end']} "
         "(shared machine: the ratio is the figure to read).",
         "",
