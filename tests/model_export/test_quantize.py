@@ -141,3 +141,32 @@ def test_evaluate_runs_either_precision(tiny_bundle: BundleFactory) -> None:
     assert (fp32["precision"], int8["precision"]) == ("fp32", "int8")
     assert compare(fp32) <= 1e-4
     assert abs(int8["test"]["all"]["auc"] - fp32["test"]["all"]["auc"]) < 0.01
+
+
+def test_the_cli_exports_a_default_and_evaluates_a_precision(
+    tiny_run: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from model_export.cli import main
+
+    out = tmp_path / "bundle"
+    assert (
+        main(
+            [
+                "export",
+                "--run",
+                str(tiny_run("mail", "base")),
+                "--out",
+                str(out),
+                "--default-precision",
+                "int8",
+            ]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "int8 vs fp32 (whole catalog" in printed and "default precision: int8" in printed
+    assert main(["evaluate", "--bundle", str(out), "--quiet"]) == 0  # the default: int8, reported only
+    printed = capsys.readouterr().out
+    assert "ranker precision: int8" in printed and "reported, not held to them" in printed
+    assert main(["evaluate", "--bundle", str(out), "--precision", "fp32", "--quiet"]) == 0
+    assert "ranker precision: fp32" in capsys.readouterr().out
