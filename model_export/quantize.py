@@ -7,8 +7,9 @@ call from their own range. Only the dense layers change: the lookup tables (Gath
 
 One consequence of the dynamic scheme: an activation's scale is computed over the whole call, so a
 candidate's int8 score depends slightly on the other candidates scored with it (fp32 scores do
-not; on a tiny bundle, one item alone and among 299 others differed by 3.6e-5). The differences are what `compare_precisions` measures, and quality is decided offline
-(`benchmarks/quantization.py`), not here: agreement is recorded in the manifest, never a failure.
+not; on a tiny bundle, one item alone and among 299 others differed by 3.6e-5). The differences
+are what `compare_precisions` measures, and quality is decided offline (`benchmarks/quantization.py`),
+not here: agreement is recorded in the manifest, never a failure.
 
 `DEFAULT_PRECISION` is what export marks as the bundle's default: the result of that benchmark
 (benchmarks/results/quantization.md).
