@@ -164,18 +164,34 @@ def _add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p = sub.add_parser("export", help="export RUN_DIR to a verified ONNX bundle")
     p.add_argument("--run", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument(
+        "--default-precision",
+        choices=["fp32", "int8"],
+        default=None,
+        help="the ranker precision the bundle marks as default (both are written); default: "
+        "fp32, the result of benchmarks/results/quantization.md",
+    )
 
 
 def _export(args: argparse.Namespace) -> int:
     from model_export.export import export_bundle
+    from model_export.quantize import DEFAULT_PRECISION
 
-    manifest = export_bundle(args.run, args.out)
+    manifest = export_bundle(args.run, args.out, args.default_precision or DEFAULT_PRECISION)
     print(f"wrote bundle {args.out} (model version {manifest.model_version})")
     parity = manifest.parity
     print(
         f"  parity vs torch: scores {parity.scores_max_abs_diff:.2e}, "
         f"virtual behavior {parity.virtual_max_abs_diff:.2e}"
     )
+    for name, precision in manifest.precisions.items():
+        if precision.parity is not None:
+            q = precision.parity
+            print(
+                f"  {name} vs fp32 (whole catalog, {q.rows} rows): scores max {q.scores_max_abs_diff:.2e}, "
+                f"mean {q.scores_mean_abs_diff:.2e}, top-10 agreement {q.top10_agreement:.3f}"
+            )
+    print(f"  default precision: {manifest.default_precision}")
     return 0
 
 
@@ -183,20 +199,31 @@ def _add_evaluate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p = sub.add_parser("evaluate", help="recompute test metrics through onnxruntime alone")
     p.add_argument("--bundle", type=Path, required=True)
     p.add_argument("--data-dir", default=None)
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "int8"],
+        default="auto",
+        help="the ranker evaluated: auto = the bundle's default. Only fp32 is held to the run's "
+        "metrics.json; a reduced precision's gate is benchmarks/quantization.py",
+    )
     p.add_argument("--quiet", action="store_true")
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     from model_export.evaluate import compare, evaluate_bundle
 
-    result = evaluate_bundle(args.bundle, args.data_dir, progress=not args.quiet)
+    result = evaluate_bundle(args.bundle, args.data_dir, progress=not args.quiet, precision=args.precision)
     worst = compare(result)
+    print(f"ranker precision: {result['precision']}")
     for group in ("new", "old", "all"):
         m = result["test"][group]
         r = result.get("ranking", {}).get(group)
         ranked = f"NDCG@10 {r['ndcg@10']:.4f}  P@10 {r['precision@10']:.4f}  " if r else ""
         print(f"  {group:>3}: {ranked}AUC {m['auc']:.4f}  GAUC {m['gauc']:.4f}  logloss {m['logloss']:.4f}")
     print(f"largest difference from the run's metrics.json: {worst:.2e} (scaled; at most 1e-4 passes)")
+    if result["precision"] != "fp32":
+        print("  (the run's metrics are fp32's: a reduced precision is reported, not held to them)")
+        return 0
     return 0 if worst <= 1e-4 else 1
 
 

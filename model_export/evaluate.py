@@ -78,17 +78,20 @@ class _Encoder:
         return enc, virtual, gate
 
 
-def evaluate_bundle(bundle_dir: Path, data_dir: str | None, progress: bool = True) -> dict[str, Any]:
+def evaluate_bundle(
+    bundle_dir: Path, data_dir: str | None, progress: bool = True, precision: str = "auto"
+) -> dict[str, Any]:
     """The run's test metrics again, through onnxruntime alone: the task's AUC, GAUC and log loss
     (rated test samples, or each liked test sample against its recorded sampled negatives) and
-    the whole-catalog ranking of every recorded case."""
+    the whole-catalog ranking of every recorded case, with the ranker in `precision` (auto: the
+    bundle's default)."""
     from tqdm import tqdm
 
     bundle: Bundle = load_bundle(bundle_dir)
     split = json.loads((bundle.path / SPLIT_FILE).read_text())
     man = bundle.manifest
     raw = datasets.load(man.dataset, data_dir, seed=man.split_seed)
-    towers = Towers(bundle, SessionOptions(device="cpu", intra_op_threads=2))
+    towers = Towers(bundle, SessionOptions(device="cpu", intra_op_threads=2, ranker_precision=precision))
     at = _Encoder(bundle, towers, raw, split)
     catalog = bundle.catalog
     test = split["test"]
@@ -113,6 +116,7 @@ def evaluate_bundle(bundle_dir: Path, data_dir: str | None, progress: bool = Tru
         "test": metrics.by_group(np.array(users), np.array(labels), np.array(scores), is_new),
         "expected": man.metrics,
         "bundle": str(bundle.path),
+        "precision": towers.precision,
     }
     if split.get("ranking"):
         result["ranking"] = rank_cases(split["ranking"]["cases"], at, towers, catalog, at.new_users)

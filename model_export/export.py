@@ -10,6 +10,11 @@ batch U, candidates (N,) and `owner` (N,), candidate n belonging to user owner[n
 micro-batcher merges concurrent requests into it. Names, dtypes, shapes and dynamic axes of the
 three graphs come from `service.contract.signatures`.
 
+Beside them, `ranker_int8.onnx` and `ranker_batch_int8.onnx`: the same graphs with int8 weights
+(`model_export.quantize`), compared with fp32 on the run's test rows (recorded in the manifest's
+`precisions`, never a failure); the manifest's `default_precision` says which one the service
+serves (`quantize.DEFAULT_PRECISION` unless `default_precision` is given).
+
 Export checks itself: onnxruntime against torch on real test rows (`model_export.parity`), then
 the service's own validation of the finished bundle (`load_bundle`, every graph's session against
 its signature, the golden scores), or it fails. The bundle is written to a temporary sibling
@@ -35,13 +40,22 @@ from torch import Tensor, nn
 
 from model_export.checkpoint import METRICS, load_checkpoint
 from model_export.model import MailModel, UserInputs
-from model_export.parity import verify_batch_parity, verify_parity
+from model_export.parity import SCORE_ATOL, verify_batch_parity, verify_parity
+from model_export.quantize import (
+    DEFAULT_PRECISION,
+    INT8,
+    INT8_GOLDEN_ATOL,
+    compare_precisions,
+    golden_diff,
+    quantize_int8,
+)
 from service.contract import (
     CATALOG_FILE,
     FORMAT_VERSION,
     MANIFEST,
     RANKER_BATCH_FILE,
     RANKER_FILE,
+    RANKER_FILES,
     SCHEMA_FILE,
     SPLIT_FILE,
     ZERO_SHOT_FILE,
@@ -51,6 +65,8 @@ from service.contract import (
     Graph,
     Manifest,
     Parity,
+    Precision,
+    PrecisionParity,
     Schema,
     Signature,
     content_version,
@@ -122,8 +138,11 @@ def _export(module: nn.Module, args: tuple[Tensor, ...], path: Path, signature: 
         )
 
 
-def export_bundle(run_dir: Path, out: Path) -> Manifest:
-    """Write a verified bundle for RUN_DIR at `out` (replacing one there); returns its manifest."""
+def export_bundle(run_dir: Path, out: Path, default_precision: str = DEFAULT_PRECISION) -> Manifest:
+    """Write a verified bundle for RUN_DIR at `out` (replacing one there); returns its manifest.
+    `default_precision` (fp32 or int8): the ranker the service serves unless told otherwise."""
+    if default_precision not in RANKER_FILES or default_precision == "fp16":
+        raise ValueError(f"default precision {default_precision!r}: fp32 or int8")
     started = time.perf_counter()
     model, ckpt = load_checkpoint(run_dir)
     schema = Schema.from_dict(ckpt["schema"])
@@ -160,6 +179,17 @@ def export_bundle(run_dir: Path, out: Path) -> Manifest:
         batch = verify_batch_parity(
             model, ckpt["parity"], tmp / RANKER_FILE, tmp / RANKER_BATCH_FILE, n_catalog
         )
+        int8_ranker, int8_batch = (tmp / name for name in RANKER_FILES[INT8])
+        quantize_int8(tmp / RANKER_FILE, int8_ranker)
+        quantize_int8(tmp / RANKER_BATCH_FILE, int8_batch)
+        int8_parity = compare_precisions(
+            model,
+            ckpt["parity"],
+            (tmp / RANKER_FILE, tmp / RANKER_BATCH_FILE),
+            (int8_ranker, int8_batch),
+            n_catalog,
+        )
+        int8_golden = golden_diff(int8_ranker, int8_batch, golden, model)
         (tmp / SCHEMA_FILE).write_text(json.dumps(schema.to_dict()))
         items = {"ids": catalog["ids"], "titles": catalog["titles"], "features": features.tolist()}
         if catalog.get("popularity") is not None:
@@ -168,7 +198,12 @@ def export_bundle(run_dir: Path, out: Path) -> Manifest:
         shutil.copyfile(run_dir / SPLIT_FILE, tmp / SPLIT_FILE)
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
         parity = replace(parity, ranker_batch=batch)
-        manifest = _manifest(ckpt, schema, files, has_zst, parity, golden, run_dir)
+        precisions = _precisions(files, int8_parity, max(INT8_GOLDEN_ATOL, 2 * int8_golden))
+        manifest = replace(
+            _manifest(ckpt, schema, files, has_zst, parity, golden, run_dir),
+            precisions=precisions,
+            default_precision=default_precision,
+        )
         (tmp / MANIFEST).write_text(json.dumps(manifest.to_dict(), indent=2))
         _validate(tmp)
         _swap_into_place(tmp, out)
@@ -179,12 +214,25 @@ def export_bundle(run_dir: Path, out: Path) -> Manifest:
     return manifest
 
 
+def _precisions(files: dict[str, str], int8: PrecisionParity, int8_atol: float) -> dict[str, Precision]:
+    """The manifest's `precisions`: fp32 and int8, each file with its checksum."""
+    out = {}
+    for name, parity, atol in (("fp32", None, SCORE_ATOL), (INT8, int8, int8_atol)):
+        ranker, batch = RANKER_FILES[name]
+        out[name] = Precision(ranker, files[ranker], batch, files[batch], "any", atol, parity)
+    return out
+
+
 def _validate(root: Path) -> None:
     """The service's own validation, before anyone can see the bundle: the bundle contract, every
-    graph's session against its signature (the batch graph's included), the golden scores."""
+    graph's session against its signature (the batch graphs included), the golden scores, for each
+    precision."""
     from service.inference import SessionOptions, Towers
 
-    Towers(load_bundle(root), SessionOptions(device="cpu", microbatch="on")).check_golden()
+    bundle = load_bundle(root)
+    for precision in bundle.precisions:
+        options = SessionOptions(device="cpu", microbatch="on", ranker_precision=precision)
+        Towers(bundle, options).check_golden()
 
 
 def _example_inputs(schema: Schema) -> tuple[Tensor, ...]:

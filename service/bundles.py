@@ -109,6 +109,7 @@ class ServedModel:
             "model_version": self.version,
             "ranker": man.ranker,
             "provider": self.towers.provider,
+            "ranker_precision": self.towers.precision,
             "device": self.towers.describe_device(),
             "bundle": str(self.bundle.path),
             "dataset": man.dataset,
@@ -145,11 +146,12 @@ def load_model(
     except ContractError as exc:
         raise BadBundle(str(exc)) from exc
     log.info(
-        "variant %s: loaded %s (%s, %s) from %s on %s",
+        "variant %s: loaded %s (%s, %s, %s ranker) from %s on %s",
         variant,
         bundle.version,
         bundle.model,
         bundle.manifest.ranker,
+        towers.precision,
         path,
         towers.provider,
     )
@@ -185,7 +187,14 @@ class ModelRegistry:
         """Serve `model` for its variant from now on (one reference swap, atomic for readers)."""
         self._models[model.variant] = model
         ranker = model.bundle.manifest.ranker
-        self.metrics.set_model(model.variant, model.model_name, model.version, ranker, model.towers.provider)
+        self.metrics.set_model(
+            model.variant,
+            model.model_name,
+            model.version,
+            ranker,
+            model.towers.provider,
+            model.towers.precision,
+        )
 
     async def reload(
         self,

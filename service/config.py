@@ -73,6 +73,12 @@ class Settings(BaseSettings):
         "it; cuda refuses to start without it.",
     )
     cuda_device_id: int = Field(0, ge=0, description="CUDA device the ONNX Runtime sessions run on.")
+    ranker_precision: Literal["auto", "fp32", "int8", "fp16"] = Field(
+        "auto",
+        description="Precision of the ranking graph served: auto = the bundle's default "
+        "(manifest `default_precision`; fp32 for bundles without precisions); a bundle without the "
+        "precision asked for refuses to load. fp16 is for CUDA only.",
+    )
     cuda_mem_limit_mb: int | None = Field(
         None,
         ge=1,

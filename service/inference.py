@@ -16,6 +16,11 @@ the session's provider are logged at WARNING and shown in /models. Profiling the
 Runtime writes the profile once; later calls cost what they cost without it). ONNX Runtime's own
 log stays at WARNING, so its "nodes were not assigned" and "Memcpy nodes are added" lines show too.
 
+Precision: a bundle may hold its ranker in several precisions (fp32, int8; `Bundle.precisions`).
+`SessionOptions.ranker_precision` picks one: `auto` serves the bundle's default, a name serves that
+one (an error if the bundle lacks it, or if it is a CUDA-only precision and the session is not on
+CUDA). The golden scores are fp32's: a reduced precision is held to its own recorded tolerance.
+
 No I/O binding: every input is a few kilobytes of ids (the item tables live inside the graphs), so
 binding them would only move the same copies out of `run`; it pays for large resident inputs or
 CUDA graphs, neither of which this service has.
@@ -43,6 +48,8 @@ except ImportError as exc:  # onnxruntime is an extra: `cpu` or `gpu`, never bot
     ) from exc
 
 from service.contract import (
+    FP32,
+    PRECISIONS,
     Bundle,
     BundleError,
     Encoded,
@@ -117,6 +124,7 @@ class SessionOptions:
     cuda_mem_limit_mb: int | None = None  # None: ONNX Runtime's default (no cap on the arena)
     cuda_arena_extend: str = "kSameAsRequested"
     cuda_tf32: bool = False  # not a service setting: benchmarks.gpu_check measures what TF32 costs
+    ranker_precision: str = "auto"  # auto: the bundle's default precision; else fp32, int8 or fp16
 
 
 def cuda_provider_options(options: SessionOptions) -> dict[str, str]:
@@ -232,18 +240,25 @@ class Towers:
         schema = bundle.schema
         with tempfile.TemporaryDirectory(prefix="mailrec-placement-") as tmp:
             profiles = Path(tmp)
-            self.ranker = create_session(bundle.ranker_path, self.options, profile_dir=profiles)
-            check_session(self.ranker, bundle.ranker_path, ranker_signature(schema))
+            self.precision = self._choose_precision()
+            chosen = bundle.precisions[self.precision]
+            ranker_path = bundle.path / chosen.ranker
+            self.ranker = create_session(ranker_path, self.options, profile_dir=profiles)
+            check_session(self.ranker, ranker_path, ranker_signature(schema))
             self.zero_shot: ort.InferenceSession | None = None
             zst_path = bundle.zero_shot_path
             if zst_path is not None:
                 self.zero_shot = create_session(zst_path, self.options, profile_dir=profiles)
                 check_session(self.zero_shot, zst_path, zero_shot_signature(schema))
             self.provider = provider_label(self.ranker.get_providers()[0])
+            if chosen.device == "cuda" and self.provider != "cuda":
+                raise BundleError(
+                    bundle.path, f"{self.precision} ranker is for CUDA; it would run on {self.provider}"
+                )
             self.ranker_batch: ort.InferenceSession | None = None
             if self._wants_batching():
-                batch_path = bundle.ranker_batch_path
-                assert batch_path is not None
+                assert chosen.ranker_batch is not None
+                batch_path = bundle.path / chosen.ranker_batch
                 self.ranker_batch = create_session(batch_path, self.options, profile_dir=profiles)
                 check_session(self.ranker_batch, batch_path, ranker_batch_signature(schema))
             self.virtual_shape = (1, schema.virtual_slots, schema.d_embed)
@@ -275,6 +290,28 @@ class Towers:
         # A device call waits for the GPU (launch, copies, synchronisation): off the event loop.
         self.inline = all(s.get_providers()[0] == CPU for s in self.sessions().values())
 
+    def _choose_precision(self) -> str:
+        wanted = self.options.ranker_precision
+        if wanted == "auto":
+            return self.bundle.default_precision
+        if wanted not in PRECISIONS:
+            raise ValueError(
+                f"unknown ranker precision {wanted!r}; choose from auto, {', '.join(PRECISIONS)}"
+            )
+        have = self.bundle.precisions
+        if wanted not in have:
+            raise BundleError(
+                self.bundle.path, f"no {wanted} ranker in this bundle (it has {', '.join(have)})"
+            )
+        return wanted
+
+    @property
+    def golden_atol(self) -> float:
+        """The golden check's tolerance for the served precision (the golden scores are fp32's)."""
+        if self.precision == FP32:
+            return GOLDEN_ATOL
+        return max(GOLDEN_ATOL, self.bundle.precisions[self.precision].golden_atol)
+
     def sessions(self) -> dict[str, ort.InferenceSession]:
         """The open sessions by graph name (zero_shot, ranker, ranker_batch)."""
         named = {"zero_shot": self.zero_shot, "ranker": self.ranker, "ranker_batch": self.ranker_batch}
@@ -291,9 +328,10 @@ class Towers:
         """What /models shows of the device: providers, their options, placement, the golden tolerance."""
         return {
             "provider": self.provider,
+            "ranker_precision": self.precision,
             "onnxruntime": f"{ort.__version__} ({', '.join(self.wheels)})",
             "inline": self.inline,
-            "golden_atol": GOLDEN_ATOL,
+            "golden_atol": self.golden_atol,
             "provider_options": self.provider_options(),
             "placement": {name: p.describe() for name, p in self.placement.items()},
         }
@@ -303,7 +341,7 @@ class Towers:
         if mode not in MICROBATCH:
             raise ValueError(f"unknown microbatch mode {mode!r}; choose from {MICROBATCH}")
         wanted = mode == "on" or (mode == "auto" and self.provider == "cuda")
-        if wanted and self.bundle.ranker_batch_path is None:
+        if wanted and self.bundle.precisions[self.precision].ranker_batch is None:
             log.warning(
                 "%s has no ranker_batch.onnx (exported before it existed): no micro-batching",
                 self.bundle.path,
@@ -361,8 +399,10 @@ class Towers:
             if self.ranker_batch is not None:
                 self.score_many([(encoded, virtual, 1.0, np.arange(1, n + 1, dtype=np.int64))] * 2)
 
-    def check_golden(self, atol: float = GOLDEN_ATOL) -> None:
-        """Recompute the scores stored at export time; a mismatch means a wrong or broken file."""
+    def check_golden(self, atol: float | None = None) -> None:
+        """Recompute the scores stored at export time; a mismatch means a wrong or broken file.
+        `atol`: the served precision's (`golden_atol`) unless given."""
+        atol = self.golden_atol if atol is None else atol
         for case in self.bundle.manifest.golden:
             virtual = self.virtual_behavior(case.encoded.user_attrs)
             call = (case.encoded, virtual, case.gate, case.candidates)

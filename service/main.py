@@ -77,6 +77,7 @@ def _build_state(settings: Settings, metrics: Metrics) -> AppState:
         settings.cuda_device_id,
         settings.cuda_mem_limit_mb,
         settings.cuda_arena_extend,
+        ranker_precision=settings.ranker_precision,
     )
     registry = ModelRegistry(options, metrics)
     rollout = Rollout(replica_id(settings), experiment, registry, store, metrics, settings.rollout_poll_s)

@@ -122,8 +122,9 @@ class Metrics:
         )
         self.model_info = Gauge(
             "mailrec_model_info",
-            "1 for each variant's loaded model, with its version and the provider ONNX Runtime really uses.",
-            ["variant", "model", "model_version", "ranker", "provider"],
+            "1 for each variant's loaded model, with its version, the provider ONNX Runtime really uses "
+            "and the precision of its ranking graph.",
+            ["variant", "model", "model_version", "ranker", "provider", "precision"],
             registry=r,
             multiprocess_mode="liveall",
         )
@@ -166,13 +167,15 @@ class Metrics:
             for cold in ("true", "false"):
                 self.recommendations.labels(experiment, variant, cold)
 
-    def set_model(self, variant: str, model: str, version: str, ranker: str, provider: str) -> None:
+    def set_model(
+        self, variant: str, model: str, version: str, ranker: str, provider: str, precision: str = "fp32"
+    ) -> None:
         """1 for the model serving `variant` now, 0 for the one it replaced.
 
         Old series drop to 0 rather than vanish: in multiprocess mode a removed series lingers in
         the other workers' files, so dashboards select `mailrec_model_info == 1`.
         """
-        labels = (variant, model, version, ranker, provider)
+        labels = (variant, model, version, ranker, provider, precision)
         old = self._current_model.get(variant)
         if old is not None and old != labels:
             self.model_info.labels(*old).set(0)

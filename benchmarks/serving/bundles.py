@@ -30,6 +30,7 @@ CODE = [
     "model_export/model.py",
     "model_export/pipeline.py",
     "model_export/protocol.py",
+    "model_export/quantize.py",
     "model_export/train.py",
     "service/contract/__init__.py",
     "service/contract/bundle.py",

@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ from benchmarks.serving.report import markdown
 RESULTS = REPO / "benchmarks" / "results"
 SERVICE_CPU, LOAD_CPU = "0", "1"
 QUIET_LOAD = 0.5
+# --int8: these scenarios again on a service serving the int8 ranker (MAILREC_RANKER_PRECISION)
+INT8_SCENARIOS = ("cold_cached_100", "cold_catalog")
 
 
 def _brief(r: WrkResult) -> str:
@@ -202,22 +205,49 @@ def write_experiments(work: Path, bundles: dict[str, Path]) -> Path:
     return write_experiment(work / "experiments.toml", bundles, salt="bench")
 
 
+def served_precisions(url: str) -> dict[str, str]:
+    """The ranker precision each variant serves, from /models."""
+    with urllib.request.urlopen(f"{url}/models", timeout=10) as r:
+        models = json.loads(r.read())["models"]
+    return {m["variant"]: m.get("ranker_precision", "fp32") for m in models}
+
+
 def run_scenarios(
-    args: argparse.Namespace, work: Path, bundles: dict[str, Path], redis_url: str
+    args: argparse.Namespace,
+    work: Path,
+    bundles: dict[str, Path],
+    redis_url: str,
+    precision: str = "auto",
+    names: tuple[str, ...] | None = None,
 ) -> list[dict[str, Any]]:
+    """Each scenario (or those in `names`) on the service and on the floor; with a `precision`
+    other than auto, the service serves that ranker and the rows are named `<scenario>+<precision>`."""
     experiments = write_experiments(work, bundles)
-    service = start_service(work, experiments, redis_url, SERVICE_CPU)
+    extra: dict[str, str] = {} if precision == "auto" else {"MAILREC_RANKER_PRECISION": precision}
+    service = start_service(work, experiments, redis_url, SERVICE_CPU, 1, **extra)
     url = service.url
     results = []
     try:
+        served = served_precisions(url)
         for sc in scenarios.build(bundles["mail"]):
             if args.scenarios and sc.name not in args.scenarios:
                 continue
+            if names is not None and sc.name not in names:
+                continue
+            if precision != "auto":
+                sc = replace(
+                    sc, name=f"{sc.name}+{precision}", description=f"{sc.description}; {precision} ranker"
+                )
             print(f"- {sc.name}: {sc.description}", flush=True)
             response = work / f"floor-{sc.name}.json"
             size = capture(url, scenarios.sample_body(sc, bundles["mail"]), sc.load.headers, response)
             floor, floor_url = start_floor(work, response, SERVICE_CPU)
-            row: dict[str, Any] = {"name": sc.name, "description": sc.description, "response_bytes": size}
+            row: dict[str, Any] = {
+                "name": sc.name,
+                "description": sc.description,
+                "response_bytes": size,
+                "ranker_precision": served[sc.load.headers["X-Variant"]],
+            }
             try:
                 for c in sorted({args.connections, 1}, reverse=True):
                     before = metric_samples(url)
@@ -324,6 +354,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", type=float, default=0, help="py-spy seconds per scenario (0: none)")
     parser.add_argument("--wait-quiet", type=float, default=0, help="minutes to wait for load < 0.5")
     parser.add_argument("--out", type=Path, default=RESULTS / "serving")
+    parser.add_argument(
+        "--int8",
+        action="store_true",
+        help=f"also run {', '.join(INT8_SCENARIOS)} on a service serving the int8 ranker, same run",
+    )
     args = parser.parse_args(argv)
     command = "python -m benchmarks.serving " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
@@ -345,6 +380,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         redis_server = RedisServer(work, LOAD_CPU).start()
         rows = run_scenarios(args, work, bundles, redis_server.url)
+        if args.int8:
+            rows += run_scenarios(args, work, bundles, redis_server.url, "int8", INT8_SCENARIOS)
         scaling = None if args.no_scaling else run_scaling(args, work, bundles, redis_server.url)
     finally:
         if redis_server is not None:

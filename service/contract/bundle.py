@@ -14,6 +14,11 @@ Format 1 has one optional file: `ranker_batch.onnx`, the ranking tower for sever
 call, used by the service's micro-batcher. A manifest lists it under "ranker_batch"; bundles
 without it load as before, and services that predate it ignore it (it is checksummed like every
 listed file), so the format version did not change.
+
+Reduced-precision rankers (issue 16) are optional files of the same kind: `ranker_int8.onnx` and
+`ranker_batch_int8.onnx` (dynamic int8 quantization of the two fp32 graphs, same signatures),
+named with their checksums under the manifest's `precisions`, which also says which precision is
+the default. A bundle without `precisions` has fp32 alone, its default (`Bundle.precisions`).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import numpy as np
 
 from service.contract.errors import BundleError, ContractError
 from service.contract.features import Catalog, Schema
-from service.contract.manifest import Manifest
+from service.contract.manifest import FP32, PRECISIONS, Manifest, Precision
 from service.contract.signatures import ranker_batch_signature, ranker_signature, zero_shot_signature
 
 FORMAT_VERSION = 1
@@ -41,6 +46,12 @@ SPLIT_FILE = "split.json"
 RANKER_FILE = "ranker.onnx"
 RANKER_BATCH_FILE = "ranker_batch.onnx"
 ZERO_SHOT_FILE = "zero_shot.onnx"
+# each precision's (ranker, ranker_batch) files as export names them
+RANKER_FILES = {
+    "fp32": (RANKER_FILE, RANKER_BATCH_FILE),
+    "int8": ("ranker_int8.onnx", "ranker_batch_int8.onnx"),
+    "fp16": ("ranker_fp16.onnx", "ranker_batch_fp16.onnx"),
+}
 
 
 def sha256_file(path: Path) -> str:
@@ -82,6 +93,27 @@ class Bundle:
     def ranker_batch_path(self) -> Path | None:
         """The optional several-users ranker, if the bundle has one."""
         return self.path / RANKER_BATCH_FILE if self.manifest.ranker_batch is not None else None
+
+    @property
+    def precisions(self) -> dict[str, Precision]:
+        """The ranking graphs by precision: the manifest's, or fp32 alone for an older bundle."""
+        man = self.manifest
+        if man.precisions:
+            return man.precisions
+        batch = man.ranker_batch
+        fp32 = Precision(
+            RANKER_FILE,
+            man.files[RANKER_FILE],
+            batch,
+            None if batch is None else man.files[batch],
+            "any",
+            1e-5,  # the service holds fp32 to its GOLDEN_ATOL
+        )
+        return {FP32: fp32}
+
+    @property
+    def default_precision(self) -> str:
+        return self.manifest.default_precision if self.manifest.precisions else FP32
 
     @property
     def zero_shot_path(self) -> Path | None:
@@ -128,8 +160,31 @@ def _check_files(root: Path, manifest: Manifest) -> None:
         if actual != listed:
             problem = f"checksum mismatch for {name}: sha256 {actual[:16]}…, manifest {listed[:16]}…"
             raise BundleError(root, problem)
+    _check_precisions(root, manifest)
     if content_version(files) != manifest.model_version:
         raise BundleError(root, f"model_version {manifest.model_version} does not match the file checksums")
+
+
+def _check_precisions(root: Path, manifest: Manifest) -> None:
+    """Each precision's files are listed files with the same checksums; fp32 is ranker.onnx; the
+    default is one of them."""
+    if not manifest.precisions:
+        return
+    files = manifest.files
+    for name, precision in manifest.precisions.items():
+        if name not in PRECISIONS:
+            raise BundleError(root, f"unknown precision {name!r}; this service knows {PRECISIONS}")
+        pairs = [(precision.ranker, precision.ranker_sha256)]
+        if precision.ranker_batch is not None:
+            pairs.append((precision.ranker_batch, precision.ranker_batch_sha256 or ""))
+        for file, digest in pairs:
+            if files.get(file) != digest:
+                raise BundleError(root, f"precision {name}: {file} is not listed with its checksum")
+    fp32 = manifest.precisions.get(FP32)
+    if fp32 is None or fp32.ranker != RANKER_FILE:
+        raise BundleError(root, f"precisions must name fp32 as {RANKER_FILE}")
+    if manifest.default_precision not in manifest.precisions:
+        raise BundleError(root, f"default precision {manifest.default_precision!r} is not in the bundle")
 
 
 def _read_tables(root: Path) -> tuple[Schema, Catalog]:

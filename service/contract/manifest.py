@@ -2,14 +2,20 @@
 (`Manifest.from_dict`).
 
 Keys written since format 1 began are required; those added later within format 1 (`task`,
-`ranking_metrics`, `ranker_batch`, and the batch graph's parity) read as their defaults from
-older bundles. `to_dict` writes the keys in the order export always wrote them.
+`ranking_metrics`, `ranker_batch`, the batch graph's parity, `precisions` and `default_precision`)
+read as their defaults from older bundles. `to_dict` writes the keys in the order export always
+wrote them, the later ones only when the bundle has them (an older manifest round-trips unchanged).
+
+`precisions` names each precision's ranking graphs (`Precision`: files, checksums, agreement with
+fp32 measured at export) and `default_precision` the one the service serves unless told otherwise.
+A manifest without them has one precision, fp32 (`ranker.onnx`, `ranker_batch.onnx`): see
+`service.contract.bundle.Bundle.precisions`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -18,6 +24,8 @@ from service.contract.features import Encoded, FloatArray, IntArray
 from service.contract.signatures import Signature, TensorSpec
 
 RATING_TASK = {"task": "rating"}  # the task of bundles from before the catalog task
+FP32 = "fp32"
+PRECISIONS = ("fp32", "int8", "fp16")  # what a bundle may hold; fp16 is for CUDA only
 
 
 @dataclass(frozen=True)
@@ -123,6 +131,66 @@ class Parity:
         )
 
 
+@dataclass(frozen=True)
+class PrecisionParity:
+    """A reduced-precision ranker against the fp32 one, measured at export on real test rows:
+    score differences, and how far the whole-catalog top 10 agrees (mean share of fp32's top 10
+    also in this precision's top 10)."""
+
+    rows: int
+    candidates: int  # scored per row: the whole catalog
+    scores_max_abs_diff: float
+    scores_mean_abs_diff: float
+    top10_agreement: float
+    batch_scores_max_abs_diff: float | None  # its ranker_batch graph against fp32's, if it has one
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PrecisionParity:
+        keys = (
+            "rows",
+            "candidates",
+            "scores_max_abs_diff",
+            "scores_mean_abs_diff",
+            "top10_agreement",
+            "batch_scores_max_abs_diff",
+        )
+        return cls(*(d[k] for k in keys))
+
+
+@dataclass(frozen=True)
+class Precision:
+    """One precision's ranking graphs: file names and sha256 (also listed in `files`), the device
+    it is for, the tolerance of the golden check (`golden_atol`: the golden scores are fp32's, so a
+    reduced precision is held to a looser one; it catches a wrong or corrupt file, it is not the
+    quality gate), and its agreement with fp32 (None for fp32 itself)."""
+
+    ranker: str
+    ranker_sha256: str
+    ranker_batch: str | None
+    ranker_batch_sha256: str | None
+    device: str  # "any", or "cuda" for a graph only a GPU runs well (fp16)
+    golden_atol: float
+    parity: PrecisionParity | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["parity"] = None if self.parity is None else asdict(self.parity)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Precision:
+        parity = d.get("parity")
+        return cls(
+            str(d["ranker"]),
+            str(d["ranker_sha256"]),
+            d.get("ranker_batch"),
+            d.get("ranker_batch_sha256"),
+            str(d["device"]),
+            float(d["golden_atol"]),
+            None if parity is None else PrecisionParity.from_dict(parity),
+        )
+
+
 @dataclass(frozen=True, eq=False)
 class GoldenCase:
     """One ranker call scored at export; the service recomputes it at load."""
@@ -183,9 +251,12 @@ class Manifest:
     parity: Parity
     golden: tuple[GoldenCase, ...]
     files: dict[str, str]  # name -> sha256, every file but the manifest
+    # by precision name; empty in bundles from before precisions (fp32 only: Bundle.precisions)
+    precisions: dict[str, Precision] = field(default_factory=dict)
+    default_precision: str = FP32
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "format_version": self.format_version,
             "model_version": self.model_version,
             "created_at": self.created_at,
@@ -207,6 +278,10 @@ class Manifest:
             "golden": [case.to_dict() for case in self.golden],
             "files": self.files,
         }
+        if self.precisions:
+            out["precisions"] = {name: p.to_dict() for name, p in self.precisions.items()}
+            out["default_precision"] = self.default_precision
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Manifest:
@@ -233,6 +308,8 @@ class Manifest:
             parity=Parity.from_dict(d["parity"]),
             golden=tuple(GoldenCase.from_dict(c) for c in d["golden"]),
             files={str(name): str(digest) for name, digest in dict(d["files"]).items()},
+            precisions={str(n): Precision.from_dict(p) for n, p in dict(d.get("precisions", {})).items()},
+            default_precision=str(d.get("default_precision", FP32)),
         )
 
 

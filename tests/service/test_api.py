@@ -256,6 +256,7 @@ def test_probes_models_and_metrics(client: httpx.Client) -> None:
     models = client.get("/models").json()
     assert [m["variant"] for m in models["models"]] == ["control", "mail"]
     assert {m["provider"] for m in models["models"]} == {"cpu"}
+    assert {m["ranker_precision"] for m in models["models"]} == {"fp32"}  # the bundles' default
     assert [m["zero_shot"] for m in models["models"]] == [False, True]
     for m, graphs in zip(models["models"], (["ranker"], ["zero_shot", "ranker"]), strict=True):
         device = m["device"]  # read from the sessions: every node that ran is on the CPU provider
@@ -275,7 +276,7 @@ def test_probes_models_and_metrics(client: httpx.Client) -> None:
         "mailrec_recommendations_total",
     ):
         assert name in text
-    assert metric_value(text, "mailrec_model_info", variant="mail", provider="cpu") == 1
+    assert metric_value(text, "mailrec_model_info", variant="mail", provider="cpu", precision="fp32") == 1
     assert 'route="/recommend"' in text and "user_id" not in text
 
 

@@ -97,6 +97,7 @@ def test_a_bundle_without_the_batch_graph_still_loads_and_serves_unbatched(
     raw = json.loads((root / MANIFEST).read_text())
     (root / RANKER_BATCH_FILE).unlink()
     del raw["files"][RANKER_BATCH_FILE], raw["ranker_batch"], raw["onnx"]["ranker_batch"]
+    del raw["precisions"], raw["default_precision"]  # a bundle that old predates precisions too
     raw["model_version"] = content_version(raw["files"])
     (root / MANIFEST).write_text(json.dumps(raw))
     bundle = load(root)

@@ -218,13 +218,13 @@ def test_the_session_we_really_get_decides_the_provider(
 def test_model_info_has_one_live_series_per_variant() -> None:
     m = Metrics()
     m.set_model("mail", "mail", "v1", "base", "cpu")
-    m.set_model("mail", "mail", "v2", "base", "cpu")
+    m.set_model("mail", "mail", "v2", "base", "cpu", "int8")
     text = m.exposition().decode()
     assert (
-        'mailrec_model_info{model="mail",model_version="v2",provider="cpu",ranker="base",variant="mail"} 1.0'
-        in text
+        'mailrec_model_info{model="mail",model_version="v2",precision="int8",provider="cpu",ranker="base",'
+        'variant="mail"} 1.0' in text
     )
-    assert 'model_version="v1",provider="cpu",ranker="base",variant="mail"} 0.0' in text
+    assert 'model_version="v1",precision="fp32",provider="cpu",ranker="base",variant="mail"} 0.0' in text
 
 
 def test_metric_children_are_memoised_and_the_same_as_labels() -> None:

@@ -1,0 +1,136 @@
+"""The ranker in reduced precision: int8 graphs beside the fp32 ones, and their agreement with fp32.
+
+`quantize_int8` is ONNX Runtime's dynamic quantization (`quantize_dynamic`): the MatMul and Gemm
+weights stored as signed int8 (QInt8: in a one-off probe on this 2-core EPYC VM, twice as fast as
+QUInt8 weights on the whole catalog, with the same score differences), activations quantized per
+call from their own range. Only the dense layers change: the lookup tables (Gather) stay fp32.
+
+One consequence of the dynamic scheme: an activation's scale is computed over the whole call, so a
+candidate's int8 score depends slightly on the other candidates scored with it (fp32 scores do
+not; on a tiny bundle, one item alone and among 299 others differed by 3.6e-5). The differences
+are what `compare_precisions` measures, and quality is decided offline (`benchmarks/quantization.py`),
+not here: agreement is recorded in the manifest, never a failure.
+
+`DEFAULT_PRECISION` is what export marks as the bundle's default: the result of that benchmark
+(benchmarks/results/quantization.md).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from model_export.model import MailModel
+from model_export.parity import _session, _test_user
+from service.contract import FP32, GoldenCase, PrecisionParity, ranker_feeds
+
+INT8 = "int8"
+# benchmarks/results/quantization.md: int8 becomes the default only if it costs nothing measurable
+DEFAULT_PRECISION = FP32
+# the golden check's least tolerance for int8 (the golden scores are fp32's): it catches a wrong or
+# corrupt file, and is widened to twice the difference measured at export where that is larger
+INT8_GOLDEN_ATOL = 0.02
+TOP_K = 10
+
+
+@contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """onnxruntime.quantization logs advice ("consider pre-processing") on the root logger."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def quantize_int8(src: Path, dst: Path) -> None:
+    """The graph at `src` with int8 MatMul/Gemm weights, written to `dst` (same inputs and outputs)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with _quiet_root_logger():
+        quantize_dynamic(src, dst, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+
+
+def compare_precisions(
+    model: MailModel,
+    test_rows: dict[str, Any],
+    fp32: tuple[Path, Path | None],
+    other: tuple[Path, Path | None],
+    n_catalog: int,
+) -> PrecisionParity:
+    """`other`'s (ranker, ranker_batch) against fp32's on the run's recorded test rows, each row
+    scoring the whole catalog: largest and mean absolute score difference, top-10 agreement; the
+    batch graphs on three users' candidates together."""
+    ref, low = _session(fp32[0]), _session(other[0])
+    all_rows = np.arange(1, n_catalog + 1, dtype=np.int64)
+    rows = len(test_rows["user_attrs"])
+    worst, total, agree = 0.0, 0.0, 0.0
+    k = min(TOP_K, n_catalog)
+    for i in range(rows):
+        feeds = _feeds(model, test_rows, [i], [all_rows])
+        a, b = ref.run(None, feeds)[0], low.run(None, feeds)[0]
+        diff = np.abs(a - b)
+        worst, total = max(worst, float(diff.max())), total + float(diff.mean())
+        top_a, top_b = np.argsort(-a, kind="stable")[:k], np.argsort(-b, kind="stable")[:k]
+        agree += len(np.intersect1d(top_a, top_b)) / k
+    batch_worst = None
+    if fp32[1] is not None and other[1] is not None:
+        users = list(range(min(rows, 3)))
+        rng = np.random.default_rng(2)
+        cands = [rng.integers(1, n_catalog + 1, 100).astype(np.int64) for _ in users]
+        feeds = _feeds(model, test_rows, users, cands)
+        a, b = _session(fp32[1]).run(None, feeds)[0], _session(other[1]).run(None, feeds)[0]
+        batch_worst = float(np.max(np.abs(a - b)))
+    return PrecisionParity(rows, n_catalog, worst, total / max(rows, 1), agree / max(rows, 1), batch_worst)
+
+
+def _feeds(
+    model: MailModel, test_rows: dict[str, Any], users: list[int], cands: list[np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Ranker inputs for test rows `users` (one: the one-user graph's; several: the batch graph's)."""
+    encoded, gates = zip(*(_test_user(test_rows, i, model) for i in users), strict=True)
+    with torch.no_grad():
+        attrs = torch.from_numpy(np.concatenate([e.user_attrs for e in encoded]))
+        virtual = model.virtual_behavior(attrs).numpy().astype(np.float32)
+    gate = np.array([[g] for g in gates], np.float32)
+    if len(users) == 1:
+        return ranker_feeds(encoded, virtual, gate, cands[0])
+    owner = np.concatenate([np.full(len(c), u, np.int64) for u, c in enumerate(cands)])
+    return ranker_feeds(encoded, virtual, gate, np.concatenate(cands), owner)
+
+
+def golden_diff(path: Path, batch_path: Path | None, golden: list[GoldenCase], model: MailModel) -> float:
+    """Largest difference between the golden (fp32) scores and the graphs at `path` (and
+    `batch_path`, two copies of each case in one call) on the golden cases."""
+    session = _session(path)
+    batch = _session(batch_path) if batch_path is not None else None
+    worst = 0.0
+    for case in golden:
+        enc = case.encoded
+        with torch.no_grad():
+            virtual = model.virtual_behavior(torch.from_numpy(enc.user_attrs)).numpy().astype(np.float32)
+        gates = np.full((1, 1), case.gate, np.float32)
+        got = [session.run(None, ranker_feeds((enc,), virtual, gates, case.candidates))[0]]
+        if batch is not None:
+            n = len(case.candidates)
+            owner = np.repeat(np.arange(2, dtype=np.int64), n)
+            feeds = ranker_feeds(
+                (enc, enc),
+                np.concatenate([virtual, virtual]),
+                np.concatenate([gates, gates]),
+                np.concatenate([case.candidates, case.candidates]),
+                owner,
+            )
+            out = batch.run(None, feeds)[0]
+            got += [out[:n], out[n:]]
+        for scores in got:
+            worst = max(worst, float(np.max(np.abs(scores - case.scores))))
+    return worst
