@@ -8,7 +8,8 @@ catalog rows only.
 A second ranker graph, `ranker_batch.onnx`, scores several users in one call (user tensors with
 batch U, candidates (N,) and `owner` (N,), candidate n belonging to user owner[n]): the service's
 micro-batcher merges concurrent requests into it. Names, dtypes, shapes and dynamic axes of the
-three graphs come from `service.contract.signatures`.
+three graphs come from `service.contract.signatures`. `item_vectors.npy` holds the ranker's own
+item side (`Ranker.item_vectors`), which the service's candidate stage searches.
 
 Export checks itself: onnxruntime against torch on real test rows (`model_export.parity`), then
 the service's own validation of the finished bundle (`load_bundle`, every graph's session against
@@ -39,6 +40,7 @@ from model_export.parity import verify_batch_parity, verify_parity
 from service.contract import (
     CATALOG_FILE,
     FORMAT_VERSION,
+    ITEM_VECTORS_FILE,
     MANIFEST,
     RANKER_BATCH_FILE,
     RANKER_FILE,
@@ -166,6 +168,9 @@ def export_bundle(run_dir: Path, out: Path) -> Manifest:
             items["popularity"] = np.asarray(catalog["popularity"]).tolist()
         (tmp / CATALOG_FILE).write_text(json.dumps(items))
         shutil.copyfile(run_dir / SPLIT_FILE, tmp / SPLIT_FILE)
+        # the candidate stage's item vectors: the served tower's own item side, row 0 PAD
+        vectors = served.ranker.item_vectors().numpy().astype(np.float32)
+        np.save(tmp / ITEM_VECTORS_FILE, vectors, allow_pickle=False)
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
         parity = replace(parity, ranker_batch=batch)
         manifest = _manifest(ckpt, schema, files, has_zst, parity, golden, run_dir)
@@ -244,6 +249,7 @@ def _manifest(
         parity=parity,
         golden=tuple(golden),
         files=files,
+        item_vectors=ITEM_VECTORS_FILE,
     )
 
 

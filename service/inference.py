@@ -42,6 +42,7 @@ except ImportError as exc:  # onnxruntime is an extra: `cpu` or `gpu`, never bot
         "`pip install 'mailrec[cpu]'` (onnxruntime) or `pip install 'mailrec[gpu]'` (onnxruntime-gpu)"
     ) from exc
 
+from service.candidates import RetrieveOptions
 from service.contract import (
     Bundle,
     BundleError,
@@ -117,6 +118,8 @@ class SessionOptions:
     cuda_mem_limit_mb: int | None = None  # None: ONNX Runtime's default (no cap on the arena)
     cuda_arena_extend: str = "kSameAsRequested"
     cuda_tf32: bool = False  # not a service setting: benchmarks.gpu_check measures what TF32 costs
+    # the candidate stage of catalogs too big to score whole (service.candidates), built with the model
+    retrieve: RetrieveOptions = RetrieveOptions(above=1000, candidates=300, probes=128, popular=100)
 
 
 def cuda_provider_options(options: SessionOptions) -> dict[str, str]:

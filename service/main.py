@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from service import logs
 from service.bundles import ModelRegistry, settle_heap
 from service.cache import CircuitBreaker, EmbeddedRedis, RedisStore
+from service.candidates import RetrieveOptions
 from service.config import Settings, redis_problem
 from service.experiments import default_experiment, load_experiment
 from service.inference import SessionOptions
@@ -74,6 +75,12 @@ def _build_state(settings: Settings, metrics: Metrics) -> AppState:
         settings.cuda_device_id,
         settings.cuda_mem_limit_mb,
         settings.cuda_arena_extend,
+        retrieve=RetrieveOptions(
+            settings.retrieve_above,
+            settings.retrieve_candidates,
+            settings.retrieve_probes,
+            settings.retrieve_popular,
+        ),
     )
     return AppState(settings, experiment, ModelRegistry(options, metrics), store, metrics, embedded)
 

@@ -13,7 +13,10 @@ against the same signatures when ONNX Runtime opens them (`signatures.check_sess
 Format 1 has one optional file: `ranker_batch.onnx`, the ranking tower for several users in one
 call, used by the service's micro-batcher. A manifest lists it under "ranker_batch"; bundles
 without it load as before, and services that predate it ignore it (it is checksummed like every
-listed file), so the format version did not change.
+listed file), so the format version did not change. The same holds for `item_vectors.npy`
+(manifest key "item_vectors"): what the ranking tower makes of each catalog item before it meets
+the user, (I+1, D) float32 in numpy's format, row 0 PAD, which the service's candidate stage
+searches when a catalog is too big to score whole (`service.candidates`).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ SPLIT_FILE = "split.json"
 RANKER_FILE = "ranker.onnx"
 RANKER_BATCH_FILE = "ranker_batch.onnx"
 ZERO_SHOT_FILE = "zero_shot.onnx"
+ITEM_VECTORS_FILE = "item_vectors.npy"
 
 
 def sha256_file(path: Path) -> str:
@@ -84,6 +88,11 @@ class Bundle:
         return self.path / RANKER_BATCH_FILE if self.manifest.ranker_batch is not None else None
 
     @property
+    def item_vectors_path(self) -> Path | None:
+        """The optional item vectors of the candidate stage, if the bundle has them."""
+        return self.path / ITEM_VECTORS_FILE if self.manifest.item_vectors is not None else None
+
+    @property
     def zero_shot_path(self) -> Path | None:
         return self.path / ZERO_SHOT_FILE if self.manifest.zero_shot is not None else None
 
@@ -119,6 +128,8 @@ def _check_files(root: Path, manifest: Manifest) -> None:
         required.add(ZERO_SHOT_FILE)
     if manifest.ranker_batch is not None:
         required.add(RANKER_BATCH_FILE)
+    if manifest.item_vectors is not None:
+        required.add(ITEM_VECTORS_FILE)
     if missing := sorted(required - set(files)):
         raise BundleError(root, f"{MANIFEST} does not list {missing}")
     for name, listed in sorted(files.items()):

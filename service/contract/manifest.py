@@ -3,7 +3,8 @@
 
 Keys written since format 1 began are required; those added later within format 1 (`task`,
 `ranking_metrics`, `ranker_batch`, and the batch graph's parity) read as their defaults from
-older bundles. `to_dict` writes the keys in the order export always wrote them.
+older bundles (so does `item_vectors`, written only when the bundle has them). `to_dict` writes
+the keys in the order export always wrote them.
 """
 
 from __future__ import annotations
@@ -183,9 +184,10 @@ class Manifest:
     parity: Parity
     golden: tuple[GoldenCase, ...]
     files: dict[str, str]  # name -> sha256, every file but the manifest
+    item_vectors: str | None = None  # its file; None: no candidate stage (whole-catalog scoring)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "format_version": self.format_version,
             "model_version": self.model_version,
             "created_at": self.created_at,
@@ -207,11 +209,15 @@ class Manifest:
             "golden": [case.to_dict() for case in self.golden],
             "files": self.files,
         }
+        if self.item_vectors is not None:
+            out["item_vectors"] = _file(self.item_vectors)
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Manifest:
         """Raises KeyError, TypeError or ValueError on a malformed manifest."""
         zero_shot, ranker_batch = d["zero_shot"], d.get("ranker_batch")
+        item_vectors = d.get("item_vectors")
         return cls(
             format_version=d["format_version"],
             model_version=str(d["model_version"]),
@@ -233,6 +239,7 @@ class Manifest:
             parity=Parity.from_dict(d["parity"]),
             golden=tuple(GoldenCase.from_dict(c) for c in d["golden"]),
             files={str(name): str(digest) for name, digest in dict(d["files"]).items()},
+            item_vectors=None if item_vectors is None else item_vectors["file"],
         )
 
 
