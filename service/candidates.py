@@ -87,7 +87,9 @@ class CandidateStage:
         for k: at least `candidates + extra` rows come back where the catalog has them."""
         p = np.clip(np.asarray(probe_scores, np.float64), 1e-7, 1 - 1e-7)
         weights = self.fit @ np.log(p / (1 - p)).astype(np.float32)  # (f,)
-        approx = self.features @ weights  # (I,)
+        # numpy's own loop, not BLAS: OpenBLAS runs a product this size on all its threads, and on
+        # a busy host a thread waiting for a core cost 10-27 ms per call at 20,000 items (measured)
+        approx = np.einsum("if,f->i", self.features, weights)  # (I,)
         approx[self.probes - 1] = -np.inf  # scored already
         n = min(self.options.candidates + extra, len(approx) - len(self.probes))
         best = np.argpartition(approx, len(approx) - n)[len(approx) - n :] + 1 if n > 0 else self.popular[:0]

@@ -137,10 +137,10 @@ def test_recommend_through_the_stage_is_ranker_ordered_and_respects_k_and_histor
     virtual = model.towers.virtual_behavior(enc.user_attrs)
     ranker = model.towers.score(enc, virtual, 1.0, catalog.rows(ids))
     assert np.allclose(ranker, scores, atol=1e-6)
-    # fewer candidates than the catalog: the stage ran, and what it ranks is what it found
+    # what the stage ranked is what its search found for this user (the service asks for k more)
     stage = model.candidates
     assert stage is not None
-    found = stage.search(model.towers.score(enc, virtual, 1.0, stage.probes))
+    found = stage.search(model.towers.score(enc, virtual, 1.0, stage.probes), extra=30)  # k, no history
     assert set(catalog.rows(ids)) <= set(np.r_[stage.probes, found].tolist())
     got = [i["item_id"] for i in second.json()["items"]]
     assert len(got) == 7 and not set(got) & set(seen)
@@ -157,3 +157,12 @@ def test_candidates_in_the_request_bypass_the_stage(retrieving: Live) -> None:
         )
     assert r.status_code == 200, r.text
     assert sorted(i["item_id"] for i in r.json()["items"]) == sorted(given)
+
+
+def test_export_writes_the_rankers_item_side(tiny_bundle: Callable[..., Path]) -> None:
+    bundle = load_bundle(tiny_bundle("mail", "base"))
+    assert bundle.item_vectors_path is not None
+    vectors = np.load(bundle.item_vectors_path, allow_pickle=False)
+    # BaseDNN: the item half of its first layer, one row per catalog row, PAD row 0 zero
+    assert vectors.dtype == np.float32 and vectors.shape == (len(bundle.catalog) + 1, 32)
+    assert not vectors[0].any() and np.abs(vectors[1:]).sum(1).min() > 0
