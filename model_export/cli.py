@@ -207,12 +207,31 @@ def _add_evaluate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "metrics.json; a reduced precision's gate is benchmarks/quantization.py",
     )
     p.add_argument("--quiet", action="store_true")
+    p.add_argument(
+        "--retrieve",
+        type=int,
+        default=None,
+        metavar="K",
+        help="also rank the cases through the service's candidate stage keeping K rows from its "
+        "search (with --probes and --popular): its recall of the whole catalog's top 100 and NDCG",
+    )
+    p.add_argument("--probes", type=int, default=128, help="with --retrieve: the stage's probe rows")
+    p.add_argument("--popular", type=int, default=100, help="with --retrieve: the most popular rows kept")
+    p.add_argument("--json", type=Path, default=None, help="write the whole result to this file")
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     from model_export.evaluate import compare, evaluate_bundle
+    from service.candidates import RetrieveOptions
 
-    result = evaluate_bundle(args.bundle, args.data_dir, progress=not args.quiet, precision=args.precision)
+    retrieve = None
+    if args.retrieve is not None:
+        retrieve = RetrieveOptions(0, args.retrieve, args.probes, args.popular)
+    result = evaluate_bundle(
+        args.bundle, args.data_dir, progress=not args.quiet, precision=args.precision, retrieve=retrieve
+    )
+    if args.json is not None:
+        args.json.write_text(json.dumps(result, indent=2))
     worst = compare(result)
     print(f"ranker precision: {result['precision']}")
     for group in ("new", "old", "all"):
@@ -220,6 +239,12 @@ def _evaluate(args: argparse.Namespace) -> int:
         r = result.get("ranking", {}).get(group)
         ranked = f"NDCG@10 {r['ndcg@10']:.4f}  P@10 {r['precision@10']:.4f}  " if r else ""
         print(f"  {group:>3}: {ranked}AUC {m['auc']:.4f}  GAUC {m['gauc']:.4f}  logloss {m['logloss']:.4f}")
+    for group, r in result.get("retrieval", {}).items():
+        print(
+            f"  {group:>3} through the candidate stage ({r['candidates']:.0f} rows): NDCG@10 "
+            f"{r['ndcg@10']:.4f}  P@10 {r['precision@10']:.4f}  recall of the whole top 100 "
+            f"{r['recall_of_top100']:.4f}"
+        )
     print(f"largest difference from the run's metrics.json: {worst:.2e} (scaled; at most 1e-4 passes)")
     if result["precision"] != "fp32":
         print("  (the run's metrics are fp32's: a reduced precision is reported, not held to them)")

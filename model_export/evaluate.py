@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from model_export import catalog as task
 from model_export import data as datasets
 from model_export import metrics
 from model_export.protocol import behavior_mask, chronological_order
+from service.candidates import CandidateStage, RetrieveOptions
 from service.contract import (
     SPLIT_FILE,
     Bundle,
@@ -79,12 +81,17 @@ class _Encoder:
 
 
 def evaluate_bundle(
-    bundle_dir: Path, data_dir: str | None, progress: bool = True, precision: str = "auto"
+    bundle_dir: Path,
+    data_dir: str | None,
+    progress: bool = True,
+    precision: str = "auto",
+    retrieve: RetrieveOptions | None = None,
 ) -> dict[str, Any]:
     """The run's test metrics again, through onnxruntime alone: the task's AUC, GAUC and log loss
     (rated test samples, or each liked test sample against its recorded sampled negatives) and
     the whole-catalog ranking of every recorded case, with the ranker in `precision` (auto: the
-    bundle's default)."""
+    bundle's default); with `retrieve`, the same cases ranked through the service's candidate
+    stage with these options (`retrieval_cases`)."""
     from tqdm import tqdm
 
     bundle: Bundle = load_bundle(bundle_dir)
@@ -121,6 +128,14 @@ def evaluate_bundle(
     if split.get("ranking"):
         result["ranking"] = rank_cases(split["ranking"]["cases"], at, towers, catalog, at.new_users)
         result["expected_ranking"] = man.ranking_metrics
+        if retrieve is not None:
+            if bundle.item_vectors_path is None:
+                raise ValueError(f"{bundle.path} has no item vectors (exported before them)")
+            vectors = np.load(bundle.item_vectors_path, allow_pickle=False)
+            stage = CandidateStage(vectors, catalog.popularity, retrieve)
+            cases = split["ranking"]["cases"]
+            result["retrieval"] = retrieval_cases(cases, at, towers, catalog, at.new_users, stage)
+            result["retrieve_options"] = asdict(retrieve)
     return result
 
 
@@ -148,6 +163,56 @@ def rank_cases(
     tie_rank = np.empty(n, np.int64)
     tie_rank[order] = np.arange(n)
     return task.ranking_metrics(ranking, score, n, tie_rank)
+
+
+def retrieval_cases(
+    cases: list[dict[str, Any]],
+    at: _Encoder,
+    towers: Towers,
+    catalog: Any,
+    new_users: set[str],
+    stage: CandidateStage,
+    top: int = 100,
+) -> dict[str, Any]:
+    """The candidate stage against whole-catalog scoring on the recorded cases: per group, its
+    recall of the whole catalog's top `top` (seen items excluded from both) and the ranking metrics
+    when only the stage's candidates are ranked (the others score -inf), both by onnxruntime."""
+    n = len(catalog)
+    all_rows = np.arange(1, n + 1, dtype=np.int64)
+    ranking = task.RankingSet(
+        rows=np.arange(len(cases), dtype=np.int64),
+        positives=[catalog.rows(c["positives"]) for c in cases],
+        exclude=[catalog.rows(c["exclude"]) for c in cases],
+        is_new=np.array([c["user"] in new_users for c in cases], bool),
+    )
+    recall = np.zeros(len(cases))
+    sizes = np.zeros(len(cases))
+
+    def score(idx: IntArray) -> FloatArray:
+        out = np.full((len(idx), n), -np.inf, np.float32)
+        for b, i in enumerate(idx.tolist()):
+            enc, virtual, gate = at(cases[i]["user"], cases[i]["timestamp"])
+            whole = towers.score(enc, virtual, gate, all_rows)
+            seen = ranking.exclude[i]
+            probe_scores = whole[stage.probes - 1]  # what the ranker gives the probes
+            rows = np.concatenate([stage.probes, stage.search(probe_scores, extra=len(seen))])
+            rows = rows[~np.isin(rows, seen)]
+            out[b, rows - 1] = towers.score(enc, virtual, gate, rows)
+            allowed = np.ones(n, bool)
+            allowed[seen - 1] = False
+            best = all_rows[allowed][np.argsort(-whole[allowed], kind="stable")[:top]]
+            recall[i] = np.isin(best, rows).mean()
+            sizes[i] = len(rows)
+        return out
+
+    order = np.argsort(np.array(catalog.ids, dtype=object), kind="stable")
+    tie_rank = np.empty(n, np.int64)
+    tie_rank[order] = np.arange(n)
+    result: dict[str, Any] = task.ranking_metrics(ranking, score, n, tie_rank)
+    for group, mask in (("new", ranking.is_new), ("old", ~ranking.is_new), ("all", slice(None))):
+        result[group][f"recall_of_top{top}"] = float(recall[mask].mean())
+        result[group]["candidates"] = float(sizes[mask].mean())
+    return result
 
 
 RANKING_ATOL = 2e-3  # float32 probabilities vs float64 logits can swap near-tied items

@@ -8,7 +8,8 @@ catalog rows only.
 A second ranker graph, `ranker_batch.onnx`, scores several users in one call (user tensors with
 batch U, candidates (N,) and `owner` (N,), candidate n belonging to user owner[n]): the service's
 micro-batcher merges concurrent requests into it. Names, dtypes, shapes and dynamic axes of the
-three graphs come from `service.contract.signatures`.
+three graphs come from `service.contract.signatures`. `item_vectors.npy` holds the ranker's own
+item side (`Ranker.item_vectors`), which the service's candidate stage searches.
 
 Beside them, `ranker_int8.onnx` and `ranker_batch_int8.onnx`: the same graphs with int8 weights
 (`model_export.quantize`), compared with fp32 on the run's test rows (recorded in the manifest's
@@ -52,6 +53,7 @@ from model_export.quantize import (
 from service.contract import (
     CATALOG_FILE,
     FORMAT_VERSION,
+    ITEM_VECTORS_FILE,
     MANIFEST,
     RANKER_BATCH_FILE,
     RANKER_FILE,
@@ -196,6 +198,9 @@ def export_bundle(run_dir: Path, out: Path, default_precision: str = DEFAULT_PRE
             items["popularity"] = np.asarray(catalog["popularity"]).tolist()
         (tmp / CATALOG_FILE).write_text(json.dumps(items))
         shutil.copyfile(run_dir / SPLIT_FILE, tmp / SPLIT_FILE)
+        # the candidate stage's item vectors: the served tower's own item side, row 0 PAD
+        vectors = served.ranker.item_vectors().numpy().astype(np.float32)
+        np.save(tmp / ITEM_VECTORS_FILE, vectors, allow_pickle=False)
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
         parity = replace(parity, ranker_batch=batch)
         precisions = _precisions(files, int8_parity, max(INT8_GOLDEN_ATOL, 2 * int8_golden))
@@ -292,6 +297,7 @@ def _manifest(
         parity=parity,
         golden=tuple(golden),
         files=files,
+        item_vectors=ITEM_VECTORS_FILE,
     )
 
 

@@ -321,6 +321,12 @@ class Ranker(nn.Module):
         in fewer ONNX nodes (export checks parity against the unfrozen model)."""
         self.emb.freeze_for_serving()
 
+    def item_vectors(self) -> Tensor:
+        """After `freeze_for_serving`: what the tower makes of each catalog item before it meets the
+        user, (I+1, D), row 0 PAD; the service's candidate stage searches these."""
+        assert self.emb.item_table is not None, "freeze_for_serving first"
+        return self.emb.item_table
+
     def _groups(self, user: UserInputs) -> tuple[Tensor, Tensor]:
         attrs, _ = self.emb.user_fields(user.attrs)
         ctx, _ = self.emb.context_fields(user.context)
@@ -356,6 +362,12 @@ class BaseDNN(Ranker):
         self.user_proj = proj
         self.bn = nn.Identity()  # type: ignore[assignment]
         self.top = fold_mlp(self.top)
+
+    def item_vectors(self) -> Tensor:
+        """The item's half of the first layer (BN scale folded in), (I+1, H0): the score is
+        head(user part + this) + the item's bias and prior."""
+        assert self.item_hidden_table is not None, "freeze_for_serving first"
+        return self.item_hidden_table
 
     def _item_hidden(self, items: Tensor) -> Tensor:
         if self.item_hidden_table is not None:

@@ -25,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from service.batching import MicroBatcher
+from service.candidates import CandidateStage, RetrieveOptions
 from service.contract import Bundle, ContractError, FloatArray, IntArray, load_bundle
 from service.errors import BadBundle
 from service.inference import SessionOptions, Towers
@@ -59,6 +60,7 @@ class ServedModel:
     tie_rank: IntArray = field(init=False)  # (I + 1,) rank of each row's raw id, for tie-breaks
     batcher: MicroBatcher | None = field(init=False)  # ranker calls merged across requests, if on
     popularity: FloatArray | None = field(init=False)  # (I + 1,) the scores a popularity variant serves
+    candidates: CandidateStage | None = field(init=False)  # None: whole-catalog scoring
 
     def __post_init__(self) -> None:
         opts = self.towers.options
@@ -77,6 +79,9 @@ class ServedModel:
                     f"{self.bundle.path}: no popularity counts in its catalog (exported before them)"
                 )
             self.popularity = np.r_[0, catalog.popularity].astype(np.float32)
+        self.candidates = None
+        if self.kind == "model":
+            self.candidates = candidate_stage(self.bundle, opts.retrieve)
         self.all_rows = np.arange(1, len(catalog) + 1, dtype=np.int64)
         self.item_ids = np.array(["", *catalog.ids], dtype=object)
         order = np.argsort(self.item_ids, kind="stable")
@@ -118,12 +123,34 @@ class ServedModel:
             "microbatch": self.batcher is not None,
             "zero_shot": self.towers.zero_shot is not None and self.kind == "model",
             "catalog_items": len(self.bundle.catalog),
+            "candidate_stage": self.candidates is not None,
             "created_at": man.created_at,
             "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.loaded_at)),
             "task": man.task,
             "offline_metrics": man.metrics,
             "offline_ranking": man.ranking_metrics,
         }
+
+
+def candidate_stage(bundle: Bundle, options: RetrieveOptions) -> CandidateStage | None:
+    """The bundle's candidate stage if its catalog is larger than `options.above` and it carries
+    item vectors, else None (requests without candidates score the whole catalog)."""
+    path = bundle.item_vectors_path
+    catalog = bundle.catalog
+    if path is None or len(catalog) <= options.above:
+        return None
+    started = time.perf_counter()
+    vectors = np.load(path, allow_pickle=False)
+    if vectors.ndim != 2 or vectors.shape[0] != len(catalog) + 1:
+        raise BadBundle(f"{bundle.path}: item vectors of shape {vectors.shape} for {len(catalog)} items")
+    stage = CandidateStage(vectors, catalog.popularity, options)
+    log.info(
+        "%s: candidate stage over %d items built in %.2f s",
+        bundle.path,
+        len(catalog),
+        time.perf_counter() - started,
+    )
+    return stage
 
 
 ABOUT = {

@@ -133,6 +133,22 @@ class Settings(BaseSettings):
         1.0, ge=0, description="Longest a request waits for others to join its batch."
     )
     microbatch_max_rows: int = Field(8192, ge=1, description="Most candidate rows in one batched ONNX call.")
+    retrieve_above: int = Field(
+        1000,
+        ge=0,
+        description="A request without candidates scores the whole catalog up to this many items; "
+        "above it, a candidate stage picks the rows the ranker scores (bundles with item vectors; "
+        "README, 'Catalogs too big to score whole').",
+    )
+    retrieve_candidates: int = Field(
+        300, ge=0, description="Candidate stage: rows its search over the item vectors keeps."
+    )
+    retrieve_probes: int = Field(
+        128, ge=2, description="Candidate stage: rows the ranker scores to fit the user's query."
+    )
+    retrieve_popular: int = Field(
+        100, ge=0, description="Candidate stage: the most popular items, always among the candidates."
+    )
     log_level: str = Field("INFO", description="Logging level.")
     log_format: Literal["json", "text"] = Field(
         "json",

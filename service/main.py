@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from service import logs, resp
 from service.bundles import ModelRegistry, settle_heap
 from service.cache import CircuitBreaker, EmbeddedRedis, RedisStore
+from service.candidates import RetrieveOptions
 from service.config import Settings, redis_problem
 from service.experiments import default_experiment, load_experiment
 from service.inference import SessionOptions
@@ -78,6 +79,12 @@ def _build_state(settings: Settings, metrics: Metrics) -> AppState:
         settings.cuda_mem_limit_mb,
         settings.cuda_arena_extend,
         ranker_precision=settings.ranker_precision,
+        retrieve=RetrieveOptions(
+            settings.retrieve_above,
+            settings.retrieve_candidates,
+            settings.retrieve_probes,
+            settings.retrieve_popular,
+        ),
     )
     registry = ModelRegistry(options, metrics)
     rollout = Rollout(replica_id(settings), experiment, registry, store, metrics, settings.rollout_poll_s)

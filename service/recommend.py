@@ -2,8 +2,9 @@
 
 recommend: ready? -> check limits -> assign variant -> encode -> one Redis round trip (cached vector +
 stored clicks) -> history -> virtual behavior if cold (cache, else zero_shot.onnx, computed once
-per key, written back off the response path) -> candidates -> ranker.onnx -> top-k -> impression
-record -> metrics and the request's log fields.
+per key, written back off the response path) -> candidates (the given ones, the whole catalog, or
+above MAILREC_RETRIEVE_ABOVE items the candidate stage's: `service.candidates`) -> ranker.onnx ->
+top-k -> impression record -> metrics and the request's log fields.
 """
 
 from __future__ import annotations
@@ -166,6 +167,30 @@ async def score(
     return scores
 
 
+async def retrieve_and_score(
+    state: AppState,
+    model: ServedModel,
+    enc: Encoded,
+    virtual: FloatArray | None,
+    gate: float,
+    seen: IntArray,
+    k: int,
+) -> tuple[IntArray, FloatArray]:
+    """The candidate stage (`service.candidates`): the ranker scores the probes, the search picks
+    the other candidates (at least k besides the seen ones), the ranker scores those; (rows, their
+    ranker scores), seen rows dropped."""
+    stage = model.candidates
+    assert stage is not None
+    probe_scores = await score(state, model, enc, virtual, gate, stage.probes)
+    found = stage.search(probe_scores, extra=len(seen) + k)
+    rows = np.concatenate([stage.probes, found])
+    scores = np.concatenate([probe_scores, await score(state, model, enc, virtual, gate, found)])
+    if len(seen):
+        keep = ~np.isin(rows, seen)
+        rows, scores = rows[keep], scores[keep]
+    return rows, scores
+
+
 async def record_impression(
     state: AppState,
     model: ServedModel,
@@ -224,8 +249,11 @@ async def recommend(
         else:
             virtual = await virtual_behavior(state, model, key, enc, redis_ok)
 
-    rows = candidate_rows(model, given, history)
-    scores = await score(state, model, enc, virtual, gate, rows)
+    if given is None and model.candidates is not None:
+        rows, scores = await retrieve_and_score(state, model, enc, virtual, gate, history, k)
+    else:
+        rows = candidate_rows(model, given, history)
+        scores = await score(state, model, enc, virtual, gate, rows)
     best = top_k(scores, rows, k, model.tie_rank)
     chosen = rows[best]
     item_ids = model.item_ids[chosen].tolist()

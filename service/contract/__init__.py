@@ -19,6 +19,7 @@ The names below are re-exported, so `from service.contract import X` works for e
 from service.contract.bundle import (
     CATALOG_FILE,
     FORMAT_VERSION,
+    ITEM_VECTORS_FILE,
     MANIFEST,
     RANKER_BATCH_FILE,
     RANKER_FILE,
@@ -81,6 +82,7 @@ from service.contract.transforms import AGE_EDGES, TRANSFORMS
 __all__ = [
     "AGE_EDGES",
     "CATALOG_FILE",
+    "ITEM_VECTORS_FILE",
     "FORMAT_VERSION",
     "FP32",
     "MANIFEST",

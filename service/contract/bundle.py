@@ -19,6 +19,10 @@ Reduced-precision rankers (issue 16) are optional files of the same kind: `ranke
 `ranker_batch_int8.onnx` (dynamic int8 quantization of the two fp32 graphs, same signatures),
 named with their checksums under the manifest's `precisions`, which also says which precision is
 the default. A bundle without `precisions` has fp32 alone, its default (`Bundle.precisions`).
+listed file), so the format version did not change. The same holds for `item_vectors.npy`
+(manifest key "item_vectors"): what the ranking tower makes of each catalog item before it meets
+the user, (I+1, D) float32 in numpy's format, row 0 PAD, which the service's candidate stage
+searches when a catalog is too big to score whole (`service.candidates`).
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ RANKER_FILES = {
     "int8": ("ranker_int8.onnx", "ranker_batch_int8.onnx"),
     "fp16": ("ranker_fp16.onnx", "ranker_batch_fp16.onnx"),
 }
+ITEM_VECTORS_FILE = "item_vectors.npy"
 
 
 def sha256_file(path: Path) -> str:
@@ -116,6 +121,11 @@ class Bundle:
         return self.manifest.default_precision if self.manifest.precisions else FP32
 
     @property
+    def item_vectors_path(self) -> Path | None:
+        """The optional item vectors of the candidate stage, if the bundle has them."""
+        return self.path / ITEM_VECTORS_FILE if self.manifest.item_vectors is not None else None
+
+    @property
     def zero_shot_path(self) -> Path | None:
         return self.path / ZERO_SHOT_FILE if self.manifest.zero_shot is not None else None
 
@@ -151,6 +161,8 @@ def _check_files(root: Path, manifest: Manifest) -> None:
         required.add(ZERO_SHOT_FILE)
     if manifest.ranker_batch is not None:
         required.add(RANKER_BATCH_FILE)
+    if manifest.item_vectors is not None:
+        required.add(ITEM_VECTORS_FILE)
     if missing := sorted(required - set(files)):
         raise BundleError(root, f"{MANIFEST} does not list {missing}")
     for name, listed in sorted(files.items()):

@@ -2,9 +2,10 @@
 (`Manifest.from_dict`).
 
 Keys written since format 1 began are required; those added later within format 1 (`task`,
-`ranking_metrics`, `ranker_batch`, the batch graph's parity, `precisions` and `default_precision`)
-read as their defaults from older bundles. `to_dict` writes the keys in the order export always
-wrote them, the later ones only when the bundle has them (an older manifest round-trips unchanged).
+`ranking_metrics`, `ranker_batch`, the batch graph's parity, `precisions`, `default_precision`
+and `item_vectors`) read as their defaults from older bundles. `to_dict` writes the keys in the
+order export always wrote them, the later ones only when the bundle has them (an older manifest
+round-trips unchanged).
 
 `precisions` names each precision's ranking graphs (`Precision`: files, checksums, agreement with
 fp32 measured at export) and `default_precision` the one the service serves unless told otherwise.
@@ -254,6 +255,7 @@ class Manifest:
     # by precision name; empty in bundles from before precisions (fp32 only: Bundle.precisions)
     precisions: dict[str, Precision] = field(default_factory=dict)
     default_precision: str = FP32
+    item_vectors: str | None = None  # its file; None: no candidate stage (whole-catalog scoring)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -281,12 +283,15 @@ class Manifest:
         if self.precisions:
             out["precisions"] = {name: p.to_dict() for name, p in self.precisions.items()}
             out["default_precision"] = self.default_precision
+        if self.item_vectors is not None:
+            out["item_vectors"] = _file(self.item_vectors)
         return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Manifest:
         """Raises KeyError, TypeError or ValueError on a malformed manifest."""
         zero_shot, ranker_batch = d["zero_shot"], d.get("ranker_batch")
+        item_vectors = d.get("item_vectors")
         return cls(
             format_version=d["format_version"],
             model_version=str(d["model_version"]),
@@ -310,6 +315,7 @@ class Manifest:
             files={str(name): str(digest) for name, digest in dict(d["files"]).items()},
             precisions={str(n): Precision.from_dict(p) for n, p in dict(d.get("precisions", {})).items()},
             default_precision=str(d.get("default_precision", FP32)),
+            item_vectors=None if item_vectors is None else item_vectors["file"],
         )
 
 
