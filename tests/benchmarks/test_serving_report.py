@@ -60,7 +60,8 @@ def _open_run(fraction: float, p99: float, completed: int = 100) -> dict[str, ob
 def test_knee_is_where_p99_doubles_or_answers_fall_short() -> None:
     flat = [_open_run(f, 5.0) for f in (0.25, 0.5, 0.75)]
     assert knee(flat) is None
-    assert knee([*flat, _open_run(0.9, 10.5)]) == {"at_fraction": 0.9, "below_fraction": 0.75}
+    assert knee([*flat, _open_run(0.9, 24.0)]) is None  # below 5x the lowest-load p99
+    assert knee([*flat, _open_run(0.9, 25.5)]) == {"at_fraction": 0.9, "below_fraction": 0.75}
     assert knee([_open_run(0.25, 5.0), _open_run(0.5, 6.0, completed=90)]) == {
         "at_fraction": 0.5,
         "below_fraction": 0.25,
