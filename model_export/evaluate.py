@@ -139,18 +139,31 @@ def evaluate_bundle(
     return result
 
 
+def _ranking_set(cases: list[dict[str, Any]], catalog: Any, new_users: set[str]) -> task.RankingSet:
+    """The recorded cases as a ranking set: positives, the items excluded, which users are new."""
+    return task.RankingSet(
+        rows=np.arange(len(cases), dtype=np.int64),
+        positives=[catalog.rows(c["positives"]) for c in cases],
+        exclude=[catalog.rows(c["exclude"]) for c in cases],
+        is_new=np.array([c["user"] in new_users for c in cases], bool),
+    )
+
+
+def _tie_rank(catalog: Any) -> IntArray:
+    """Each catalog row's place among equal scores: by item id, as the service breaks ties."""
+    order = np.argsort(np.array(catalog.ids, dtype=object), kind="stable")
+    tie_rank = np.empty(len(catalog), np.int64)
+    tie_rank[order] = np.arange(len(catalog))
+    return tie_rank
+
+
 def rank_cases(
     cases: list[dict[str, Any]], at: _Encoder, towers: Towers, catalog: Any, new_users: set[str]
 ) -> dict[str, Any]:
     """Whole-catalog ranking metrics of the recorded cases, every catalog item scored by onnxruntime."""
     n = len(catalog)
     all_rows = np.arange(1, n + 1, dtype=np.int64)
-    ranking = task.RankingSet(
-        rows=np.arange(len(cases), dtype=np.int64),
-        positives=[catalog.rows(c["positives"]) for c in cases],
-        exclude=[catalog.rows(c["exclude"]) for c in cases],
-        is_new=np.array([c["user"] in new_users for c in cases], bool),
-    )
+    ranking = _ranking_set(cases, catalog, new_users)
 
     def score(idx: IntArray) -> FloatArray:
         out = np.empty((len(idx), n), np.float32)
@@ -159,10 +172,7 @@ def rank_cases(
             out[b] = towers.score(enc, virtual, gate, all_rows)
         return out
 
-    order = np.argsort(np.array(catalog.ids, dtype=object), kind="stable")
-    tie_rank = np.empty(n, np.int64)
-    tie_rank[order] = np.arange(n)
-    return task.ranking_metrics(ranking, score, n, tie_rank)
+    return task.ranking_metrics(ranking, score, n, _tie_rank(catalog))
 
 
 def retrieval_cases(
@@ -179,12 +189,7 @@ def retrieval_cases(
     when only the stage's candidates are ranked (the others score -inf), both by onnxruntime."""
     n = len(catalog)
     all_rows = np.arange(1, n + 1, dtype=np.int64)
-    ranking = task.RankingSet(
-        rows=np.arange(len(cases), dtype=np.int64),
-        positives=[catalog.rows(c["positives"]) for c in cases],
-        exclude=[catalog.rows(c["exclude"]) for c in cases],
-        is_new=np.array([c["user"] in new_users for c in cases], bool),
-    )
+    ranking = _ranking_set(cases, catalog, new_users)
     recall = np.zeros(len(cases))
     sizes = np.zeros(len(cases))
 
@@ -205,10 +210,7 @@ def retrieval_cases(
             sizes[i] = len(rows)
         return out
 
-    order = np.argsort(np.array(catalog.ids, dtype=object), kind="stable")
-    tie_rank = np.empty(n, np.int64)
-    tie_rank[order] = np.arange(n)
-    result: dict[str, Any] = task.ranking_metrics(ranking, score, n, tie_rank)
+    result: dict[str, Any] = task.ranking_metrics(ranking, score, n, _tie_rank(catalog))
     for group, mask in (("new", ranking.is_new), ("old", ~ranking.is_new), ("all", slice(None))):
         result[group][f"recall_of_top{top}"] = float(recall[mask].mean())
         result[group]["candidates"] = float(sizes[mask].mean())

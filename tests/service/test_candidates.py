@@ -166,3 +166,21 @@ def test_export_writes_the_rankers_item_side(tiny_bundle: Callable[..., Path]) -
     # BaseDNN: the item half of its first layer, one row per catalog row, PAD row 0 zero
     assert vectors.dtype == np.float32 and vectors.shape == (len(bundle.catalog) + 1, 32)
     assert not vectors[0].any() and np.abs(vectors[1:]).sum(1).min() > 0
+
+
+def test_evaluate_ranks_the_recorded_cases_through_the_stage(tiny_bundle: Callable[..., Path]) -> None:
+    """`evaluate --retrieve`: with room for every item the stage ranks what the whole catalog does."""
+    from model_export.evaluate import evaluate_bundle
+    from service.candidates import RetrieveOptions
+
+    bundle = tiny_bundle("mail", "base")
+    n = len(json.loads((bundle / "catalog.json").read_text())["ids"])
+    everything = RetrieveOptions(0, n, 8, 4)  # the search keeps every item: nothing can be lost
+    result = evaluate_bundle(bundle, None, progress=False, retrieve=everything)
+    for group in ("new", "old"):
+        assert result["retrieval"][group]["recall_of_top100"] == 1.0
+        assert result["retrieval"][group]["ndcg@10"] == pytest.approx(
+            result["ranking"][group]["ndcg@10"], abs=1e-9
+        )
+    small = evaluate_bundle(bundle, None, progress=False, retrieve=RetrieveOptions(0, 2, 4, 1))
+    assert small["retrieval"]["all"]["candidates"] < n
