@@ -16,8 +16,8 @@ A manifest without them has one precision, fp32 (`ranker.onnx`, `ranker_batch.on
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -77,6 +77,14 @@ class Graph:
         return cls(Signature(inputs, outputs), d["opset"])
 
 
+_Record = TypeVar("_Record")
+
+
+def _by_field_names(cls: type[_Record], d: Mapping[str, Any]) -> _Record:
+    """A flat record whose manifest keys are its field names, each required."""
+    return cls(*(d[f.name] for f in fields(cls)))  # type: ignore[arg-type]  # cls is a dataclass
+
+
 @dataclass(frozen=True)
 class BatchParity:
     """ranker_batch.onnx against torch, and against ranker.onnx user by user."""
@@ -89,14 +97,7 @@ class BatchParity:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> BatchParity:
-        keys = (
-            "users",
-            "candidates",
-            "scores_max_abs_diff",
-            "equals_ranker_exactly",
-            "max_abs_diff_vs_ranker",
-        )
-        return cls(*(d[k] for k in keys))
+        return _by_field_names(cls, d)
 
 
 @dataclass(frozen=True)
@@ -147,15 +148,7 @@ class PrecisionParity:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> PrecisionParity:
-        keys = (
-            "rows",
-            "candidates",
-            "scores_max_abs_diff",
-            "scores_mean_abs_diff",
-            "top10_agreement",
-            "batch_scores_max_abs_diff",
-        )
-        return cls(*(d[k] for k in keys))
+        return _by_field_names(cls, d)
 
 
 @dataclass(frozen=True)
