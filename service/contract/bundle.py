@@ -91,15 +91,6 @@ class Bundle:
         return self.manifest.model
 
     @property
-    def ranker_path(self) -> Path:
-        return self.path / RANKER_FILE
-
-    @property
-    def ranker_batch_path(self) -> Path | None:
-        """The optional several-users ranker, if the bundle has one."""
-        return self.path / RANKER_BATCH_FILE if self.manifest.ranker_batch is not None else None
-
-    @property
     def precisions(self) -> dict[str, Precision]:
         """The ranking graphs by precision: the manifest's, or fp32 alone for an older bundle."""
         man = self.manifest

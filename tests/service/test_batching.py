@@ -14,6 +14,7 @@ import pytest
 
 from service.batching import MicroBatcher
 from service.contract import (
+    FP32,
     MANIFEST,
     RANKER_BATCH_FILE,
     Encoded,
@@ -101,7 +102,7 @@ def test_a_bundle_without_the_batch_graph_still_loads_and_serves_unbatched(
     raw["model_version"] = content_version(raw["files"])
     (root / MANIFEST).write_text(json.dumps(raw))
     bundle = load(root)
-    assert bundle.ranker_batch_path is None
+    assert bundle.precisions[FP32].ranker_batch is None
     assert Towers(bundle, SessionOptions(device="cpu", microbatch="on")).ranker_batch is None
 
 
