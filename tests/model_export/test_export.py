@@ -22,6 +22,7 @@ from service.contract import (
 )
 from service.inference import SessionOptions, Towers
 from tests.conftest import REPO
+from tests.model_export.bundle_files import copy_bundle, rewrite_manifest
 
 BundleFactory = Callable[..., Path]
 
@@ -97,27 +98,15 @@ def test_evaluate_on_real_data_matches_within_1e4(data_dir: Path, tmp_path: Path
     assert main(["evaluate", "--bundle", str(bundle_dir), "--data-dir", str(data_dir), "--quiet"]) == 0
 
 
-def _copy(bundle: Path, tmp_path: Path) -> Path:
-    out = tmp_path / "bundle"
-    shutil.copytree(bundle, out)
-    return out
-
-
-def _rewrite_manifest(root: Path, change: Callable[[dict], None]) -> None:  # type: ignore[type-arg]
-    raw = json.loads((root / MANIFEST).read_text())
-    change(raw)
-    (root / MANIFEST).write_text(json.dumps(raw))
-
-
 def test_missing_file_is_refused(tiny_bundle: BundleFactory, tmp_path: Path) -> None:
-    root = _copy(tiny_bundle("mail", "base"), tmp_path)
+    root = copy_bundle(tiny_bundle("mail", "base"), tmp_path)
     (root / ZERO_SHOT_FILE).unlink()
     with pytest.raises(BundleError, match="missing file zero_shot.onnx"):
         load_bundle(root)
 
 
 def test_checksum_mismatch_is_refused(tiny_bundle: BundleFactory, tmp_path: Path) -> None:
-    root = _copy(tiny_bundle("mail", "base"), tmp_path)
+    root = copy_bundle(tiny_bundle("mail", "base"), tmp_path)
     data = bytearray((root / RANKER_FILE).read_bytes())
     data[-1] ^= 0xFF
     (root / RANKER_FILE).write_bytes(bytes(data))
@@ -126,8 +115,8 @@ def test_checksum_mismatch_is_refused(tiny_bundle: BundleFactory, tmp_path: Path
 
 
 def test_unknown_format_version_is_refused(tiny_bundle: BundleFactory, tmp_path: Path) -> None:
-    root = _copy(tiny_bundle("control", "base"), tmp_path)
-    _rewrite_manifest(root, lambda m: m.update(format_version=99))
+    root = copy_bundle(tiny_bundle("control", "base"), tmp_path)
+    rewrite_manifest(root, lambda m: m.update(format_version=99))
     with pytest.raises(BundleError, match="format version 99, this service reads 1"):
         load_bundle(root)
 
@@ -136,7 +125,7 @@ def test_onnx_signature_that_differs_from_the_manifest_is_refused(
     tiny_bundle: BundleFactory, tmp_path: Path
 ) -> None:
     """A ranker.onnx with consistent checksums but the wrong graph: the zero-shot tower's."""
-    root = _copy(tiny_bundle("mail", "base"), tmp_path)
+    root = copy_bundle(tiny_bundle("mail", "base"), tmp_path)
     shutil.copyfile(root / ZERO_SHOT_FILE, root / RANKER_FILE)
 
     def fix_sums(m: dict) -> None:  # type: ignore[type-arg]
@@ -144,7 +133,7 @@ def test_onnx_signature_that_differs_from_the_manifest_is_refused(
         m["precisions"]["fp32"]["ranker_sha256"] = m["files"][RANKER_FILE]  # named twice: both agree
         m["model_version"] = content_version(m["files"])
 
-    _rewrite_manifest(root, fix_sums)
+    rewrite_manifest(root, fix_sums)
     bundle = load_bundle(root)  # the manifest is consistent: the graph is checked when it is opened
     with pytest.raises(BundleError, match=r"ranker.onnx inputs are \[\('user_attrs', 'int64', 2\)\]"):
         Towers(bundle, SessionOptions(device="cpu"))
@@ -160,27 +149,27 @@ def test_the_manifest_reads_back_as_export_wrote_it(tiny_bundle: BundleFactory) 
 def test_a_manifest_from_before_the_catalog_task_loads_with_its_defaults(
     tiny_bundle: BundleFactory, tmp_path: Path
 ) -> None:
-    root = _copy(tiny_bundle("control", "base"), tmp_path)
+    root = copy_bundle(tiny_bundle("control", "base"), tmp_path)
 
     def drop_later_keys(m: dict) -> None:  # type: ignore[type-arg]
         del m["task"], m["ranking_metrics"], m["parity"]["ranker_batch"]
 
-    _rewrite_manifest(root, drop_later_keys)
+    rewrite_manifest(root, drop_later_keys)
     manifest = load_bundle(root).manifest
     assert manifest.task == {"task": "rating"} and manifest.ranking_metrics is None
     assert manifest.parity.ranker_batch is None and manifest.parity.rows > 0
 
 
 def test_a_malformed_manifest_is_refused(tiny_bundle: BundleFactory, tmp_path: Path) -> None:
-    root = _copy(tiny_bundle("control", "base"), tmp_path)
-    _rewrite_manifest(root, lambda m: m.pop("fill"))
+    root = copy_bundle(tiny_bundle("control", "base"), tmp_path)
+    rewrite_manifest(root, lambda m: m.pop("fill"))
     with pytest.raises(BundleError, match="manifest.json is malformed"):
         load_bundle(root)
 
 
 def test_tampered_model_version_is_refused(tiny_bundle: BundleFactory, tmp_path: Path) -> None:
-    root = _copy(tiny_bundle("control", "din"), tmp_path)
-    _rewrite_manifest(root, lambda m: m.update(model_version="0123456789ab"))
+    root = copy_bundle(tiny_bundle("control", "din"), tmp_path)
+    rewrite_manifest(root, lambda m: m.update(model_version="0123456789ab"))
     with pytest.raises(BundleError, match="does not match the file checksums"):
         load_bundle(root)
 

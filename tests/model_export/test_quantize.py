@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,7 +11,6 @@ import pytest
 
 from model_export.evaluate import compare, evaluate_bundle
 from service.contract import (
-    MANIFEST,
     RANKER_FILES,
     BundleError,
     Precision,
@@ -21,20 +19,9 @@ from service.contract import (
     load_bundle,
 )
 from service.inference import SessionOptions, Towers
+from tests.model_export.bundle_files import copy_bundle, rewrite_manifest
 
 BundleFactory = Callable[..., Path]
-
-
-def _copy(bundle: Path, tmp_path: Path) -> Path:
-    out = tmp_path / "bundle"
-    shutil.copytree(bundle, out)
-    return out
-
-
-def _rewrite_manifest(root: Path, change: Callable[[dict], None]) -> None:  # type: ignore[type-arg]
-    raw = json.loads((root / MANIFEST).read_text())
-    change(raw)
-    (root / MANIFEST).write_text(json.dumps(raw))
 
 
 def _whole_catalog(towers: Towers) -> np.ndarray:
@@ -97,7 +84,7 @@ def test_the_default_precision_is_served_unless_the_setting_overrides_it(
 
 
 def test_a_bundle_from_before_precisions_serves_fp32(tiny_bundle: BundleFactory, tmp_path: Path) -> None:
-    root = _copy(tiny_bundle("mail", "base"), tmp_path)
+    root = copy_bundle(tiny_bundle("mail", "base"), tmp_path)
 
     def as_before(m: dict) -> None:  # type: ignore[type-arg]
         del m["precisions"], m["default_precision"]
@@ -106,7 +93,7 @@ def test_a_bundle_from_before_precisions_serves_fp32(tiny_bundle: BundleFactory,
             (root / name).unlink()
         m["model_version"] = content_version(m["files"])
 
-    _rewrite_manifest(root, as_before)
+    rewrite_manifest(root, as_before)
     bundle = load_bundle(root)
     assert bundle.manifest.precisions == {} and bundle.default_precision == "fp32"
     assert list(bundle.precisions) == ["fp32"] and bundle.precisions["fp32"].ranker == "ranker.onnx"
@@ -122,15 +109,15 @@ def test_precision_round_trip_and_refusals(tiny_bundle: BundleFactory, tmp_path:
     bundle = load_bundle(tiny_bundle("control", "base"))
     for precision in bundle.precisions.values():
         assert Precision.from_dict(json.loads(json.dumps(precision.to_dict()))) == precision
-    root = _copy(tiny_bundle("control", "base"), tmp_path)
-    _rewrite_manifest(root, lambda m: m["precisions"]["int8"].update(ranker_sha256="0" * 64))
+    root = copy_bundle(tiny_bundle("control", "base"), tmp_path)
+    rewrite_manifest(root, lambda m: m["precisions"]["int8"].update(ranker_sha256="0" * 64))
     with pytest.raises(BundleError, match="precision int8: ranker_int8.onnx is not listed with its checksum"):
         load_bundle(root)
-    _rewrite_manifest(
+    rewrite_manifest(
         root, lambda m: m["precisions"]["int8"].update(ranker_sha256=m["files"]["ranker_int8.onnx"])
     )
     load_bundle(root)
-    _rewrite_manifest(root, lambda m: m.update(default_precision="fp16"))
+    rewrite_manifest(root, lambda m: m.update(default_precision="fp16"))
     with pytest.raises(BundleError, match="default precision 'fp16' is not in the bundle"):
         load_bundle(root)
 
