@@ -19,11 +19,12 @@ import argparse
 import json
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from benchmarks.harness.command import command_line
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = [measure(p, args.repeats) for p in args.bundles]
     result = {
-        "command": "python -m benchmarks.bundle_load " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": command_line("benchmarks.bundle_load", argv),
         "date": time.strftime("%Y-%m-%d"),
         "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()},
         "onnxruntime": ort.__version__,

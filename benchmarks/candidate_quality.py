@@ -17,13 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from benchmarks.harness.command import command_line
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -120,9 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--runs: at least one training run folder")
     if args.data_dir is None:
         parser.error("set MAILREC_DATA_DIR or --data-dir (the folder holding ml-100k/)")
-    command = "python -m benchmarks.candidate_quality " + " ".join(
-        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
-    )
+    command = command_line("benchmarks.candidate_quality", argv)
     loadavg = [round(x, 2) for x in os.getloadavg()]
     rows = []
     with tempfile.TemporaryDirectory(prefix="mailrec-candidates-") as tmp:

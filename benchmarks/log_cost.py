@@ -19,11 +19,11 @@ import logging
 import os
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.harness.command import command_line
 from service import logs
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     medians = {name: statistics.median(v) for name, v in runs.items()}
     off = medians[SETTINGS[0][0]]
     result: dict[str, Any] = {
-        "command": " ".join(["python -m benchmarks.log_cost", *(argv or sys.argv[1:])]),
+        "command": command_line("benchmarks.log_cost", argv),
         "date": time.strftime("%Y-%m-%d"),
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
         "python": platform.python_version(),

@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import platform
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, replace
@@ -35,6 +34,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+from benchmarks.harness.command import command_line
 from benchmarks.offline.__main__ import CATALOG_RANKER, CATALOG_TRAIN
 from benchmarks.offline.methods import METHODS
 from benchmarks.offline.runner import Cell
@@ -411,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = measure_all(runs, args.data_dir)
     else:
         rows = load_rows()
-    command = "python -m benchmarks.quantization " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = command_line("benchmarks.quantization", argv)
     if args.speed:
         bundle = Run("mail", seeds[0]).bundle_dir
         result = speed(bundle, args.rounds, command)

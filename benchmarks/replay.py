@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from benchmarks.harness.command import command_line
 from benchmarks.harness.metrics import metric_by
 from model_export import data as datasets
 from service.contract import SPLIT_FILE, load_bundle
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             }
         )
     report = {
-        "command": "python -m benchmarks.replay " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": command_line("benchmarks.replay", argv),
         "date": time.strftime("%Y-%m-%d"),
         "url": args.url,
         "bundle_split": str(args.bundle),

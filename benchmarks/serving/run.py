@@ -6,7 +6,6 @@ import argparse
 import json
 import os
 import platform
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -17,6 +16,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from benchmarks.harness.command import command_line
 from benchmarks.harness.experiments import write_experiment
 from benchmarks.harness.metrics import metric_by, metric_value
 from benchmarks.harness.processes import RedisServer
@@ -363,9 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         help=f"also run {', '.join(INT8_SCENARIOS)} on a service serving the int8 ranker, same run",
     )
     args = parser.parse_args(argv)
-    command = "python -m benchmarks.serving " + " ".join(
-        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
-    )
+    command = command_line("benchmarks.serving", argv)
     if args.bundles is not None:
         bundles = {m: (args.bundles / m).resolve() for m in ("control", "mail")}
     else:
