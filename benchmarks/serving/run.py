@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -363,7 +364,9 @@ def main(argv: list[str] | None = None) -> int:
         help=f"also run {', '.join(INT8_SCENARIOS)} on a service serving the int8 ranker, same run",
     )
     args = parser.parse_args(argv)
-    command = command_line("benchmarks.serving", argv)
+    # the service inherits this environment: its MAILREC_* settings are part of the command
+    settings = [f"{k}={shlex.quote(v)}" for k, v in sorted(os.environ.items()) if k.startswith("MAILREC_")]
+    command = " ".join([*settings, command_line("benchmarks.serving", argv)])
     if args.bundles is not None:
         bundles = {m: (args.bundles / m).resolve() for m in ("control", "mail")}
     else:
