@@ -49,7 +49,7 @@ def _histories(
     return out
 
 
-class _Encoder:
+class RequestInputs:
     """A user's model inputs at a moment, as a live request sends them (history = earlier
     interactions, none for a new user unless the oracle), with the virtual behavior it gets."""
 
@@ -99,7 +99,7 @@ def evaluate_bundle(
     man = bundle.manifest
     raw = datasets.load(man.dataset, data_dir, seed=man.split_seed)
     towers = Towers(bundle, SessionOptions(device="cpu", intra_op_threads=2, ranker_precision=precision))
-    at = _Encoder(bundle, towers, raw, split)
+    at = RequestInputs(bundle, towers, raw, split)
     catalog = bundle.catalog
     test = split["test"]
     stamps = test["timestamp"] or [None] * len(test["user"])
@@ -158,7 +158,7 @@ def _tie_rank(catalog: Any) -> IntArray:
 
 
 def rank_cases(
-    cases: list[dict[str, Any]], at: _Encoder, towers: Towers, catalog: Any, new_users: set[str]
+    cases: list[dict[str, Any]], at: RequestInputs, towers: Towers, catalog: Any, new_users: set[str]
 ) -> dict[str, Any]:
     """Whole-catalog ranking metrics of the recorded cases, every catalog item scored by onnxruntime."""
     n = len(catalog)
@@ -177,7 +177,7 @@ def rank_cases(
 
 def retrieval_cases(
     cases: list[dict[str, Any]],
-    at: _Encoder,
+    at: RequestInputs,
     towers: Towers,
     catalog: Any,
     new_users: set[str],
