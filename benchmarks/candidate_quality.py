@@ -1,4 +1,4 @@
-"""The candidate stage's quality on fully trained ML-100K runs: whole catalog against the stage.
+"""The candidate stage's quality on trained ML-100K runs: whole catalog against the stage.
 
 For each training run given (a folder `python -m model_export train` wrote), export a bundle (with
 the item vectors the stage searches) and rank every recorded test case both ways through ONNX
@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.harness.command import command_line
+from service.candidates import DEFAULTS
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -51,6 +52,7 @@ def measure(
     row: dict[str, Any] = {
         "run": run.name,
         "model": json.loads((run / "config.json").read_text()).get("model"),
+        "epochs": len(json.loads((run / "metrics.json").read_text()).get("epochs", [])),  # trained
     }
     for who in ("new", "old"):
         whole, stage = result["ranking"][who], result["retrieval"][who]
@@ -68,7 +70,7 @@ def measure(
 def markdown(result: dict[str, Any]) -> str:
     o = result["options"]
     lines = [
-        "# The candidate stage on fully trained ML-100K runs",
+        "# The candidate stage on trained ML-100K runs",
         "",
         f"Command: `{result['command']}` ({result['date']}, load average at start {result['loadavg']}).",
         "",
@@ -78,14 +80,15 @@ def markdown(result: dict[str, Any]) -> str:
         "stage (the ranker on the stage's rows only). Target (issue 16): new-user NDCG@10 within 1% "
         "of whole-catalog scoring.",
         "",
-        "| run | new NDCG@10 whole | with the stage | relative | recall of top 100 (new) "
+        "| run | epochs | new NDCG@10 whole | with the stage | relative | recall of top 100 (new) "
         "| old NDCG@10 whole | with the stage | relative | rows ranked (new / old) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["runs"]:
         n, d = r["new"], r["old"]
         lines.append(
-            f"| {r['run']} | {n['whole_ndcg@10']:.4f} | {n['stage_ndcg@10']:.4f} | {n['relative']:+.3%} "
+            f"| {r['run']} | {r.get('epochs', '?')} | {n['whole_ndcg@10']:.4f} | {n['stage_ndcg@10']:.4f} "
+            f"| {n['relative']:+.3%} "
             f"| {n['recall_of_top100']:.4f} | {d['whole_ndcg@10']:.4f} | {d['stage_ndcg@10']:.4f} "
             f"| {d['relative']:+.3%} | {n['rows_ranked']:.0f} / {d['rows_ranked']:.0f} |"
         )
@@ -106,9 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, default=os.environ.get("MAILREC_DATA_DIR"))
     parser.add_argument("--runs", type=Path, nargs="+", default=[], help="training run folders")
-    parser.add_argument("--retrieve", type=int, default=300)
-    parser.add_argument("--probes", type=int, default=128)
-    parser.add_argument("--popular", type=int, default=100)
+    parser.add_argument("--retrieve", type=int, default=DEFAULTS.candidates)
+    parser.add_argument("--probes", type=int, default=DEFAULTS.probes)
+    parser.add_argument("--popular", type=int, default=DEFAULTS.popular)
     parser.add_argument("--out", type=Path, default=RESULTS / "candidate-quality")
     parser.add_argument("--report-only", action="store_true", help="rewrite the .md from the .json")
     args = parser.parse_args(argv)

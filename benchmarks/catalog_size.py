@@ -27,6 +27,7 @@ Writes benchmarks/results/catalog-size.{json,md,png}.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -268,10 +269,10 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime as ort
 
     from model_export.export import export_bundle
-    from service.candidates import RetrieveOptions
+    from service.candidates import DEFAULTS
     from service.inference import SessionOptions
 
-    retrieve = RetrieveOptions(above=0, candidates=300, probes=128, popular=100)
+    retrieve = dataclasses.replace(DEFAULTS, above=0)  # the service's stage, always on
     options = SessionOptions(device="cpu", retrieve=retrieve)
     load_before = os.getloadavg()[0]
     rows = []

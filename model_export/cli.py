@@ -196,6 +196,8 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _add_evaluate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from service.candidates import DEFAULTS
+
     p = sub.add_parser("evaluate", help="recompute test metrics through onnxruntime alone")
     p.add_argument("--bundle", type=Path, required=True)
     p.add_argument("--data-dir", default=None)
@@ -215,8 +217,12 @@ def _add_evaluate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="also rank the cases through the service's candidate stage keeping K rows from its "
         "search (with --probes and --popular): its recall of the whole catalog's top 100 and NDCG",
     )
-    p.add_argument("--probes", type=int, default=128, help="with --retrieve: the stage's probe rows")
-    p.add_argument("--popular", type=int, default=100, help="with --retrieve: the most popular rows kept")
+    p.add_argument(
+        "--probes", type=int, default=DEFAULTS.probes, help="with --retrieve: the stage's probe rows"
+    )
+    p.add_argument(
+        "--popular", type=int, default=DEFAULTS.popular, help="with --retrieve: the most popular rows kept"
+    )
     p.add_argument("--json", type=Path, default=None, help="write the whole result to this file")
 
 

@@ -43,6 +43,11 @@ class RetrieveOptions:
     popular: int  # the most popular rows, always candidates
 
 
+# the service's defaults (MAILREC_RETRIEVE_*): the smallest stage of benchmarks/stage_size.py's grid
+# that keeps the whole catalog's top 10 on MovieLens 100K's validation users (no test data)
+DEFAULTS = RetrieveOptions(above=1000, candidates=100, probes=64, popular=50)
+
+
 class CandidateStage:
     """The search over one catalog's item vectors (I+1, D), row 0 PAD; `popularity` (I,) training
     counts of rows 1..I, or None (no popularity feature; probes and the popular set drawn at random)."""

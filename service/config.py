@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.candidates import DEFAULTS as RETRIEVE
+
 
 class Settings(BaseSettings):
     """The service's settings; README's settings table is generated from these descriptions."""
@@ -134,20 +136,22 @@ class Settings(BaseSettings):
     )
     microbatch_max_rows: int = Field(8192, ge=1, description="Most candidate rows in one batched ONNX call.")
     retrieve_above: int = Field(
-        1000,
+        RETRIEVE.above,
         ge=0,
         description="A request without candidates scores the whole catalog up to this many items; "
         "above it, a candidate stage picks the rows the ranker scores (bundles with item vectors; "
         "README, 'Catalogs too big to score whole').",
     )
     retrieve_candidates: int = Field(
-        300, ge=0, description="Candidate stage: rows its search over the item vectors keeps."
+        RETRIEVE.candidates, ge=0, description="Candidate stage: rows its search over the item vectors keeps."
     )
     retrieve_probes: int = Field(
-        128, ge=2, description="Candidate stage: rows the ranker scores to fit the user's query."
+        RETRIEVE.probes, ge=2, description="Candidate stage: rows the ranker scores to fit the user's query."
     )
     retrieve_popular: int = Field(
-        100, ge=0, description="Candidate stage: the most popular items, always among the candidates."
+        RETRIEVE.popular,
+        ge=0,
+        description="Candidate stage: the most popular items, always among the candidates.",
     )
     log_level: str = Field("INFO", description="Logging level.")
     log_format: Literal["json", "text"] = Field(

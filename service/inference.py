@@ -47,6 +47,7 @@ except ImportError as exc:  # onnxruntime is an extra: `cpu` or `gpu`, never bot
         "`pip install 'mailrec[cpu]'` (onnxruntime) or `pip install 'mailrec[gpu]'` (onnxruntime-gpu)"
     ) from exc
 
+from service.candidates import DEFAULTS as RETRIEVE
 from service.candidates import RetrieveOptions
 from service.contract import (
     FP32,
@@ -127,7 +128,7 @@ class SessionOptions:
     cuda_tf32: bool = False  # not a service setting: benchmarks.gpu_check measures what TF32 costs
     ranker_precision: str = "auto"  # auto: the bundle's default precision; else fp32, int8 or fp16
     # the candidate stage of catalogs too big to score whole (service.candidates), built with the model
-    retrieve: RetrieveOptions = RetrieveOptions(above=1000, candidates=300, probes=128, popular=100)
+    retrieve: RetrieveOptions = RETRIEVE
 
 
 def cuda_provider_options(options: SessionOptions) -> dict[str, str]:
