@@ -38,7 +38,7 @@ class ExportError(RuntimeError):
     """Export refused: the ONNX graphs do not reproduce the torch model."""
 
 
-def _session(path: Path) -> Any:
+def cpu_session(path: Path) -> Any:
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -46,7 +46,7 @@ def _session(path: Path) -> Any:
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def _test_user(test_rows: dict[str, Any], i: int, model: MailModel) -> tuple[Encoded, float]:
+def recorded_user_inputs(test_rows: dict[str, Any], i: int, model: MailModel) -> tuple[Encoded, float]:
     """Row i of the run's recorded test rows as the ranker's user inputs, and its gate."""
     behavior = np.asarray(test_rows["behavior"][i : i + 1], np.int64)
     n = int((behavior > 0).sum())
@@ -69,15 +69,15 @@ def verify_parity(
     n_catalog: int,
 ) -> tuple[Parity, list[GoldenCase]]:
     """onnxruntime vs torch on real test rows; raises ExportError past the tolerances."""
-    ranker = _session(ranker_path)
-    zst = _session(zst_path) if zst_path else None
+    ranker = cpu_session(ranker_path)
+    zst = cpu_session(zst_path) if zst_path else None
     rng = np.random.default_rng(0)
     worst_score = worst_virtual = 0.0
     golden: list[GoldenCase] = []
     rows = len(test_rows["user_attrs"])
     sizes = [1, 7, 200, n_catalog, 10_000]
     for i in range(rows):
-        enc, gate = _test_user(test_rows, i, model)
+        enc, gate = recorded_user_inputs(test_rows, i, model)
         attrs_t = torch.from_numpy(enc.user_attrs)
         with torch.no_grad():
             v_torch = model.virtual_behavior(attrs_t).numpy()
@@ -118,12 +118,12 @@ def verify_batch_parity(
     model: MailModel, test_rows: dict[str, Any], ranker_path: Path, batch_path: Path, n_catalog: int
 ) -> BatchParity:
     """ranker_batch.onnx against torch (within SCORE_ATOL) and against ranker.onnx user by user."""
-    single = _session(ranker_path)
-    batch = _session(batch_path)
+    single = cpu_session(ranker_path)
+    batch = cpu_session(batch_path)
     rng = np.random.default_rng(1)
     n_users = min(len(test_rows["user_attrs"]), 6)
     sizes = [1, 7, 100, n_catalog, 3, 250][:n_users]
-    users, gate_list = zip(*(_test_user(test_rows, i, model) for i in range(n_users)), strict=True)
+    users, gate_list = zip(*(recorded_user_inputs(test_rows, i, model) for i in range(n_users)), strict=True)
     with torch.no_grad():
         virtual = model.virtual_behavior(torch.from_numpy(np.concatenate([u.user_attrs for u in users])))
     virtuals = virtual.numpy().astype(np.float32)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from model_export.model import MailModel
-from model_export.parity import _session, _test_user
+from model_export.parity import cpu_session, recorded_user_inputs
 from service.contract import FP32, GoldenCase, PrecisionParity, ranker_feeds
 
 INT8 = "int8"
@@ -69,7 +69,7 @@ def compare_precisions(
     """`other`'s (ranker, ranker_batch) against fp32's on the run's recorded test rows, each row
     scoring the whole catalog: largest and mean absolute score difference, top-10 agreement; the
     batch graphs on three users' candidates together."""
-    ref, low = _session(fp32[0]), _session(other[0])
+    ref, low = cpu_session(fp32[0]), cpu_session(other[0])
     all_rows = np.arange(1, n_catalog + 1, dtype=np.int64)
     rows = len(test_rows["user_attrs"])
     worst, total, agree = 0.0, 0.0, 0.0
@@ -87,7 +87,7 @@ def compare_precisions(
         rng = np.random.default_rng(2)
         cands = [rng.integers(1, n_catalog + 1, 100).astype(np.int64) for _ in users]
         feeds = _feeds(model, test_rows, users, cands)
-        a, b = _session(fp32[1]).run(None, feeds)[0], _session(other[1]).run(None, feeds)[0]
+        a, b = cpu_session(fp32[1]).run(None, feeds)[0], cpu_session(other[1]).run(None, feeds)[0]
         batch_worst = float(np.max(np.abs(a - b)))
     return PrecisionParity(rows, n_catalog, worst, total / max(rows, 1), agree / max(rows, 1), batch_worst)
 
@@ -96,7 +96,7 @@ def _feeds(
     model: MailModel, test_rows: dict[str, Any], users: list[int], cands: list[np.ndarray]
 ) -> dict[str, np.ndarray]:
     """Ranker inputs for test rows `users` (one: the one-user graph's; several: the batch graph's)."""
-    encoded, gates = zip(*(_test_user(test_rows, i, model) for i in users), strict=True)
+    encoded, gates = zip(*(recorded_user_inputs(test_rows, i, model) for i in users), strict=True)
     with torch.no_grad():
         attrs = torch.from_numpy(np.concatenate([e.user_attrs for e in encoded]))
         virtual = model.virtual_behavior(attrs).numpy().astype(np.float32)
@@ -110,8 +110,8 @@ def _feeds(
 def golden_diff(path: Path, batch_path: Path | None, golden: list[GoldenCase], model: MailModel) -> float:
     """Largest difference between the golden (fp32) scores and the graphs at `path` (and
     `batch_path`, two copies of each case in one call) on the golden cases."""
-    session = _session(path)
-    batch = _session(batch_path) if batch_path is not None else None
+    session = cpu_session(path)
+    batch = cpu_session(batch_path) if batch_path is not None else None
     worst = 0.0
     for case in golden:
         enc = case.encoded
