@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -201,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--bundles", type=Path, nargs="+", required=True)
-    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--data-dir", default=os.environ.get("MAILREC_DATA_DIR"))
     parser.add_argument("--out", type=Path, default=RESULTS / "stage-size")
     args = parser.parse_args(argv)
     results = [measure(b, args.data_dir) for b in args.bundles]
