@@ -196,8 +196,6 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _add_evaluate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from service.candidates import DEFAULTS
-
     p = sub.add_parser("evaluate", help="recompute test metrics through onnxruntime alone")
     p.add_argument("--bundle", type=Path, required=True)
     p.add_argument("--data-dir", default=None)
@@ -217,22 +215,25 @@ def _add_evaluate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="also rank the cases through the service's candidate stage keeping K rows from its "
         "search (with --probes and --popular): its recall of the whole catalog's top 100 and NDCG",
     )
+    # defaults: the service's (service.candidates.DEFAULTS), filled in at run time: help imports no numpy
     p.add_argument(
-        "--probes", type=int, default=DEFAULTS.probes, help="with --retrieve: the stage's probe rows"
+        "--probes", type=int, help="with --retrieve: the stage's probe rows (default: the service's)"
     )
     p.add_argument(
-        "--popular", type=int, default=DEFAULTS.popular, help="with --retrieve: the most popular rows kept"
+        "--popular", type=int, help="with --retrieve: the most popular rows kept (default: the service's)"
     )
     p.add_argument("--json", type=Path, default=None, help="write the whole result to this file")
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     from model_export.evaluate import compare, evaluate_bundle
-    from service.candidates import RetrieveOptions
+    from service.candidates import DEFAULTS, RetrieveOptions
 
     retrieve = None
     if args.retrieve is not None:
-        retrieve = RetrieveOptions(0, args.retrieve, args.probes, args.popular)
+        probes = DEFAULTS.probes if args.probes is None else args.probes
+        popular = DEFAULTS.popular if args.popular is None else args.popular
+        retrieve = RetrieveOptions(0, args.retrieve, probes, popular)
     result = evaluate_bundle(
         args.bundle, args.data_dir, progress=not args.quiet, precision=args.precision, retrieve=retrieve
     )
