@@ -38,7 +38,7 @@ from service.inference import SessionOptions, Towers
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-# (probes, candidates, popular); the first is the shipped default
+# (probes, candidates, popular); the first is the earlier default, the fourth the default it chose
 GRID = [(128, 300, 100), (96, 200, 75), (64, 150, 50), (64, 100, 50), (48, 100, 30), (32, 64, 32)]
 OLD_USERS = 200  # old users sampled per bundle (fixed seed)
 K = 10
