@@ -26,6 +26,7 @@ import numpy.typing as npt
 
 from service.batching import MicroBatcher
 from service.candidates import CandidateStage, RetrieveOptions
+from service.coldscores import ColdScores
 from service.contract import Bundle, ContractError, FloatArray, IntArray, load_bundle
 from service.errors import BadBundle
 from service.inference import SessionOptions, Towers
@@ -61,6 +62,7 @@ class ServedModel:
     batcher: MicroBatcher | None = field(init=False)  # ranker calls merged across requests, if on
     popularity: FloatArray | None = field(init=False)  # (I + 1,) the scores a popularity variant serves
     candidates: CandidateStage | None = field(init=False)  # None: whole-catalog scoring
+    cold: ColdScores | None = field(init=False)  # cold users' remembered scores (None: off)
 
     def __post_init__(self) -> None:
         opts = self.towers.options
@@ -83,6 +85,9 @@ class ServedModel:
         if self.kind == "model":
             self.candidates = candidate_stage(self.bundle, opts.retrieve)
         self.all_rows = np.arange(1, len(catalog) + 1, dtype=np.int64)
+        memo = opts.cold_scores
+        applies = self.kind == "model" and ColdScores.applies(len(catalog), memo)
+        self.cold = ColdScores(self.all_rows, memo) if applies else None
         self.item_ids = np.array(["", *catalog.ids], dtype=object)
         order = np.argsort(self.item_ids, kind="stable")
         self.tie_rank = np.empty(len(order), np.int64)
@@ -124,6 +129,7 @@ class ServedModel:
             "zero_shot": self.towers.zero_shot is not None and self.kind == "model",
             "catalog_items": len(self.bundle.catalog),
             "candidate_stage": self.candidates is not None,
+            "cold_scores": self.cold is not None,
             "created_at": man.created_at,
             "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.loaded_at)),
             "task": man.task,

@@ -9,6 +9,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.candidates import DEFAULTS as RETRIEVE
+from service.coldscores import DEFAULTS as COLD_SCORES
 
 
 class Settings(BaseSettings):
@@ -152,6 +153,17 @@ class Settings(BaseSettings):
         RETRIEVE.popular,
         ge=0,
         description="Candidate stage: the most popular items, always among the candidates.",
+    )
+    cold_scores_mb: float = Field(
+        COLD_SCORES.max_mb,
+        ge=0,
+        description="Memory per loaded model for cold users' whole-catalog scores, remembered by "
+        "encoded attributes and context (README, 'Cold users with the same attributes'); 0 turns it off.",
+    )
+    cold_scores_max_items: int = Field(
+        COLD_SCORES.max_items,
+        ge=0,
+        description="Catalogs with more items than this get no remembered cold scores.",
     )
     log_level: str = Field("INFO", description="Logging level.")
     log_format: Literal["json", "text"] = Field(

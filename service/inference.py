@@ -49,6 +49,8 @@ except ImportError as exc:  # onnxruntime is an extra: `cpu` or `gpu`, never bot
 
 from service.candidates import DEFAULTS as RETRIEVE
 from service.candidates import RetrieveOptions
+from service.coldscores import DEFAULTS as COLD_SCORES
+from service.coldscores import ColdScoreOptions
 from service.contract import (
     FP32,
     PRECISIONS,
@@ -129,6 +131,8 @@ class SessionOptions:
     ranker_precision: str = "auto"  # auto: the bundle's default precision; else fp32, int8 or fp16
     # the candidate stage of catalogs too big to score whole (service.candidates), built with the model
     retrieve: RetrieveOptions = RETRIEVE
+    # cold users' whole-catalog scores remembered per model (service.coldscores)
+    cold_scores: ColdScoreOptions = COLD_SCORES
 
 
 def cuda_provider_options(options: SessionOptions) -> dict[str, str]:

@@ -14,6 +14,7 @@ import os
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
 from fastapi import FastAPI
@@ -23,6 +24,7 @@ from service import logs, resp
 from service.bundles import ModelRegistry, settle_heap
 from service.cache import CircuitBreaker, EmbeddedRedis, RedisStore
 from service.candidates import RetrieveOptions
+from service.coldscores import DEFAULTS as COLD_SCORES
 from service.config import Settings, redis_problem
 from service.experiments import default_experiment, load_experiment
 from service.inference import SessionOptions
@@ -84,6 +86,9 @@ def _build_state(settings: Settings, metrics: Metrics) -> AppState:
             settings.retrieve_candidates,
             settings.retrieve_probes,
             settings.retrieve_popular,
+        ),
+        cold_scores=replace(
+            COLD_SCORES, max_mb=settings.cold_scores_mb, max_items=settings.cold_scores_max_items
         ),
     )
     registry = ModelRegistry(options, metrics)
@@ -159,6 +164,9 @@ def create_app(settings: Settings | None = None) -> MailrecApp:
             state.store.pipe.close()
             if state.embedded is not None:
                 state.embedded.close()
+            for model in state.registry.all():
+                if model.cold is not None:
+                    model.cold.cancel()
             state.registry.close()
 
     app = MailrecApp(

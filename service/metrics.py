@@ -68,6 +68,13 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.cold_scores = Counter(
+            "mailrec_cold_scores",
+            "Cold requests answered from the model's remembered whole-catalog scores for their "
+            "attributes and context (hit) or scored as usual (miss); fill: a memo fill started.",
+            ["variant", "result"],
+            registry=r,
+        )
         self.redis_up = Gauge(
             "mailrec_redis_up",
             "1 when the last Redis call succeeded.",

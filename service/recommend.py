@@ -3,13 +3,16 @@
 recommend: ready? -> check limits -> assign variant -> encode -> one Redis round trip (cached vector +
 stored clicks) -> history -> virtual behavior if cold (cache, else zero_shot.onnx, computed once
 per key, written back off the response path) -> candidates (the given ones, the whole catalog, or
-above MAILREC_RETRIEVE_ABOVE items the candidate stage's: `service.candidates`) -> ranker.onnx ->
-top-k -> impression record -> metrics and the request's log fields.
+above MAILREC_RETRIEVE_ABOVE items the candidate stage's: `service.candidates`) -> ranker.onnx (or,
+for a cold user whose encoded attributes and context were scored before, the model's remembered
+whole-catalog scores: `service.coldscores`) -> top-k -> impression record -> metrics and the
+request's log fields.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import secrets
 import time
 from dataclasses import dataclass
@@ -19,6 +22,7 @@ import numpy as np
 
 from service.bundles import ServedModel
 from service.cache import Budget, Impression, vector_key
+from service.coldscores import memo_key
 from service.contract import (
     ContractError,
     Encoded,
@@ -242,18 +246,36 @@ async def recommend(
         enc = enc.with_history(history)
 
     gate = blend_gate(enc.n_history, towers.fill_mode, towers.blend_tau)
+    uses_virtual = gate > 0 and key is not None
+    memo = model.cold if enc.n_history == 0 else None  # `service.coldscores`
+    memo_at = memo_key(enc) if memo is not None else b""
+    remembered = memo.get(memo_at) if memo is not None else None
     virtual = None
-    if gate > 0 and key is not None:
+    if uses_virtual and remembered is not None:
+        if cached is None and redis_ok and remembered.virtual is not None:
+            assert key is not None
+            store.write_vector_later(key, remembered.virtual)  # Redis lost it: as if computed
+    elif uses_virtual:
         if cached is not None and cached.size == towers.virtual_size:
             virtual = cached.reshape(towers.virtual_shape)
         else:
+            assert key is not None
             virtual = await virtual_behavior(state, model, key, enc, redis_ok)
 
-    if given is None and model.candidates is not None:
+    if remembered is not None:  # a cold user whose attributes and context were scored before
+        rows = given if given is not None else model.all_rows
+        scores = remembered.scores[rows]
+    elif given is None and model.candidates is not None:
         rows, scores = await retrieve_and_score(state, model, enc, virtual, gate, history, k)
     else:
         rows = candidate_rows(model, given, history)
         scores = await score(state, model, enc, virtual, gate, rows)
+    if memo is not None:
+        result = "hit" if remembered is not None else "miss"
+        state.metrics.child(state.metrics.cold_scores, variant, result).inc()
+        if remembered is None and memo.admit(memo_at):
+            state.metrics.child(state.metrics.cold_scores, variant, "fill").inc()
+            memo.fill(memo_at, functools.partial(score, state, model, enc, virtual, gate), virtual)
     best = top_k(scores, rows, k, model.tie_rank)
     chosen = rows[best]
     item_ids = model.item_ids[chosen].tolist()
@@ -280,7 +302,7 @@ async def recommend(
         "variant": variant,
         "model_version": model.version,
         "cold_start": cold,
-        "virtual_weight": gate if virtual is not None else 0.0,
+        "virtual_weight": gate if uses_virtual else 0.0,
         "items": items,
     }
     headers = {

@@ -10,6 +10,13 @@ def cpu(run: dict[str, Any], who: str) -> str:
     return f"{value:,.0f}" if value is not None else "n/a"
 
 
+def memo_hits(run: dict[str, Any]) -> str:
+    """The share of the run's cold requests the cold-score memo answered, or "off"."""
+    m = run["service_metrics"]
+    hit, miss = m.get("cold_hit", 0), m.get("cold_miss", 0)
+    return f"{hit / (hit + miss):.0%}" if hit + miss else "off"
+
+
 def open_loop(r: dict[str, Any]) -> list[str]:
     """The latency-against-offered-load table, for the scenarios that had an open-loop sweep."""
     rows = [row for row in r["scenarios"] if row.get("open_loop")]
@@ -66,8 +73,8 @@ def markdown(r: dict[str, Any]) -> str:
         "",
         f"| scenario | service req/s (c={c}) | floor req/s | ratio | service p50 / p99 ms (c={c}) "
         f"| floor p50 / p99 ms | service p50 ms (c=1) | floor p50 ms (c=1) "
-        f"| CPU us/request, service / floor (c={c}) | CPU ratio | response bytes |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| CPU us/request, service / floor (c={c}) | CPU ratio | cold memo hits (c={c}) | response bytes |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in r["scenarios"]:
         hi, lo = row.get(f"c{c}"), row.get("c1")
@@ -79,13 +86,15 @@ def markdown(r: dict[str, Any]) -> str:
             f"| {sv['p50_ms']:.2f} / {sv['p99_ms']:.2f} | {fl['p50_ms']:.2f} / {fl['p99_ms']:.2f} "
             f"| {lo['service']['p50_ms']:.2f} | {lo['floor']['p50_ms']:.2f} "
             f"| {cpu(hi, 'service')} / {cpu(hi, 'floor')} | {hi.get('cpu_ratio', float('nan')):.2f} "
-            f"| {row['response_bytes']:,} |"
+            f"| {memo_hits(hi)} | {row['response_bytes']:,} |"
         )
     lines += [
         "",
         "ratio: service req/s over floor req/s, both at the same concurrency in the same run. CPU "
         "ratio: floor CPU over service CPU per request (the server process's user + system time over "
-        "the measured run, from /proc): the same comparison with the host's noise mostly taken out.",
+        "the measured run, from /proc): the same comparison with the host's noise mostly taken out. "
+        "Cold memo hits: the share of the measured run's cold requests answered from the model's "
+        "remembered whole-catalog scores (`service.coldscores`; off: the memo was off or not asked).",
     ]
     lines += ["", "Scenarios:"]
     lines += [f"- `{row['name']}`: {row['description']}." for row in r["scenarios"]]

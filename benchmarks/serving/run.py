@@ -32,8 +32,10 @@ RESULTS = REPO / "benchmarks" / "results"
 SERVICE_CPU, LOAD_CPU = "0", "1"
 QUIET_LOAD = 0.5
 KNEE_P99 = 5  # the knee: p99 above this many times its lowest-load value
-# --int8: these scenarios again on a service serving the int8 ranker (MAILREC_RANKER_PRECISION)
+# --int8: these scenarios again on a service serving the int8 ranker (MAILREC_RANKER_PRECISION);
+# --no-memo: again with the cold-score memo off (MAILREC_COLD_SCORES_MB=0), every request scored
 INT8_SCENARIOS = ("cold_cached_100", "cold_catalog")
+NO_MEMO_SCENARIOS = ("cold_cached_100", "cold_catalog", "cold_people_100", "cold_people_catalog")
 
 
 def _brief(r: WrkResult) -> str:
@@ -41,14 +43,16 @@ def _brief(r: WrkResult) -> str:
 
 
 def metric_samples(url: str) -> dict[str, float]:
-    """The counters the benchmark checks: cache lookups by result, /recommend answers by status,
-    impressions."""
+    """The counters the benchmark checks: cache lookups by result, the cold-score memo's hits,
+    misses and fills, /recommend answers by status, impressions."""
     with urllib.request.urlopen(f"{url}/metrics", timeout=10) as r:
         text = r.read().decode()
     cache = metric_by(text, "mailrec_cache_requests_total", "result")
+    cold = metric_by(text, "mailrec_cold_scores_total", "result")
     statuses = metric_by(text, "mailrec_http_requests_total", "status", route="/recommend")
     return {
         **{f"cache_{result}": v for result, v in cache.items()},
+        **{f"cold_{result}": v for result, v in cold.items()},
         **{f"recommend_{status}": v for status, v in statuses.items()},
         "impressions": metric_value(text, "mailrec_impressions_total"),
     }
@@ -221,27 +225,28 @@ def run_scenarios(
     work: Path,
     bundles: dict[str, Path],
     redis_url: str,
-    precision: str = "auto",
+    people: list[dict[str, object]] | None,
+    setting: tuple[str, str, dict[str, str]] | None = None,
     names: tuple[str, ...] | None = None,
 ) -> list[dict[str, Any]]:
-    """Each scenario (or those in `names`) on the service and on the floor; with a `precision`
-    other than auto, the service serves that ranker and the rows are named `<scenario>+<precision>`."""
+    """Each scenario (or those in `names`) on the service and on the floor; with a `setting`
+    (suffix, what it is, the service's MAILREC_* settings), the service runs with those settings and
+    the rows are named `<scenario>+<suffix>`."""
     experiments = write_experiments(work, bundles)
-    extra: dict[str, str] = {} if precision == "auto" else {"MAILREC_RANKER_PRECISION": precision}
+    extra = setting[2] if setting is not None else {}
     service = start_service(work, experiments, redis_url, SERVICE_CPU, 1, **extra)
     url = service.url
     results = []
     try:
         served = served_precisions(url)
-        for sc in scenarios.build(bundles["mail"]):
+        for sc in scenarios.build(bundles["mail"], people=people):
             if args.scenarios and sc.name not in args.scenarios:
                 continue
             if names is not None and sc.name not in names:
                 continue
-            if precision != "auto":
-                sc = replace(
-                    sc, name=f"{sc.name}+{precision}", description=f"{sc.description}; {precision} ranker"
-                )
+            if setting is not None:
+                suffix, what, _ = setting
+                sc = replace(sc, name=f"{sc.name}+{suffix}", description=f"{sc.description}; {what}")
             print(f"- {sc.name}: {sc.description}", flush=True)
             response = work / f"floor-{sc.name}.json"
             size = capture(url, scenarios.sample_body(sc, bundles["mail"]), sc.load.headers, response)
@@ -363,6 +368,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help=f"also run {', '.join(INT8_SCENARIOS)} on a service serving the int8 ranker, same run",
     )
+    parser.add_argument(
+        "--no-memo",
+        action="store_true",
+        help=f"also run {', '.join(NO_MEMO_SCENARIOS)} on a service with the cold-score memo off "
+        "(MAILREC_COLD_SCORES_MB=0), same run",
+    )
     args = parser.parse_args(argv)
     # the service inherits this environment: its MAILREC_* settings are part of the command
     settings = [f"{k}={shlex.quote(v)}" for k, v in sorted(os.environ.items()) if k.startswith("MAILREC_")]
@@ -373,6 +384,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.data_dir is None:
             parser.error("set MAILREC_DATA_DIR or --data-dir (the folder holding ml-100k/)")
         bundles = bench_bundles(Path(args.data_dir))
+    # the people scenarios need MovieLens' user table: with --bundles alone they are left out
+    people = scenarios.ml100k_people(Path(args.data_dir)) if args.data_dir is not None else None
     if args.wait_quiet:
         wait_quiet(args.wait_quiet)
     info = {"machine": machine(), "versions": versions()}
@@ -383,9 +396,13 @@ def main(argv: list[str] | None = None) -> int:
     redis_server: RedisServer | None = None
     try:
         redis_server = RedisServer(work, LOAD_CPU).start()
-        rows = run_scenarios(args, work, bundles, redis_server.url)
+        rows = run_scenarios(args, work, bundles, redis_server.url, people)
         if args.int8:
-            rows += run_scenarios(args, work, bundles, redis_server.url, "int8", INT8_SCENARIOS)
+            int8 = ("int8", "int8 ranker", {"MAILREC_RANKER_PRECISION": "int8"})
+            rows += run_scenarios(args, work, bundles, redis_server.url, people, int8, INT8_SCENARIOS)
+        if args.no_memo:
+            off = ("no-memo", "cold-score memo off", {"MAILREC_COLD_SCORES_MB": "0"})
+            rows += run_scenarios(args, work, bundles, redis_server.url, people, off, NO_MEMO_SCENARIOS)
         scaling = None if args.no_scaling else run_scaling(args, work, bundles, redis_server.url)
     finally:
         if redis_server is not None:

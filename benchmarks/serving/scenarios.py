@@ -1,4 +1,5 @@
-"""The four request shapes of issue #7, built from a bundle's catalog and schema."""
+"""The request shapes of issues #7 and #16, built from a bundle's catalog and schema (and, for the
+`people` scenarios, from real users' attributes)."""
 
 from __future__ import annotations
 
@@ -47,7 +48,37 @@ end
 """
 
 
-def build(bundle: Path, k: int = 10) -> list[Scenario]:
+def people_lua(people: list[dict[str, object]], tail: str) -> str:
+    """request(): a new user id (never seen: out of vocabulary) with the attributes of a real user
+    drawn at random each time, so the attribute mix, and with it how often the cold-score memo
+    (`service.coldscores`) has seen a new user's attributes before, is the population's."""
+    rows = "{" + ",".join(lua_long_string(json.dumps(p, separators=(",", ":"))) for p in people) + "}"
+    return f"""
+math.randomseed(os.time() + math.floor(os.clock() * 1e6))
+local people = {rows}
+local tail = {lua_long_string(tail)}
+local n = 0
+request = function()
+  n = n + 1
+  local body = '{{"user_id":"people-' .. math.random(1e9) .. '-' .. n .. '","attributes":' ..
+    people[math.random(#people)] .. ',' .. tail
+  return wrk.format(nil, nil, nil, body)
+end
+"""
+
+
+def ml100k_people(data_dir: Path) -> list[dict[str, object]]:
+    """Every MovieLens 100K user's attributes as a request sends them (u.user:
+    id|age|gender|occupation|zip)."""
+    out: list[dict[str, object]] = []
+    for line in (data_dir / "ml-100k" / "u.user").read_text(encoding="latin-1").splitlines():
+        if line.strip():
+            _, age, gender, occupation, zipcode = line.split("|")
+            out.append({"age": int(age), "gender": gender, "occupation": occupation, "zip": zipcode})
+    return out
+
+
+def build(bundle: Path, k: int = 10, people: list[dict[str, object]] | None = None) -> list[Scenario]:
     catalog = json.loads((bundle / "catalog.json").read_text())
     schema = json.loads((bundle / "schema.json").read_text())
     ids: list[str] = catalog["ids"]
@@ -55,7 +86,7 @@ def build(bundle: Path, k: int = 10) -> list[Scenario]:
     picked = [ids[i] for i in rng.permutation(len(ids))[:150]]
     candidates, history = picked[:100], picked[100:150]
     vocab = {f["name"]: list(f["vocab"]) for f in schema["user_fields"]}
-    return [
+    out = [
         Scenario(
             "cold_cached_100",
             "new user, virtual behavior cached in Redis, 100 candidates",
@@ -64,7 +95,9 @@ def build(bundle: Path, k: int = 10) -> list[Scenario]:
         Scenario(
             "cold_uncached_100",
             "cold user whose vector is not cached (random attributes and training user id), 100 candidates",
-            Load(HEADERS, lua=uncached_lua(vocab["user_id"], vocab["occupation"], candidates, k)),
+            Load(
+                HEADERS, lua=uncached_lua(vocab["user_id"], vocab.get("occupation", ["other"]), candidates, k)
+            ),
         ),
         Scenario(
             "warm_history50_100",
@@ -80,12 +113,32 @@ def build(bundle: Path, k: int = 10) -> list[Scenario]:
             Load(HEADERS, _body(user_id="bench-cold", attributes=ATTRS, k=k)),
         ),
     ]
+    if people:
+        tails = {"100": _body(candidates=candidates, k=k)[1:], "catalog": _body(k=k)[1:]}
+        out += [
+            Scenario(
+                "cold_people_100",
+                f"a new user with the attributes of one of {len(people)} real users, drawn at random, "
+                "100 candidates",
+                Load(HEADERS, lua=people_lua(people, tails["100"])),
+            ),
+            Scenario(
+                "cold_people_catalog",
+                f"a new user with the attributes of one of {len(people)} real users, drawn at random, "
+                f"the whole catalog ({len(ids)} items)",
+                Load(HEADERS, lua=people_lua(people, tails["catalog"])),
+            ),
+        ]
+    return out
 
 
 def sample_body(scenario: Scenario, bundle: Path) -> str:
-    """One request body of the scenario (the uncached one: a fixed training user)."""
+    """One request body of the scenario (the uncached one: a fixed training user; the people ones:
+    a new user with the fixed attributes)."""
     if scenario.load.body is not None:
         return scenario.load.body
+    if scenario.name == "cold_people_catalog":
+        return _body(user_id="people-1", attributes=ATTRS, k=10)
     catalog = json.loads((bundle / "catalog.json").read_text())
     rng = np.random.default_rng(0)
     candidates = [catalog["ids"][i] for i in rng.permutation(len(catalog["ids"]))[:100]]

@@ -6,8 +6,10 @@ import copy
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+from benchmarks.serving import scenarios
 from benchmarks.serving.procs import cpu_seconds
 from benchmarks.serving.report import markdown
 from benchmarks.serving.run import knee
@@ -76,3 +78,33 @@ def test_report_shows_the_open_loop_table_and_its_knee() -> None:
     assert "Latency against offered load" in text
     assert "| 75% | 750 | 750 | 1.00 | 30.00 |" in text
     assert "between 50% and 75% of the closed-loop maximum" in text
+
+
+def test_report_shows_the_share_of_cold_requests_the_memo_answered() -> None:
+    result = json.loads(RESULTS.read_text())
+    run = result["scenarios"][0][f"c{result['setup']['connections']}"]
+    run["service_metrics"] = {"cold_hit": 90, "cold_miss": 10, "cold_fill": 2, "recommend_200": 100}
+    assert "| 90% |" in markdown(result)
+    run["service_metrics"] = {"recommend_200": 100}  # memo off, or a results file from before it
+    assert "| off |" in markdown(result)
+
+
+def test_people_scenarios_send_real_users_attributes(
+    tiny_bundle: Callable[..., Path], tmp_path: Path
+) -> None:
+    (tmp_path / "ml-100k").mkdir()
+    (tmp_path / "ml-100k" / "u.user").write_text("1|24|M|technician|85711\n2|53|F|other|94043\n")
+    people = scenarios.ml100k_people(tmp_path)
+    assert people == [
+        {"age": 24, "gender": "M", "occupation": "technician", "zip": "85711"},
+        {"age": 53, "gender": "F", "occupation": "other", "zip": "94043"},
+    ]
+    bundle = tiny_bundle("mail", "base")
+    assert not {s.name for s in scenarios.build(bundle)} & {"cold_people_100", "cold_people_catalog"}
+    built = {s.name: s for s in scenarios.build(bundle, people=people)}
+    for name, candidates in (("cold_people_100", True), ("cold_people_catalog", False)):
+        lua = built[name].load.lua
+        assert lua is not None and built[name].load.body is None
+        assert '{"age":24,"gender":"M","occupation":"technician","zip":"85711"}' in lua
+        assert ('"candidates"' in lua) is candidates
+        assert '"user_id":"people-' in lua  # a new id each request: never a training user
