@@ -15,8 +15,13 @@ without it).
   that missed) still holds it, so a stream of keys seen once (returning users calling without
   history, each with their own id) costs a dict insert per request, never a pass over the catalog.
 - Fills run off the request path: the request that misses is answered as before (the given
-  candidates, or the candidate stage), and a task scores the catalog in chunks of `chunk` rows,
-  yielding to the event loop between them; at most `max_pending` fills wait at once.
+  candidates, or the candidate stage), and a task scores the catalog in chunks of `chunk` rows.
+  One fill runs at a time, and after each chunk it sleeps `pace` times as long as the chunk took,
+  so fills take at most 1 / (1 + pace) of the event loop (a quarter by default) however many keys
+  are new at once: a whole hour's keys change together (the context is part of the key), and with
+  every fill running at once the first measured burst starved the loop long enough for Redis
+  replies to be read late, the breaker to open and impressions to go unrecorded. At most
+  `max_pending` fills wait at once.
 - Memory: least recently used keys go first once the scores held pass `max_bytes`.
 - Never stale: the memo belongs to one loaded model (`ServedModel.cold`); a reload brings a new,
   empty one.
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -44,7 +50,8 @@ log = logging.getLogger(__name__)
 class ColdScoreOptions:
     max_mb: float = 64.0  # per loaded model; 0 turns the memo off
     max_items: int = 20_000  # catalogs larger than this are not memoized (a fill would cost too much)
-    chunk: int = 512  # rows per ranker call of a fill
+    chunk: int = 256  # rows per ranker call of a fill
+    pace: float = 3.0  # after each chunk, sleep this many times as long as it took
     doorkeeper: int = 65_536  # keys that missed once, remembered until their second miss
     max_pending: int = 64  # fills waiting at once; more misses are answered without scheduling one
 
@@ -77,6 +84,7 @@ class ColdScores:
         self._scores: OrderedDict[bytes, Remembered] = OrderedDict()
         self._missed: OrderedDict[bytes, None] = OrderedDict()
         self.pending: dict[bytes, asyncio.Task[None]] = {}
+        self._one_at_a_time = asyncio.Lock()
         self.bytes = 0
 
     @staticmethod
@@ -134,13 +142,16 @@ class ColdScores:
         self, key: bytes, score: Callable[[IntArray], Awaitable[FloatArray]], virtual: FloatArray | None
     ) -> None:
         try:
-            out = np.full(len(self.rows) + 1, -np.inf, np.float32)
-            step = self.options.chunk
-            for start in range(0, len(self.rows), step):
-                rows = self.rows[start : start + step]
-                out[rows] = await score(rows)
-                await asyncio.sleep(0)  # let waiting requests run between chunks
-            self.put(key, Remembered(out, virtual))
+            async with self._one_at_a_time:
+                out = np.full(len(self.rows) + 1, -np.inf, np.float32)
+                step = self.options.chunk
+                for start in range(0, len(self.rows), step):
+                    rows = self.rows[start : start + step]
+                    started = time.perf_counter()
+                    out[rows] = await score(rows)
+                    # requests run meanwhile: fills take at most 1 / (1 + pace) of the loop
+                    await asyncio.sleep((time.perf_counter() - started) * self.options.pace)
+                self.put(key, Remembered(out, virtual))
         except Exception:
             log.exception("cold scores: filling one key failed; its requests are scored as before")
         finally:

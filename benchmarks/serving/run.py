@@ -35,7 +35,13 @@ KNEE_P99 = 5  # the knee: p99 above this many times its lowest-load value
 # --int8: these scenarios again on a service serving the int8 ranker (MAILREC_RANKER_PRECISION);
 # --no-memo: again with the cold-score memo off (MAILREC_COLD_SCORES_MB=0), every request scored
 INT8_SCENARIOS = ("cold_cached_100", "cold_catalog")
-NO_MEMO_SCENARIOS = ("cold_cached_100", "cold_catalog", "cold_people_100", "cold_people_catalog")
+NO_MEMO_SCENARIOS = (
+    "cold_cached_100",
+    "cold_uncached_100",
+    "cold_catalog",
+    "cold_people_100",
+    "cold_people_catalog",
+)
 
 
 def _brief(r: WrkResult) -> str:

@@ -95,6 +95,49 @@ def test_a_fill_is_the_rankers_whole_catalog_in_chunks(tiny_bundle: Callable[...
     assert memo.get(memo_key(other)) is None
 
 
+def test_fills_run_one_at_a_time_and_leave_the_loop_to_requests() -> None:
+    """However many keys are new at once, one fill's chunks run at a time, each followed by a pause
+    `pace` times as long as the chunk, in which requests run."""
+    memo = _memo(n=8, chunk=4, pace=3.0)
+    events: list[str] = []
+
+    def scorer(name: str) -> Callable[[IntArray], Any]:
+        async def score(rows: IntArray) -> FloatArray:
+            events.append(f"{name}{rows[0]}")
+            end = time.perf_counter() + 0.01  # a chunk costs 10 ms of CPU
+            while time.perf_counter() < end:
+                pass
+            return rows.astype(np.float32)
+
+        return score
+
+    async def request_loop(until: asyncio.Event, gaps: list[float]) -> None:
+        last = time.perf_counter()
+        while not until.is_set():
+            await asyncio.sleep(0)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    async def run() -> list[float]:
+        gaps: list[float] = []
+        done = asyncio.Event()
+        requests = asyncio.create_task(request_loop(done, gaps))
+        memo.fill(b"a", scorer("a"), None)
+        memo.fill(b"b", scorer("b"), None)
+        await asyncio.gather(*memo.pending.values())
+        done.set()
+        await requests
+        return gaps
+
+    gaps = asyncio.run(run())
+    assert events == ["a1", "a5", "b1", "b5"]  # a's chunks, then b's: never interleaved
+    remembered = memo.get(b"b")
+    assert remembered is not None and remembered.scores.tolist() == [-np.inf, *range(1, 9)]
+    # between chunks the loop is free for about three chunks' time: most of its turns are short
+    assert sum(g < 0.005 for g in gaps) > 10 * sum(g >= 0.005 for g in gaps)
+
+
 def test_a_failed_fill_leaves_the_key_unfilled(caplog: pytest.LogCaptureFixture) -> None:
     memo = _memo()
 
