@@ -32,7 +32,8 @@ RESULTS = REPO / "benchmarks" / "results"
 SERVICE_CPU, LOAD_CPU = "0", "1"
 QUIET_LOAD = 0.5
 KNEE_P99 = 5  # the knee: p99 above this many times its lowest-load value
-# --int8: these scenarios again on a service serving the int8 ranker (MAILREC_RANKER_PRECISION);
+# --int8: these scenarios again on a service serving the int8 ranker (MAILREC_RANKER_PRECISION),
+# the cold-score memo off (to compare with the --no-memo rows);
 # --no-memo: again with the cold-score memo off (MAILREC_COLD_SCORES_MB=0), every request scored
 INT8_SCENARIOS = ("cold_cached_100", "cold_catalog")
 NO_MEMO_SCENARIOS = (
@@ -372,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--int8",
         action="store_true",
-        help=f"also run {', '.join(INT8_SCENARIOS)} on a service serving the int8 ranker, same run",
+        help=f"also run {', '.join(INT8_SCENARIOS)} serving the int8 ranker (memo off), same run",
     )
     parser.add_argument(
         "--no-memo",
@@ -404,7 +405,9 @@ def main(argv: list[str] | None = None) -> int:
         redis_server = RedisServer(work, LOAD_CPU).start()
         rows = run_scenarios(args, work, bundles, redis_server.url, people)
         if args.int8:
-            int8 = ("int8", "int8 ranker", {"MAILREC_RANKER_PRECISION": "int8"})
+            # the memo off too: a memo hit calls no ranker, so int8 would change nothing there
+            env = {"MAILREC_RANKER_PRECISION": "int8", "MAILREC_COLD_SCORES_MB": "0"}
+            int8 = ("int8", "int8 ranker, cold-score memo off", env)
             rows += run_scenarios(args, work, bundles, redis_server.url, people, int8, INT8_SCENARIOS)
         if args.no_memo:
             off = ("no-memo", "cold-score memo off", {"MAILREC_COLD_SCORES_MB": "0"})
