@@ -7,6 +7,7 @@ import json
 import os
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from benchmarks.serving import scenarios
@@ -108,3 +109,7 @@ def test_people_scenarios_send_real_users_attributes(
         assert '{"age":24,"gender":"M","occupation":"technician","zip":"85711"}' in lua
         assert ('"candidates"' in lua) is candidates
         assert '"user_id":"people-' in lua  # a new id each request: never a training user
+    # the floor's sample answer has the scenario's shape, for its reruns too
+    rerun = replace(built["cold_people_catalog"], name="cold_people_catalog+no-memo")
+    assert '"candidates"' not in scenarios.sample_body(rerun, bundle)
+    assert '"candidates"' in scenarios.sample_body(built["cold_people_100"], bundle)
