@@ -187,9 +187,10 @@ def _export(args: argparse.Namespace) -> int:
     for name, precision in manifest.precisions.items():
         if precision.parity is not None:
             q = precision.parity
+            where = " (measured on the CPU; served on CUDA only)" if precision.device == "cuda" else ""
             print(
                 f"  {name} vs fp32 (whole catalog, {q.rows} rows): scores max {q.scores_max_abs_diff:.2e}, "
-                f"mean {q.scores_mean_abs_diff:.2e}, top-10 agreement {q.top10_agreement:.3f}"
+                f"mean {q.scores_mean_abs_diff:.2e}, top-10 agreement {q.top10_agreement:.3f}{where}"
             )
     print(f"  default precision: {manifest.default_precision}")
     return 0

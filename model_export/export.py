@@ -44,9 +44,12 @@ from model_export.model import MailModel, UserInputs
 from model_export.parity import SCORE_ATOL, verify_batch_parity, verify_parity
 from model_export.quantize import (
     DEFAULT_PRECISION,
+    FP16,
+    FP16_GOLDEN_ATOL,
     INT8,
     INT8_GOLDEN_ATOL,
     compare_precisions,
+    convert_fp16,
     golden_diff,
     quantize_int8,
 )
@@ -192,6 +195,19 @@ def export_bundle(run_dir: Path, out: Path, default_precision: str = DEFAULT_PRE
             n_catalog,
         )
         int8_golden = golden_diff(int8_ranker, int8_batch, golden, model)
+        fp16_ranker, fp16_batch = (tmp / name for name in RANKER_FILES[FP16])
+        convert_fp16(tmp / RANKER_FILE, fp16_ranker)
+        convert_fp16(tmp / RANKER_BATCH_FILE, fp16_batch)
+        fp16_parity = compare_precisions(
+            model,
+            ckpt["parity"],
+            (tmp / RANKER_FILE, tmp / RANKER_BATCH_FILE),
+            (fp16_ranker, fp16_batch),
+            n_catalog,
+        )
+        fp16_golden = golden_diff(fp16_ranker, fp16_batch, golden, model)
+        if fp16_golden > FP16_GOLDEN_ATOL:  # a converter fault, not rounding: no bundle
+            raise ValueError(f"the fp16 ranker is {fp16_golden:.2g} off fp32's golden scores")
         (tmp / SCHEMA_FILE).write_text(json.dumps(schema.to_dict()))
         items = {"ids": catalog["ids"], "titles": catalog["titles"], "features": features.tolist()}
         if catalog.get("popularity") is not None:
@@ -203,7 +219,13 @@ def export_bundle(run_dir: Path, out: Path, default_precision: str = DEFAULT_PRE
         np.save(tmp / ITEM_VECTORS_FILE, vectors, allow_pickle=False)
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
         parity = replace(parity, ranker_batch=batch)
-        precisions = _precisions(files, int8_parity, max(INT8_GOLDEN_ATOL, 2 * int8_golden))
+        precisions = _precisions(
+            files,
+            {
+                INT8: (int8_parity, max(INT8_GOLDEN_ATOL, 2 * int8_golden), "any"),
+                FP16: (fp16_parity, FP16_GOLDEN_ATOL, "cuda"),
+            },
+        )
         manifest = replace(
             _manifest(ckpt, schema, files, has_zst, parity, golden, run_dir),
             precisions=precisions,
@@ -219,23 +241,28 @@ def export_bundle(run_dir: Path, out: Path, default_precision: str = DEFAULT_PRE
     return manifest
 
 
-def _precisions(files: dict[str, str], int8: PrecisionParity, int8_atol: float) -> dict[str, Precision]:
-    """The manifest's `precisions`: fp32 and int8, each file with its checksum."""
+def _precisions(
+    files: dict[str, str], reduced: dict[str, tuple[PrecisionParity, float, str]]
+) -> dict[str, Precision]:
+    """The manifest's `precisions`: fp32, and each of `reduced` (name: its parity with fp32, golden
+    tolerance, device), each file with its checksum."""
     out = {}
-    for name, parity, atol in (("fp32", None, SCORE_ATOL), (INT8, int8, int8_atol)):
+    for name, (parity, atol, device) in {"fp32": (None, SCORE_ATOL, "any"), **reduced}.items():
         ranker, batch = RANKER_FILES[name]
-        out[name] = Precision(ranker, files[ranker], batch, files[batch], "any", atol, parity)
+        out[name] = Precision(ranker, files[ranker], batch, files[batch], device, atol, parity)
     return out
 
 
 def _validate(root: Path) -> None:
     """The service's own validation, before anyone can see the bundle: the bundle contract, every
     graph's session against its signature (the batch graphs included), the golden scores, for each
-    precision."""
+    precision a CPU serves (fp16's, for CUDA only, were checked against the golden scores above)."""
     from service.inference import SessionOptions, Towers
 
     bundle = load_bundle(root)
-    for precision in bundle.precisions:
+    for precision, spec in bundle.precisions.items():
+        if spec.device == "cuda":
+            continue
         options = SessionOptions(device="cpu", microbatch="on", ranker_precision=precision)
         Towers(bundle, options).check_golden()
 

@@ -1,4 +1,5 @@
-"""The ranker in reduced precision: int8 graphs beside the fp32 ones, and their agreement with fp32.
+"""The ranker in reduced precision: int8 and fp16 graphs beside the fp32 ones, and their agreement
+with fp32.
 
 `quantize_int8` is ONNX Runtime's dynamic quantization (`quantize_dynamic`): the MatMul and Gemm
 weights stored as signed int8 (QInt8: in a one-off probe on this 2-core EPYC VM, twice as fast as
@@ -10,6 +11,12 @@ candidate's int8 score depends slightly on the other candidates scored with it (
 not; on a tiny bundle, one item alone and among 299 others differed by 3.6e-5). The differences
 are what `compare_precisions` measures, and quality is decided offline (`benchmarks/quantization.py`),
 not here: agreement is recorded in the manifest, never a failure.
+
+`convert_fp16` is ONNX Runtime's float16 converter (`onnxruntime.transformers.float16`) with the
+inputs and outputs kept float32: weights and arithmetic in fp16, for CUDA (the manifest marks it
+`device: cuda`, and the service refuses it on a CPU, where ONNX Runtime runs it about 4x slower
+than fp32). Its agreement with fp32 is measured at export on the CPU, whose fp16 kernels need not
+round as a GPU's do: a GPU run (`benchmarks/gpu_check.py`) is what tells its real error.
 
 `DEFAULT_PRECISION` is what export marks as the bundle's default: the result of that benchmark
 (benchmarks/results/quantization.md).
@@ -31,11 +38,13 @@ from model_export.parity import cpu_session, recorded_user_inputs
 from service.contract import FP32, GoldenCase, PrecisionParity, ranker_feeds
 
 INT8 = "int8"
+FP16 = "fp16"
 # benchmarks/results/quantization.md: int8 becomes the default only if it costs nothing measurable
 DEFAULT_PRECISION = FP32
 # the golden check's least tolerance for int8 (the golden scores are fp32's): it catches a wrong or
 # corrupt file, and is widened to twice the difference measured at export where that is larger
 INT8_GOLDEN_ATOL = 0.02
+FP16_GOLDEN_ATOL = 0.01  # the same for fp16 (about 5e-4 measured on MovieLens' whole catalog)
 TOP_K = 10
 
 
@@ -57,6 +66,15 @@ def quantize_int8(src: Path, dst: Path) -> None:
 
     with _quiet_root_logger():
         quantize_dynamic(src, dst, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+
+
+def convert_fp16(src: Path, dst: Path) -> None:
+    """The graph at `src` in float16, its inputs and outputs still float32, written to `dst`."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    with _quiet_root_logger():
+        onnx.save(convert_float_to_float16(onnx.load(str(src)), keep_io_types=True), str(dst))
 
 
 def compare_precisions(

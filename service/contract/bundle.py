@@ -186,8 +186,13 @@ def _check_precisions(root: Path, manifest: Manifest) -> None:
     fp32 = manifest.precisions.get(FP32)
     if fp32 is None or fp32.ranker != RANKER_FILE:
         raise BundleError(root, f"precisions must name fp32 as {RANKER_FILE}")
-    if manifest.default_precision not in manifest.precisions:
+    default = manifest.precisions.get(manifest.default_precision)
+    if default is None:
         raise BundleError(root, f"default precision {manifest.default_precision!r} is not in the bundle")
+    if default.device != "any":  # `auto` must serve on any host
+        raise BundleError(
+            root, f"default precision {manifest.default_precision!r} is for {default.device} only"
+        )
 
 
 def _read_tables(root: Path) -> tuple[Schema, Catalog]:

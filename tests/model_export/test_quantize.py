@@ -1,4 +1,5 @@
-"""The int8 ranker: exported beside fp32, named in the manifest, served when chosen, close to fp32."""
+"""The int8 and fp16 rankers: exported beside fp32, named in the manifest, served when chosen (fp16 on
+CUDA only), close to fp32."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from service.contract import (
     content_version,
     encode,
     load_bundle,
+    ranker_feeds,
 )
 from service.inference import SessionOptions, Towers
 from tests.model_export.bundle_files import copy_bundle, rewrite_manifest
@@ -32,12 +34,13 @@ def _whole_catalog(towers: Towers) -> np.ndarray:
 
 
 @pytest.mark.parametrize("model", ["mail", "control"])
-def test_int8_is_exported_beside_fp32_with_checksums_and_parity(
+def test_int8_and_fp16_are_exported_beside_fp32_with_checksums_and_parity(
     tiny_bundle: BundleFactory, model: str
 ) -> None:
     bundle = load_bundle(tiny_bundle(model, "base"))
     man = bundle.manifest
-    assert list(man.precisions) == ["fp32", "int8"] and man.default_precision == "fp32"
+    assert list(man.precisions) == ["fp32", "int8", "fp16"] and man.default_precision == "fp32"
+    assert [p.device for p in man.precisions.values()] == ["any", "any", "cuda"]
     for name, precision in man.precisions.items():
         assert (precision.ranker, precision.ranker_batch) == RANKER_FILES[name]
         assert man.files[precision.ranker] == precision.ranker_sha256
@@ -50,6 +53,33 @@ def test_int8_is_exported_beside_fp32_with_checksums_and_parity(
     )
     assert 0.8 <= parity.top10_agreement <= 1.0
     assert parity.batch_scores_max_abs_diff is not None and parity.batch_scores_max_abs_diff < 0.05
+    half = man.precisions["fp16"].parity
+    assert half is not None and half.candidates == len(bundle.catalog)
+    assert 0 < half.scores_max_abs_diff < 5e-3 and half.top10_agreement >= 0.9
+    assert half.batch_scores_max_abs_diff is not None and half.batch_scores_max_abs_diff < 5e-3
+
+
+def test_fp16_is_float16_inside_float32_outside_and_refused_on_a_cpu(tiny_bundle: BundleFactory) -> None:
+    import onnx
+    import onnxruntime as ort
+
+    bundle = load_bundle(tiny_bundle("mail", "base"))
+    graph = onnx.load(str(bundle.path / bundle.precisions["fp16"].ranker)).graph
+    assert {t.data_type for t in graph.initializer if t.data_type in (1, 10)} == {10}  # FLOAT16 only
+    assert all(v.type.tensor_type.elem_type != 10 for v in [*graph.input, *graph.output])  # no FLOAT16
+    with pytest.raises(BundleError, match="fp16 ranker is for CUDA; it would run on cpu"):
+        Towers(bundle, SessionOptions(device="cpu", ranker_precision="fp16"))
+    # what a GPU would be given: the same inputs, scores close to fp32's (here by ONNX Runtime's CPU)
+    fp32 = Towers(bundle, SessionOptions(device="cpu"))
+    half = ort.InferenceSession(
+        str(bundle.path / bundle.precisions["fp16"].ranker), providers=["CPUExecutionProvider"]
+    )
+    enc = encode(bundle.schema, bundle.catalog, "new-user", {"segment": "s1"}, [], {"timestamp": 10**9})
+    virtual = fp32.virtual_behavior(enc.user_attrs)
+    rows = np.arange(1, len(bundle.catalog) + 1, dtype=np.int64)
+    feeds = ranker_feeds((enc,), virtual, np.ones((1, 1), np.float32), rows)
+    diff = np.abs(half.run(None, feeds)[0] - fp32.score(enc, virtual, 1.0, rows))
+    assert 0 < diff.max() < 5e-3
 
 
 def test_int8_scores_are_close_to_fp32_and_not_the_same(tiny_bundle: BundleFactory) -> None:
@@ -88,7 +118,7 @@ def test_a_bundle_from_before_precisions_serves_fp32(tiny_bundle: BundleFactory,
 
     def as_before(m: dict) -> None:  # type: ignore[type-arg]
         del m["precisions"], m["default_precision"]
-        for name in RANKER_FILES["int8"]:
+        for name in (*RANKER_FILES["int8"], *RANKER_FILES["fp16"]):
             del m["files"][name]
             (root / name).unlink()
         m["model_version"] = content_version(m["files"])
@@ -117,8 +147,11 @@ def test_precision_round_trip_and_refusals(tiny_bundle: BundleFactory, tmp_path:
         root, lambda m: m["precisions"]["int8"].update(ranker_sha256=m["files"]["ranker_int8.onnx"])
     )
     load_bundle(root)
+    rewrite_manifest(root, lambda m: m.update(default_precision="int4"))
+    with pytest.raises(BundleError, match="default precision 'int4' is not in the bundle"):
+        load_bundle(root)
     rewrite_manifest(root, lambda m: m.update(default_precision="fp16"))
-    with pytest.raises(BundleError, match="default precision 'fp16' is not in the bundle"):
+    with pytest.raises(BundleError, match="default precision 'fp16' is for cuda only"):
         load_bundle(root)
 
 
