@@ -31,6 +31,7 @@ import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -184,28 +185,10 @@ def export_bundle(run_dir: Path, out: Path, default_precision: str = DEFAULT_PRE
         batch = verify_batch_parity(
             model, ckpt["parity"], tmp / RANKER_FILE, tmp / RANKER_BATCH_FILE, n_catalog
         )
-        int8_ranker, int8_batch = (tmp / name for name in RANKER_FILES[INT8])
-        quantize_int8(tmp / RANKER_FILE, int8_ranker)
-        quantize_int8(tmp / RANKER_BATCH_FILE, int8_batch)
-        int8_parity = compare_precisions(
-            model,
-            ckpt["parity"],
-            (tmp / RANKER_FILE, tmp / RANKER_BATCH_FILE),
-            (int8_ranker, int8_batch),
-            n_catalog,
-        )
-        int8_golden = golden_diff(int8_ranker, int8_batch, golden, model)
-        fp16_ranker, fp16_batch = (tmp / name for name in RANKER_FILES[FP16])
-        convert_fp16(tmp / RANKER_FILE, fp16_ranker)
-        convert_fp16(tmp / RANKER_BATCH_FILE, fp16_batch)
-        fp16_parity = compare_precisions(
-            model,
-            ckpt["parity"],
-            (tmp / RANKER_FILE, tmp / RANKER_BATCH_FILE),
-            (fp16_ranker, fp16_batch),
-            n_catalog,
-        )
-        fp16_golden = golden_diff(fp16_ranker, fp16_batch, golden, model)
+        fp32_graphs = (tmp / RANKER_FILE, tmp / RANKER_BATCH_FILE)
+        reduced = (model, ckpt["parity"], golden, n_catalog)
+        int8_parity, int8_golden = _reduced_precision(fp32_graphs, INT8, quantize_int8, *reduced)
+        fp16_parity, fp16_golden = _reduced_precision(fp32_graphs, FP16, convert_fp16, *reduced)
         if fp16_golden > FP16_GOLDEN_ATOL:  # a converter fault, not rounding: no bundle
             raise ValueError(f"the fp16 ranker is {fp16_golden:.2g} off fp32's golden scores")
         (tmp / SCHEMA_FILE).write_text(json.dumps(schema.to_dict()))
@@ -239,6 +222,24 @@ def export_bundle(run_dir: Path, out: Path, default_precision: str = DEFAULT_PRE
         raise
     log.info("exported %s -> %s in %.1fs", run_dir, out, time.perf_counter() - started)
     return manifest
+
+
+def _reduced_precision(
+    fp32: tuple[Path, Path],
+    name: str,
+    convert: Callable[[Path, Path], None],
+    model: MailModel,
+    test_rows: dict[str, Any],
+    golden: list[GoldenCase],
+    n_catalog: int,
+) -> tuple[PrecisionParity, float]:
+    """Write precision `name`'s two ranker graphs beside fp32's, `convert(src, dst)` each; returns
+    their agreement with fp32 on the test rows and their largest difference from the golden scores."""
+    ranker, batch = (fp32[0].parent / f for f in RANKER_FILES[name])
+    convert(fp32[0], ranker)
+    convert(fp32[1], batch)
+    parity = compare_precisions(model, test_rows, fp32, (ranker, batch), n_catalog)
+    return parity, golden_diff(ranker, batch, golden, model)
 
 
 def _precisions(

@@ -37,6 +37,11 @@ class Live:
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=30)
 
+    def close(self) -> None:
+        """Stop the service, then its Redis."""
+        self.service.stop()
+        self.redis.close()
+
 
 def tiny_bundles(bundle_factory: Callable[..., Path]) -> dict[str, Path]:
     """The tests' experiment: variant -> tiny bundle."""
@@ -87,8 +92,7 @@ def start_live(
 def live(tiny_bundle: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     env = start_live(tmp_path_factory.mktemp("live"), tiny_bundle)
     yield env
-    env.service.stop()
-    env.redis.close()
+    env.close()
 
 
 @pytest.fixture()

@@ -140,5 +140,4 @@ def test_a_service_with_microbatching_answers_as_one_without(
         assert httpx.get(f"{batched.url}/models").json()["models"][1]["microbatch"] is True
         assert asyncio.run(ask(batched.url)) == asyncio.run(ask(live.url))
     finally:
-        batched.service.stop()
-        batched.redis.close()
+        batched.close()

@@ -105,8 +105,7 @@ def retrieving(tiny_bundle: Callable[..., Path], tmp_path_factory: pytest.TempPa
         MAILREC_RETRIEVE_POPULAR="5",
     )
     yield env
-    env.service.stop()
-    env.redis.close()
+    env.close()
 
 
 def test_recommend_through_the_stage_is_ranker_ordered_and_respects_k_and_history(

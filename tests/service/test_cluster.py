@@ -53,8 +53,7 @@ def start_cluster_live(tmp: Path, bundle_factory: Callable[..., Path], **env: st
 def live(tiny_bundle: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     env = start_cluster_live(tmp_path_factory.mktemp("cluster"), tiny_bundle)
     yield env
-    env.service.stop()
-    env.redis.close()
+    env.close()
 
 
 def test_one_requests_keys_live_on_different_masters_and_the_click_script_on_its_users_slot(

@@ -157,8 +157,7 @@ def test_a_failed_fill_leaves_the_key_unfilled(caplog: pytest.LogCaptureFixture)
 def remembering(tiny_bundle: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     env = start_live(tmp_path_factory.mktemp("remembering"), tiny_bundle)
     yield env
-    env.service.stop()
-    env.redis.close()
+    env.close()
 
 
 def _cold_counts(client: httpx.Client) -> dict[str, float]:
@@ -225,7 +224,6 @@ def test_the_memo_can_be_turned_off(tiny_bundle: Callable[..., Path], tmp_path: 
             text = client.get("/metrics").text
             models = client.get("/models").json()["models"]
     finally:
-        env.service.stop()
-        env.redis.close()
+        env.close()
     assert "mailrec_cold_scores_total{" not in text
     assert [m["cold_scores"] for m in models] == [False, False]

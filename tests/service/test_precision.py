@@ -30,5 +30,4 @@ def test_the_setting_overrides_the_bundle_default(
             assert metric_value(text, "mailrec_model_info", variant="mail", precision="int8") == 1
             assert metric_value(text, "mailrec_model_info", precision="fp32") == 0
     finally:
-        live.service.stop()
-        live.redis.close()
+        live.close()

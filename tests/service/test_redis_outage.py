@@ -26,8 +26,7 @@ def own(tiny_bundle: Callable[..., Path], tmp_path: Path) -> Iterator[Live]:
         tmp_path, tiny_bundle, MAILREC_BREAKER_RESET_S="0.5", MAILREC_REDIS_BUDGET_MS=str(BUDGET_MS)
     )
     yield env
-    env.service.stop()
-    env.redis.close()
+    env.close()
 
 
 def _cold(client: httpx.Client, user: str = "outage-user") -> httpx.Response:
