@@ -25,7 +25,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model_export.catalog import user_id_slot
@@ -39,7 +38,7 @@ from model_export.model import (
     ZstLosses,
     masked_mse,
 )
-from model_export.train import TrainHooks
+from model_export.train import TrainHooks, row_losses
 from service.contract import OOV, Schema
 
 # --- generators in the zero-shot tower's place ----------------------------------------------
@@ -274,7 +273,7 @@ class MetaEmb(TrainHooks):
         in_a = half[rows]
 
         def task_loss(id_emb: Tensor, pick: Tensor) -> Tensor:
-            """Mean over tasks of each task's mean BCE on its `pick` rows, as a new user."""
+            """Mean over tasks of each task's mean loss (L_rt's) on its `pick` rows, as a new user."""
             sel, task = rows[pick], task_of[pick]
             cold = UserInputs(
                 attrs[sel],
@@ -284,10 +283,9 @@ class MetaEmb(TrainHooks):
                 torch.zeros(len(sel), 1),
             )
             with emb.forced_id(id_emb[task]):
-                logits = model.ranker(cold, item[sel])
-            bce = F.binary_cross_entropy_with_logits(logits, label[sel], reduction="none")
-            total = torch.zeros(len(tasks)).index_add(0, task, bce)
-            count = torch.zeros(len(tasks)).index_add(0, task, torch.ones_like(bce))
+                losses = row_losses(model, cold, item[sel], label[sel], self.log_q)  # as L_rt's rows
+            total = torch.zeros(len(tasks)).index_add(0, task, losses)
+            count = torch.zeros(len(tasks)).index_add(0, task, torch.ones_like(losses))
             return (total / count).mean()
 
         was_training = model.ranker.training

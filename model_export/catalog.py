@@ -2,9 +2,11 @@
 
 * Training (`training_rows`): positives are the items a user chose (MovieLens: rated >= 4, or any
   rating); negatives are catalog items the user never interacted with in training, drawn afresh
-  each epoch (uniformly, or by popularity^0.75), `negatives` per positive. A negative row shares
-  its positive's user, context and behavior: the same moment, another item. Rated-but-not-liked
-  items can be kept as negatives too. The rating task (the paper's comparison) trains on the rated
+  each epoch (by popularity^0.75, or uniformly), `negatives` per positive. A negative shares its
+  positive's user, context and behavior: the same moment, another item. Under the sampled softmax
+  (the default) a positive and its negatives are one row, scored together; under binary
+  cross-entropy each is a row of its own, and rated-but-not-liked items can be kept as negatives
+  too. The rating task (the paper's comparison) trains on the rated
   rows and their labels only.
 * New-user rows (`cold_rows`): a share of training rows is shown as a new user looks (user id out
   of vocabulary, no behavior), so a user never seen is a case the towers learned.

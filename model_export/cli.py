@@ -48,6 +48,19 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--sampling", choices=["uniform", "popularity"], default=None, help="catalog: negative sampling"
     )
     p.add_argument(
+        "--loss",
+        choices=["bce", "softmax"],
+        default=None,
+        help="catalog: bce (each row alone) | softmax (each liked item against its sampled negatives)",
+    )
+    p.add_argument(
+        "--cold-history",
+        type=float,
+        default=None,
+        help="catalog: share of the new-user rows that keep 1-10 recent interactions (a new user after "
+        "a few clicks)",
+    )
+    p.add_argument(
         "--cold-rows",
         type=float,
         default=None,
@@ -90,6 +103,21 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+# TrainConfig fields with a flag of their own (`--cold-rows` sets `cold_rows`)
+TRAIN_FLAGS = (
+    "epochs",
+    "batch_size",
+    "lr",
+    "positives",
+    "negatives",
+    "sampling",
+    "loss",
+    "cold_rows",
+    "cold_history",
+    "select",
+)
+
+
 def _train(args: argparse.Namespace) -> int:
     from model_export.model import ModelConfig, RankerConfig, ZeroShotConfig
     from model_export.pipeline import RunSpec, run
@@ -114,11 +142,18 @@ def _train(args: argparse.Namespace) -> int:
             model_cfg.zero_shot.align = args.align
     else:
         model_cfg.zero_shot = None
-    tcfg = TrainConfig(**{**overrides.get("train", {}), "seed": args.seed, "progress": not args.quiet})
-    tcfg.task = args.task
-    for name in ("epochs", "batch_size", "lr", "positives", "negatives", "sampling", "cold_rows", "select"):
-        if getattr(args, name) is not None:
-            setattr(tcfg, name, getattr(args, name))
+    chosen = {
+        name: getattr(args, name)
+        for name in TRAIN_FLAGS
+        if getattr(args, name) is not None  # unset: the config file's value, or TrainConfig's default
+    }
+    try:
+        tcfg = TrainConfig(
+            **{**overrides.get("train", {}), **chosen, "task": args.task, "seed": args.seed},
+            progress=not args.quiet,
+        )
+    except ValueError as e:  # an impossible combination of flags, said in the flags' terms
+        raise SystemExit(f"model_export train: {e}") from None
     spec = RunSpec(
         dataset=args.dataset,
         data_dir=args.data_dir,

@@ -227,7 +227,9 @@ def task_record(tcfg: TrainConfig) -> dict[str, Any]:
         "rated_negatives": tcfg.rated_negatives,
         "negatives": tcfg.negatives,
         "sampling": tcfg.sampling,
+        "loss": tcfg.loss,
         "cold_rows": tcfg.cold_share,
         "attr_dropout": tcfg.attr_dropout,
+        "cold_history": tcfg.cold_history,
         "select": tcfg.select,
     }

@@ -28,9 +28,9 @@ from model_export import catalog as task
 from model_export.batches import Batches, user_inputs
 from model_export.evaluation import evaluate_part, rank_part
 from model_export.features import EncodedData
-from model_export.model import MailModel, ModelConfig, zst_step_losses
+from model_export.model import MailModel, ModelConfig, UserInputs, zst_step_losses
 from model_export.protocol import TRAIN, VAL
-from service.contract import PAD, Schema
+from service.contract import OOV, PAD, Schema
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +56,23 @@ class TrainConfig:
     task: str = "catalog"
     positives: str = "liked"  # catalog: "liked" (label 1) | "any" (every rated item)
     rated_negatives: bool = False  # catalog, liked: rated-but-not-liked rows train as negatives
-    negatives: int = 4  # catalog: never-interacted items sampled per positive, afresh each epoch
-    sampling: str = "uniform"  # catalog: "uniform" | "popularity" (training count^0.75)
+    # catalog: never-interacted items sampled per positive, afresh each epoch, uniformly or by
+    # popularity (training count^0.75)
+    negatives: int = 16
+    sampling: str = "popularity"
+    # catalog: "softmax" (each positive against its `negatives` sampled items, cross-entropy over
+    # the 1 + negatives logits, each corrected by the log of its sampling probability: sampled
+    # softmax) | "bce" (each (user, item) row alone: liked or sampled; before 2026-12-01, with 4
+    # uniform negatives). Chosen on validation: benchmarks/results/catalog-task.md
+    loss: str = "softmax"
     cold_rows: float | None = None  # share of rows shown as a new user; None: catalog 0.2, rating 0
     # in those rows, the chance each user attribute (user id aside) is hidden as a user who skipped
     # the question looks (PAD): a regularizer of the cold path, and robustness to missing answers
     attr_dropout: float = 0.0
+    # of those rows, the share that keep their n most recent interactions (n uniform in 1..10):
+    # a new user after n clicks, the id still unknown (without them no tower ever sees an unknown
+    # user with a real history, the few-shot case the service meets at a new user's first click)
+    cold_history: float = 0.0
 
     def __post_init__(self) -> None:
         for name, value, allowed in (
@@ -69,9 +80,17 @@ class TrainConfig:
             ("positives", self.positives, task.POSITIVES),
             ("sampling", self.sampling, task.SAMPLING),
             ("select", self.select, SELECT),
+            ("loss", self.loss, LOSSES),
         ):
             if value not in allowed:
                 raise ValueError(f"unknown {name} {value!r}; choose from {allowed}")
+        if self.softmax and (self.rated_negatives or self.negatives < 1):
+            raise ValueError("loss softmax: at least one sampled negative, and no rated negatives")
+
+    @property
+    def softmax(self) -> bool:
+        """Whether L_rt is the sampled softmax (the catalog task's; the rating task is always BCE)."""
+        return self.task == "catalog" and self.loss == "softmax"
 
     @property
     def cold_share(self) -> float:
@@ -82,6 +101,7 @@ class TrainConfig:
 
 CATALOG_COLD_ROWS = 0.2
 SELECT = ("ndcg", "auc")
+LOSSES = ("bce", "softmax")
 
 
 class TrainHooks:
@@ -90,8 +110,12 @@ class TrainHooks:
     The base class changes nothing: it builds the plain `MailModel`, passes every batch through
     untouched and adds no step. A subclass may build another model around the same ranking
     tower, transform training batches (DropoutNet) or run an extra update after each step
-    (MetaEmb); the losses it returns are logged beside L_rt, L_a, L_v, L_d.
+    (MetaEmb); the losses it returns are logged beside L_rt, L_a, L_v, L_d. `log_q` is set by
+    `train`: what `row_losses` needs to score a batch's rows as L_rt does (None: binary
+    cross-entropy).
     """
+
+    log_q: Tensor | None = None
 
     def build(self, cfg: ModelConfig, schema: Schema, catalog_features: Tensor) -> MailModel:
         return MailModel(cfg, schema, catalog_features)
@@ -117,7 +141,8 @@ def training_rows(
     data: EncodedData, tcfg: TrainConfig, sampler: task.NegativeSampler | None, rng: np.random.Generator
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float32]]:
     """One epoch's (rows, items, labels): the rated rows (rating task), or positives with
-    negatives drawn afresh (catalog task; `model_export.catalog`)."""
+    negatives drawn afresh (catalog task; `model_export.catalog`). With the softmax loss, a row per
+    positive and items (P, 1 + negatives): the positive's item first, then its sampled ones."""
     train = data.rows(TRAIN)
     if tcfg.task == "rating":
         return train, data.item[train], data.label[train]
@@ -127,6 +152,9 @@ def training_rows(
     rated_neg = train[~liked] if tcfg.positives == "liked" and tcfg.rated_negatives else train[:0]
     neg = np.repeat(pos, tcfg.negatives)
     neg_items = sampler.draw(data.user[neg], rng)
+    if tcfg.softmax:
+        items2d = np.c_[data.item[pos], neg_items.reshape(len(pos), tcfg.negatives)]
+        return pos.astype(np.int64), items2d.astype(np.int64), np.ones(len(pos), np.float32)
     rows = np.r_[pos, rated_neg, neg]
     items = np.r_[data.item[pos], data.item[rated_neg], neg_items]
     labels = np.r_[np.ones(len(pos)), np.zeros(len(rated_neg) + len(neg))].astype(np.float32)
@@ -175,7 +203,9 @@ def train(
         else None  # a parameter-free generator (mean-fill) has nothing to step
     )
     sampler = make_sampler(data, tcfg)
-    cold = ColdRows.for_schema(data.schema, tcfg.cold_share, tcfg.attr_dropout)
+    log_q = sampling_log_probability(sampler) if tcfg.softmax else None
+    hooks.log_q = log_q
+    cold = ColdRows.for_schema(data.schema, tcfg.cold_share, tcfg.attr_dropout, tcfg.cold_history)
     history = History()
     best, best_state, stale = -math.inf, copy.deepcopy(model.state_dict()), 0
     by_ndcg = tcfg.task == "catalog" and tcfg.select == "ndcg"
@@ -198,11 +228,15 @@ def train(
             batch = hooks.batch(cold(raw_batch, rng))
             attrs, ctx, beh, item, label, is_new = batch
             user = user_inputs(model, attrs, ctx, beh, training=True)
-            l_rt = F.binary_cross_entropy_with_logits(model.ranker(user, item), label)
+            l_rt = ranking_loss(model, user, item, label, log_q)
             loss = l_rt + tcfg.embed_l2 * _embedding_l2(model, attrs, ctx, beh, item)
             # catalog task: a sampled negative repeats its positive's user and behavior, so the
-            # zero-shot losses read the positives only (same expectation, 1 + negatives times fewer)
-            zl = zst_step_losses(model, attrs, beh, is_new, label > 0 if tcfg.task == "catalog" else None)
+            # zero-shot losses read the positives only (same expectation, 1 + negatives times fewer);
+            # never a cold row's (a short history is not the behavior the attributes map to)
+            keep = attrs[:, cold.id_slot] != OOV
+            zl = zst_step_losses(
+                model, attrs, beh, is_new, keep & (label > 0) if tcfg.task == "catalog" else keep
+            )
             if zl is not None:
                 assert model.zst is not None
                 loss = loss + zl.total(model.zst.cfg)
@@ -263,22 +297,57 @@ def train(
     return model, history
 
 
+def sampling_log_probability(sampler: task.NegativeSampler | None) -> Tensor:
+    """log q(item) over catalog rows (row 0 unused) of the sampler's draw: the sampled-softmax
+    correction. Uniform: a constant (it cancels, kept for one code path). The rejection of a
+    user's known items is ignored (a user knows a few % of the catalog)."""
+    assert sampler is not None
+    q = np.full(sampler.n_items, 1.0 / sampler.n_items) if sampler.p is None else sampler.p
+    return torch.from_numpy(np.log(np.r_[1.0, q])).float()
+
+
+def ranking_loss(
+    model: MailModel, user: UserInputs, item: Tensor, label: Tensor, log_q: Tensor | None
+) -> Tensor:
+    """L_rt of a batch: the mean of `row_losses`."""
+    return row_losses(model, user, item, label, log_q).mean()
+
+
+def row_losses(
+    model: MailModel, user: UserInputs, item: Tensor, label: Tensor, log_q: Tensor | None
+) -> Tensor:
+    """Each row's L_rt, (B,): binary cross-entropy of its logit (item (B,)), or, with `log_q`,
+    sampled softmax: row b's positive item[b, 0] against its sampled item[b, 1:], every logit
+    minus the log of its sampling probability (Bengio & Senecal; Yi et al., RecSys 2019)."""
+    if log_q is None:
+        return F.binary_cross_entropy_with_logits(model.ranker(user, item), label, reduction="none")
+    rows, width = item.shape
+    owner = torch.arange(rows).repeat_interleave(width)
+    logits = model.ranker(user, item.reshape(-1), owner).view(rows, width) - log_q[item]
+    return F.cross_entropy(logits, torch.zeros(rows, dtype=torch.long), reduction="none")
+
+
 @dataclass(frozen=True)
 class ColdRows:
     """Shows a `share` of a batch's rows as a new user looks (user id OOV, no behavior), and in
     those rows hides each other user attribute (`attributes`: their columns) with probability
-    `attr_dropout` (PAD: missing)."""
+    `attr_dropout` (PAD: missing). A `history` share of them keep their n most recent
+    interactions, n uniform in 1..`max_history`: a new user after n clicks."""
 
     share: float
     id_slot: int
     attr_dropout: float = 0.0
     attributes: tuple[slice, ...] = ()
+    history: float = 0.0
+    max_history: int = 10
 
     @classmethod
-    def for_schema(cls, schema: Schema, share: float, attr_dropout: float = 0.0) -> ColdRows:
+    def for_schema(
+        cls, schema: Schema, share: float, attr_dropout: float = 0.0, history: float = 0.0
+    ) -> ColdRows:
         """Cold rows for `schema`'s user fields: the id's column, and every other field's."""
         others = (task.user_field_slots(schema, f.name) for f in schema.user_fields if f.name != "user_id")
-        return cls(share, task.user_id_slot(schema), attr_dropout, tuple(others))
+        return cls(share, task.user_id_slot(schema), attr_dropout, tuple(others), history)
 
     def __call__(self, batch: tuple[Tensor, ...], rng: np.random.Generator) -> tuple[Tensor, ...]:
         if self.share <= 0:
@@ -287,8 +356,13 @@ class ColdRows:
         pick = rng.random(len(attrs)) < self.share
         if not pick.any():
             return batch
-        attrs, beh = attrs.clone(), beh.clone()
+        attrs, original, beh = attrs.clone(), beh, beh.clone()
         task.as_new_user(attrs.numpy(), beh.numpy(), pick, self.id_slot)
+        if self.history > 0:  # behavior is most recent first: keep its first n columns
+            short = pick & (rng.random(len(attrs)) < self.history)
+            n = rng.integers(1, self.max_history + 1, len(attrs))
+            keep = torch.from_numpy(short[:, None] & (np.arange(beh.shape[1])[None, :] < n[:, None]))
+            beh[keep] = original[keep]
         if self.attr_dropout > 0:
             for cols in self.attributes:
                 hide = pick & (rng.random(len(attrs)) < self.attr_dropout)

@@ -455,7 +455,8 @@ def catalog_markdown(result: dict[str, Any], out: Path) -> str:
         "## How to read this",
         "",
         "- The task is the product's: rank the whole catalog for a user. Training: positives are the items "
-        "a user rated >= 4, negatives never-interacted items drawn afresh each epoch, 20% of rows shown as "
+        "a user rated >= 4, each against 16 never-interacted items drawn afresh each epoch by "
+        "popularity^0.75 (sampled softmax, corrected by the sampling probability), 20% of rows shown as "
         "a new user would look (`benchmarks/results/catalog-task.md`: how this was chosen, on validation). "
         f"Every method trains with the same `TrainConfig` ({_budget(result)}), early-stopped on "
         "validation NDCG@10; no method's knob is tuned in this benchmark (each runs its default).",

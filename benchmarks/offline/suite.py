@@ -297,9 +297,10 @@ def _popularity_row(job: Job) -> dict[str, Any]:
     return row
 
 
-def _fewshot_catalog(model: Any, prepared: Prepared, clicks_only: bool) -> dict[str, Any]:
+def _fewshot_catalog(model: Any, prepared: Prepared, clicks_only: bool, part: int = TEST) -> dict[str, Any]:
     """New users' whole-catalog ranking with their first n interactions known (the model fed
-    them as behavior; a popular list, `model` a `PopularList`, only drops them)."""
+    them as behavior; a popular list, `model` a `PopularList`, only drops them), on `part`'s
+    users (VAL: what a choice may read)."""
     key = f"revealed-catalog-{clicks_only}"
     if key not in _CACHE:
         _CACHE[key] = {
@@ -308,13 +309,13 @@ def _fewshot_catalog(model: Any, prepared: Prepared, clicks_only: bool) -> dict[
     enc = prepared.encoded
     out = {}
     for n, revealed in _CACHE[key].items():
-        cases = revealed_cases(enc.ranking[TEST], enc, prepared.interactions, revealed)
+        cases = revealed_cases(enc.ranking[part], enc, prepared.interactions, revealed)
         if isinstance(model, popular.PopularList):
             ranking = popular.rank(enc, model, cases)
         else:
             batches = Batches(enc, fill_new_users=False)
             batches.behavior = torch.from_numpy(revealed_behavior(prepared.interactions, enc, revealed))
-            ranking = rank_part(model, batches, TEST, cases)
+            ranking = rank_part(model, batches, part, cases)
         out[str(n)] = {
             "ranking": ranking,
             "revealed_mean": float(np.mean([len(v) for v in revealed.values()])),

@@ -112,7 +112,7 @@ def test_cases_follow_the_rules_for_new_and_old_users(encoded, held: int) -> Non
 
 def test_training_rows_of_the_catalog_task(encoded) -> None:  # type: ignore[no-untyped-def]
     _, _, enc = encoded
-    tcfg = TrainConfig(negatives=3)
+    tcfg = TrainConfig(negatives=3, loss="bce", sampling="uniform")
     rows, items, labels = training_rows(enc, tcfg, make_sampler(enc, tcfg), np.random.default_rng(0))
     train = enc.rows(TRAIN)
     liked = train[enc.label[train] == 1]
@@ -168,3 +168,60 @@ def test_cold_rows_hide_id_behavior_and_some_attributes_of_the_picked_rows_only(
     assert (got[:, id_slot] == OOV).all()
     keep = [c for c in range(attrs.shape[1]) if c != id_slot]
     assert torch.equal(got[:, keep], attrs[:, keep])
+    # half the cold rows keep their n most recent items (the first n columns), n in 1..10
+    got, _, got_beh, *_ = ColdRows.for_schema(enc.schema, 1.0, 0.0, 0.5)(batch, np.random.default_rng(0))
+    assert (got[:, id_slot] == OOV).all()
+    kept = (got_beh > 0).sum(1)
+    assert 0.4 < (kept > 0).float().mean() < 0.6 and set(kept.tolist()) == set(range(beh.shape[1] + 1))
+    for row, n in enumerate(kept.tolist()):
+        assert torch.equal(got_beh[row, :n], beh[row, :n]) and (got_beh[row, n:] == 0).all()
+
+
+def test_softmax_rows_put_each_positive_first_then_its_own_sampled_items(encoded) -> None:  # type: ignore[no-untyped-def]
+    _, _, enc = encoded
+    tcfg = TrainConfig(loss="softmax", negatives=5, sampling="popularity")
+    rows, items, labels = training_rows(enc, tcfg, make_sampler(enc, tcfg), np.random.default_rng(0))
+    train = enc.rows(TRAIN)
+    liked = train[enc.label[train] == 1]
+    assert np.array_equal(rows, liked) and items.shape == (len(liked), 6) and (labels == 1).all()
+    assert np.array_equal(items[:, 0], enc.item[liked])
+    known = set(task.keys(enc.user[train], enc.item[train], len(enc.catalog)).tolist())
+    sampled = task.keys(np.repeat(enc.user[rows], 5), items[:, 1:].reshape(-1), len(enc.catalog))
+    assert not known & set(sampled.tolist())
+    for bad in ({"negatives": 0}, {"rated_negatives": True}):
+        with pytest.raises(ValueError, match="loss softmax"):
+            TrainConfig(loss="softmax", **bad)
+    assert TrainConfig().softmax and not TrainConfig(task="rating").softmax  # the rating task: BCE
+
+
+def test_sampled_softmax_is_the_cross_entropy_of_corrected_logits_scored_row_by_row(encoded) -> None:  # type: ignore[no-untyped-def]
+    from model_export.batches import Batches, user_inputs
+    from model_export.model import MailModel, ModelConfig, RankerConfig
+    from model_export.train import ranking_loss, sampling_log_probability
+
+    _, _, enc = encoded
+    torch.manual_seed(0)
+    cfg = ModelConfig(model="control", ranker=RankerConfig(hidden=(16, 8), d_attention=8))
+    model = MailModel(cfg, enc.schema, torch.from_numpy(enc.catalog.features)).eval()
+    tcfg = TrainConfig(loss="softmax", negatives=4, sampling="popularity")
+    sampler = make_sampler(enc, tcfg)
+    rows, items, labels = training_rows(enc, tcfg, sampler, np.random.default_rng(0))
+    attrs, ctx, beh, item, label, _ = next(
+        Batches(enc, False).iterate(rows[:8], 8, None, items[:8], labels[:8])
+    )
+    log_q = sampling_log_probability(sampler)
+    assert sampler is not None and sampler.p is not None
+    assert torch.allclose(log_q[1:].exp().sum(), torch.tensor(1.0)) and torch.isclose(
+        log_q[5], torch.tensor(float(np.log(sampler.p[4])))
+    )
+    with torch.no_grad():
+        got = ranking_loss(model, user_inputs(model, attrs, ctx, beh, False), item, label, log_q)
+        want = []
+        for b in range(8):  # each user alone against its own 1 + 4 items, in the plain formula
+            one = user_inputs(model, attrs[b : b + 1], ctx[b : b + 1], beh[b : b + 1], False)
+            z = model.ranker(one, item[b]) - log_q[item[b]]
+            want.append(torch.logsumexp(z, 0) - z[0])
+    assert torch.allclose(got, torch.stack(want).mean(), atol=1e-5)
+    # uniform sampling: a constant correction, so the loss of the raw logits
+    uniform = sampling_log_probability(make_sampler(enc, TrainConfig(sampling="uniform")))
+    assert torch.allclose(uniform[1:], uniform[1:2].expand(len(uniform) - 1))
