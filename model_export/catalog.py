@@ -6,8 +6,7 @@
   positive's user, context and behavior: the same moment, another item. Under the sampled softmax
   (the default) a positive and its negatives are one row, scored together; under binary
   cross-entropy each is a row of its own, and rated-but-not-liked items can be kept as negatives
-  too. The rating task (the paper's comparison) trains on the rated
-  rows and their labels only.
+  too. The rating task (the paper's comparison) trains on the rated rows and their labels only.
 * New-user rows (`cold_rows`): a share of training rows is shown as a new user looks (user id out
   of vocabulary, no behavior), so a user never seen is a case the towers learned.
 * Evaluation: for each user with held-out positives in a part (VAL or TEST), every catalog item is
