@@ -103,6 +103,8 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+# the catalog task's own flags: the rating task trains on rated rows with BCE and reads none of them
+CATALOG_FLAGS = ("positives", "negatives", "sampling", "loss", "cold_history", "select")
 # TrainConfig fields with a flag of their own (`--cold-rows` sets `cold_rows`)
 TRAIN_FLAGS = (
     "epochs",
@@ -119,6 +121,10 @@ TRAIN_FLAGS = (
 
 
 def _train(args: argparse.Namespace) -> int:
+    if args.task == "rating":
+        given = [f"--{name.replace('_', '-')}" for name in CATALOG_FLAGS if getattr(args, name) is not None]
+        if given:
+            raise SystemExit(f"model_export train: {', '.join(given)} only apply to --task catalog")
     from model_export.model import ModelConfig, RankerConfig, ZeroShotConfig
     from model_export.pipeline import RunSpec, run
     from model_export.train import TrainConfig

@@ -68,3 +68,24 @@ def test_the_console_script_names_itself_in_its_help() -> None:
     done = subprocess.run([str(script), "train", "--help"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("usage: mailrec-train train")
+
+
+def test_catalog_flags_with_the_rating_task_are_refused_before_any_work(tmp_path: Path) -> None:
+    """The rating task reads none of the catalog task's flags: naming one is a mistake, said at once."""
+    with pytest.raises(SystemExit, match="--negatives, --loss only apply to --task catalog"):
+        main(
+            [
+                "train",
+                "--task",
+                "rating",
+                "--loss",
+                "softmax",
+                "--negatives",
+                "8",
+                "--out",
+                str(tmp_path / "r"),
+            ]
+        )
+    assert not (tmp_path / "r").exists()
+    with pytest.raises(SystemExit, match="loss softmax: at least one sampled negative"):
+        main(["train", "--dataset", "synthetic", "--negatives", "0", "--out", str(tmp_path / "c")])
