@@ -228,7 +228,7 @@ def train(
             batch = hooks.batch(cold(raw_batch, rng))
             attrs, ctx, beh, item, label, is_new = batch
             user = user_inputs(model, attrs, ctx, beh, training=True)
-            l_rt = ranking_loss(model, user, item, label, log_q)
+            l_rt = row_losses(model, user, item, label, log_q).mean()
             loss = l_rt + tcfg.embed_l2 * _embedding_l2(model, attrs, ctx, beh, item)
             # catalog task: a sampled negative repeats its positive's user and behavior, so the
             # zero-shot losses read the positives only (same expectation, 1 + negatives times fewer);
@@ -304,13 +304,6 @@ def sampling_log_probability(sampler: task.NegativeSampler | None) -> Tensor:
     assert sampler is not None
     q = np.full(sampler.n_items, 1.0 / sampler.n_items) if sampler.p is None else sampler.p
     return torch.from_numpy(np.log(np.r_[1.0, q])).float()
-
-
-def ranking_loss(
-    model: MailModel, user: UserInputs, item: Tensor, label: Tensor, log_q: Tensor | None
-) -> Tensor:
-    """L_rt of a batch: the mean of `row_losses`."""
-    return row_losses(model, user, item, label, log_q).mean()
 
 
 def row_losses(

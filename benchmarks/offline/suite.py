@@ -297,18 +297,25 @@ def _popularity_row(job: Job) -> dict[str, Any]:
     return row
 
 
+def _reveals(prepared: Prepared, clicks_only: bool, ns: tuple[int, ...]) -> dict[int, Any]:
+    """Each new user's first n interactions for every n in `ns`, on `prepared`'s split: computed
+    once per prepared dataset (kept beside the dataset it belongs to, so a caller that prepares
+    another split, as `task_choice` does per seed, never reads the previous one's)."""
+    key = f"revealed-{clicks_only}-{ns}"
+    cached = _CACHE.get(key)
+    if cached is None or cached[0] is not prepared:
+        revealed = {n: reveal(prepared.interactions, prepared.split, n, clicks_only) for n in ns}
+        cached = _CACHE[key] = (prepared, revealed)
+    return cached[1]
+
+
 def _fewshot_catalog(model: Any, prepared: Prepared, clicks_only: bool, part: int = TEST) -> dict[str, Any]:
     """New users' whole-catalog ranking with their first n interactions known (the model fed
     them as behavior; a popular list, `model` a `PopularList`, only drops them), on `part`'s
     users (VAL: what a choice may read)."""
-    key = f"revealed-catalog-{clicks_only}"
-    if key not in _CACHE:
-        _CACHE[key] = {
-            n: reveal(prepared.interactions, prepared.split, n, clicks_only) for n in FEWSHOT_N_CATALOG
-        }
     enc = prepared.encoded
     out = {}
-    for n, revealed in _CACHE[key].items():
+    for n, revealed in _reveals(prepared, clicks_only, FEWSHOT_N_CATALOG).items():
         cases = revealed_cases(enc.ranking[part], enc, prepared.interactions, revealed)
         if isinstance(model, popular.PopularList):
             ranking = popular.rank(enc, model, cases)
@@ -325,13 +332,9 @@ def _fewshot_catalog(model: Any, prepared: Prepared, clicks_only: bool, part: in
 
 def _fewshot(model: Any, prepared: Prepared, clicks_only: bool) -> dict[str, Any]:
     """Test metrics with each new user's first n behavior interactions revealed."""
-    if "revealed" not in _CACHE:
-        _CACHE["revealed"] = {
-            n: reveal(prepared.interactions, prepared.split, n, clicks_only) for n in FEWSHOT_N
-        }
     test = prepared.encoded.rows(TEST)
     out = {}
-    for n, revealed in _CACHE["revealed"].items():
+    for n, revealed in _reveals(prepared, clicks_only, FEWSHOT_N).items():
         behavior = revealed_behavior(prepared.interactions, prepared.encoded, revealed)
         out[str(n)] = {
             "test": evaluate_revealed(model, prepared.encoded, behavior, test),

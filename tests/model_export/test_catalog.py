@@ -197,7 +197,7 @@ def test_softmax_rows_put_each_positive_first_then_its_own_sampled_items(encoded
 def test_sampled_softmax_is_the_cross_entropy_of_corrected_logits_scored_row_by_row(encoded) -> None:  # type: ignore[no-untyped-def]
     from model_export.batches import Batches, user_inputs
     from model_export.model import MailModel, ModelConfig, RankerConfig
-    from model_export.train import ranking_loss, sampling_log_probability
+    from model_export.train import row_losses, sampling_log_probability
 
     _, _, enc = encoded
     torch.manual_seed(0)
@@ -215,7 +215,7 @@ def test_sampled_softmax_is_the_cross_entropy_of_corrected_logits_scored_row_by_
         log_q[5], torch.tensor(float(np.log(sampler.p[4])))
     )
     with torch.no_grad():
-        got = ranking_loss(model, user_inputs(model, attrs, ctx, beh, False), item, label, log_q)
+        got = row_losses(model, user_inputs(model, attrs, ctx, beh, False), item, label, log_q).mean()
         want = []
         for b in range(8):  # each user alone against its own 1 + 4 items, in the plain formula
             one = user_inputs(model, attrs[b : b + 1], ctx[b : b + 1], beh[b : b + 1], False)
