@@ -67,6 +67,13 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="share of training rows shown as a new user (id unknown, no behavior); default: the task's",
     )
     p.add_argument(
+        "--freeze-cold",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="catalog: serve new users the weights of their own best validation epoch, then train on "
+        "known users' id embeddings only",
+    )
+    p.add_argument(
         "--select",
         choices=["ndcg", "auc"],
         default=None,
@@ -104,7 +111,7 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 # the catalog task's own flags: the rating task trains on rated rows with BCE and reads none of them
-CATALOG_FLAGS = ("positives", "negatives", "sampling", "loss", "cold_history", "select")
+CATALOG_FLAGS = ("positives", "negatives", "sampling", "loss", "cold_history", "freeze_cold", "select")
 # TrainConfig fields with a flag of their own (`--cold-rows` sets `cold_rows`)
 TRAIN_FLAGS = (
     "epochs",
@@ -116,6 +123,7 @@ TRAIN_FLAGS = (
     "loss",
     "cold_rows",
     "cold_history",
+    "freeze_cold",
     "select",
 )
 

@@ -199,6 +199,8 @@ def full_report(model: MailModel, data: EncodedData, history: History, tcfg: Tra
         "best_epoch": history.best_epoch,
         "epochs": history.epochs,
     }
+    if history.cold_epoch >= 0:  # freeze_cold: new users are served this epoch's weights
+        report["cold_epoch"] = history.cold_epoch
     rcfg = model.cfg.ranker
     if rcfg is not None and rcfg.item_prior:  # as resolved ("auto": chosen on validation)
         report["prior"] = {"segment": rcfg.prior_segment or "overall", "shrink": rcfg.prior_shrink}
@@ -232,4 +234,5 @@ def task_record(tcfg: TrainConfig) -> dict[str, Any]:
         "attr_dropout": tcfg.attr_dropout,
         "cold_history": tcfg.cold_history,
         "select": tcfg.select,
+        "freeze_cold": tcfg.freeze_cold,
     }

@@ -73,6 +73,11 @@ class TrainConfig:
     # a new user after n clicks, the id still unknown (without them no tower ever sees an unknown
     # user with a real history, the few-shot case the service meets at a new user's first click)
     cold_history: float = 0.0
+    # catalog task, selected on NDCG: new users' weights are kept from the epoch where their own
+    # validation NDCG@10 peaked (patience as above); then only the user-id embeddings of known
+    # users go on training, selected on all users' validation NDCG@10 (`train`: the two phases).
+    # Tried, not adopted: old users lose 14-44% on validation (catalog-task.md)
+    freeze_cold: bool = False
 
     def __post_init__(self) -> None:
         for name, value, allowed in (
@@ -86,6 +91,8 @@ class TrainConfig:
                 raise ValueError(f"unknown {name} {value!r}; choose from {allowed}")
         if self.softmax and (self.rated_negatives or self.negatives < 1):
             raise ValueError("loss softmax: at least one sampled negative, and no rated negatives")
+        if self.freeze_cold and not (self.task == "catalog" and self.select == "ndcg"):
+            raise ValueError("freeze_cold needs the catalog task selected on NDCG (new users' own score)")
 
     @property
     def softmax(self) -> bool:
@@ -135,6 +142,9 @@ class History:
     batches: list[dict[str, float]] = field(default_factory=list)  # per batch losses (plots)
     best_epoch: int = -1
     seconds: float = 0.0
+    # with `freeze_cold`: the epoch whose weights serve new users (their best validation NDCG@10),
+    # after which only known users' id embeddings trained; -1 otherwise
+    cold_epoch: int = -1
 
 
 def training_rows(
@@ -209,52 +219,31 @@ def train(
     history = History()
     best, best_state, stale = -math.inf, copy.deepcopy(model.state_dict()), 0
     by_ndcg = tcfg.task == "catalog" and tcfg.select == "ndcg"
+    # freeze_cold: phase 1 trains everything and tracks new users' best epoch; phase 2 (`warm`)
+    # starts from that epoch's weights and trains known users' id rows only
+    cold_best, cold_stale, warm = -math.inf, 0, None
     started = time.perf_counter()
     from tqdm import tqdm
 
     for epoch in range(1, tcfg.epochs + 1):
-        model.train()
+        model.train(warm is None)  # phase 2 in eval mode: batch norms and dropout as served
         sums = dict.fromkeys(LOSS_NAMES, 0.0)
         rows, items, labels = training_rows(data, tcfg, sampler, rng)
         n_batches = math.ceil(len(rows) / tcfg.batch_size)
         bar = tqdm(
             batches.iterate(rows, tcfg.batch_size, rng, items, labels),
             total=n_batches,
-            desc=f"epoch {epoch}/{tcfg.epochs}",
+            desc=f"epoch {epoch}/{tcfg.epochs}" + (", known users' ids" if warm else ""),
             disable=not tcfg.progress,
             leave=False,
         )
         for raw_batch in bar:
-            batch = hooks.batch(cold(raw_batch, rng))
-            attrs, ctx, beh, item, label, is_new = batch
-            user = user_inputs(model, attrs, ctx, beh, training=True)
-            l_rt = row_losses(model, user, item, label, log_q).mean()
-            loss = l_rt + tcfg.embed_l2 * _embedding_l2(model, attrs, ctx, beh, item)
-            # catalog task: a sampled negative repeats its positive's user and behavior, so the
-            # zero-shot losses read the positives only (same expectation, 1 + negatives times fewer);
-            # never a cold row's (a short history is not the behavior the attributes map to)
-            keep = attrs[:, cold.id_slot] != OOV
-            zl = zst_step_losses(
-                model, attrs, beh, is_new, keep & (label > 0) if tcfg.task == "catalog" else keep
-            )
-            if zl is not None:
-                assert model.zst is not None
-                loss = loss + zl.total(model.zst.cfg)
-            opt_rt.zero_grad(set_to_none=True)
-            if opt_zst is not None:
-                opt_zst.zero_grad(set_to_none=True)
-            loss.backward()
-            opt_rt.step()
-            if opt_zst is not None:
-                opt_zst.step()
-            values = {"L_rt": float(l_rt.detach())}
-            if zl is not None:
-                values.update(
-                    L_a=float(zl.l_a.detach()),
-                    L_v=float(zl.l_v.detach()),
-                    L_d=float(zl.l_d.detach()),
-                )
-            values.update(hooks.after_step(model, batch))
+            if warm is not None:
+                values = warm.step(model, raw_batch, log_q, tcfg.embed_l2)
+            else:
+                batch = hooks.batch(cold(raw_batch, rng))
+                values = _step(model, batch, cold.id_slot, tcfg, log_q, opt_rt, opt_zst)
+                values.update(hooks.after_step(model, batch))
             history.batches.append(values)
             for k, v in values.items():
                 sums[k] = sums.get(k, 0.0) + v
@@ -272,6 +261,8 @@ def train(
             ranked = rank_part(model, batches, VAL)
             record.update(val_ndcg=ranked["all"]["ndcg@10"], val_ndcg_new=ranked["new"]["ndcg@10"])
             score = ranked["all"]["ndcg@10"]
+        if tcfg.freeze_cold:
+            record["phase"] = 1 if warm is None else 2
         history.epochs.append(record)
         log.info(
             "epoch %d  L_rt %.4f  L_a %.4f  L_v %.4f  L_d %.4f  val AUC %.4f (new %.4f)%s",
@@ -284,6 +275,20 @@ def train(
             val["new"]["auc"],
             f"  val NDCG@10 {record['val_ndcg']:.4f} (new {record['val_ndcg_new']:.4f})" if by_ndcg else "",
         )
+        if tcfg.freeze_cold and warm is None:
+            if record["val_ndcg_new"] > cold_best + 1e-5:
+                cold_best, cold_stale, history.cold_epoch = record["val_ndcg_new"], 0, epoch
+                best, best_state = score, copy.deepcopy(model.state_dict())
+                history.best_epoch = epoch
+            else:
+                cold_stale += 1
+                if cold_stale >= tcfg.patience:  # new users peaked: their weights stay as they were
+                    model.load_state_dict(best_state)
+                    warm = _KnownIds(model, cold.id_slot, tcfg.lr)
+                    log.info(
+                        "new users' weights kept from epoch %d; known users' ids train on", history.cold_epoch
+                    )
+            continue
         if score > best + 1e-5:
             best, best_state, stale = score, copy.deepcopy(model.state_dict()), 0
             history.best_epoch = epoch
@@ -291,10 +296,89 @@ def train(
             stale += 1
             if stale >= tcfg.patience:
                 break
+    if warm is not None:
+        warm.release(model)
     model.load_state_dict(best_state)
     model.eval()
     history.seconds = time.perf_counter() - started
     return model, history
+
+
+def _step(
+    model: MailModel,
+    batch: tuple[Tensor, ...],
+    id_slot: int,
+    tcfg: TrainConfig,
+    log_q: Tensor | None,
+    opt_rt: torch.optim.Optimizer,
+    opt_zst: torch.optim.Optimizer | None,
+) -> dict[str, float]:
+    """One co-training step on `batch` (both optimizers); the losses to log."""
+    attrs, ctx, beh, item, label, is_new = batch
+    user = user_inputs(model, attrs, ctx, beh, training=True)
+    l_rt = row_losses(model, user, item, label, log_q).mean()
+    loss = l_rt + tcfg.embed_l2 * _embedding_l2(model, attrs, ctx, beh, item)
+    # catalog task: a sampled negative repeats its positive's user and behavior, so the zero-shot
+    # losses read the positives only (same expectation, 1 + negatives times fewer); never a cold
+    # row's (a short history is not the behavior the attributes map to)
+    keep = attrs[:, id_slot] != OOV
+    zl = zst_step_losses(model, attrs, beh, is_new, keep & (label > 0) if tcfg.task == "catalog" else keep)
+    if zl is not None:
+        assert model.zst is not None
+        loss = loss + zl.total(model.zst.cfg)
+    opt_rt.zero_grad(set_to_none=True)
+    if opt_zst is not None:
+        opt_zst.zero_grad(set_to_none=True)
+    loss.backward()
+    opt_rt.step()
+    if opt_zst is not None:
+        opt_zst.step()
+    values = {"L_rt": float(l_rt.detach())}
+    if zl is not None:
+        values.update(L_a=float(zl.l_a.detach()), L_v=float(zl.l_v.detach()), L_d=float(zl.l_d.detach()))
+    return values
+
+
+class _KnownIds:
+    """`freeze_cold`'s phase 2: every parameter frozen but the user-id table, whose PAD and OOV
+    rows (the OOV row is every new user's) never move; its own Adam. What a new user is served,
+    id unknown, with or without clicks, stays exactly as at the phase's start."""
+
+    def __init__(self, model: MailModel, id_slot: int, lr: float) -> None:
+        table = model.emb.user[_field_index(model, id_slot)]
+        assert isinstance(table, torch.nn.Embedding)
+        self.table: Tensor = table.weight
+        for p in model.parameters():
+            p.requires_grad_(p is self.table)
+        self.opt = torch.optim.Adam([self.table], lr=lr)
+
+    def step(
+        self, model: MailModel, batch: tuple[Tensor, ...], log_q: Tensor | None, embed_l2: float
+    ) -> dict[str, float]:
+        attrs, ctx, beh, item, label, _ = batch
+        user = user_inputs(model, attrs, ctx, beh, training=True)
+        l_rt = row_losses(model, user, item, label, log_q).mean()
+        loss = l_rt + embed_l2 * _embedding_l2(model, attrs, ctx, beh, item)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad = self.table.grad
+        assert grad is not None
+        grad[: OOV + 1] = 0.0  # PAD and OOV
+        self.opt.step()
+        return {"L_rt": float(l_rt.detach())}
+
+    @staticmethod
+    def release(model: MailModel) -> None:
+        for p in model.parameters():
+            p.requires_grad_(True)
+
+
+def _field_index(model: MailModel, slot: int) -> int:
+    """Index of the user field whose columns hold `slot` (its table in `model.emb.user`)."""
+    for i, cols in enumerate(model.emb.user_slices):
+        if cols.start <= slot < cols.stop:
+            return i
+    raise ValueError(f"no user field at column {slot}")
 
 
 def sampling_log_probability(sampler: task.NegativeSampler | None) -> Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -225,3 +226,94 @@ def test_sampled_softmax_is_the_cross_entropy_of_corrected_logits_scored_row_by_
     # uniform sampling: a constant correction, so the loss of the raw logits
     uniform = sampling_log_probability(make_sampler(enc, TrainConfig(sampling="uniform")))
     assert torch.allclose(uniform[1:], uniform[1:2].expand(len(uniform) - 1))
+
+
+def test_known_ids_phase_moves_known_users_id_rows_and_nothing_a_new_user_is_served(encoded) -> None:  # type: ignore[no-untyped-def]
+    from model_export.batches import Batches, user_inputs
+    from model_export.model import MailModel, ModelConfig, RankerConfig, ZeroShotConfig
+    from model_export.train import _KnownIds, sampling_log_probability
+
+    _, _, enc = encoded
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        model="mail",
+        ranker=RankerConfig(hidden=(16, 8), d_attention=8),
+        zero_shot=ZeroShotConfig(d_hidden=8, width=16, d_attention=8),
+    )
+    model = MailModel(cfg, enc.schema, torch.from_numpy(enc.catalog.features))
+    tcfg = TrainConfig(loss="softmax", negatives=4, sampling="popularity")
+    sampler = make_sampler(enc, tcfg)
+    rows, items, labels = training_rows(enc, tcfg, sampler, np.random.default_rng(0))
+    batches = Batches(enc, False)
+    model.train()
+    with torch.no_grad():  # batch norms' running statistics away from their initial values
+        a, c, b, i, _, _ = next(batches.iterate(rows, 256, None, items, labels))
+        model.ranker(
+            user_inputs(model, a, c, b, True), i.reshape(-1), torch.arange(len(a)).repeat_interleave(5)
+        )
+    id_slot = task.user_id_slot(enc.schema)
+    test = enc.rows(TEST)
+    probe = np.r_[test[enc.is_new[test]][:20], test[~enc.is_new[test]][:20]]
+    attrs, ctx, beh, item, _, _ = next(batches.iterate(probe, len(probe), None))
+    cold_attrs, cold_beh = attrs.clone(), beh.clone()
+    task.as_new_user(cold_attrs.numpy(), cold_beh.numpy(), np.ones(len(probe), bool), id_slot)
+    clicks = cold_attrs.clone()  # id unknown, real clicks kept: a new user after a few clicks
+
+    def scores() -> tuple[torch.Tensor, ...]:
+        model.eval()
+        with torch.no_grad():
+            return tuple(
+                model.ranker(user_inputs(model, u, ctx, h, False), item)
+                for u, h in ((attrs, beh), (cold_attrs, cold_beh), (clicks, beh))
+            )
+
+    before_state = copy.deepcopy(model.state_dict())
+    known, cold, few = scores()
+    warm = _KnownIds(model, id_slot, lr=0.05)
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == ["emb.user.0.weight"]
+    log_q = sampling_log_probability(sampler)
+    model.eval()
+    for batch in batches.iterate(rows[:1024], 256, np.random.default_rng(1), items[:1024], labels[:1024]):
+        # a few rows as new users look: their OOV row must not move all the same
+        task.as_new_user(batch[0].numpy(), batch[2].numpy(), np.arange(len(batch[0])) < 16, id_slot)
+        warm.step(model, batch, log_q, tcfg.embed_l2)
+    warm.release(model)
+    assert all(p.requires_grad for p in model.parameters())
+    after = model.state_dict()
+    table, was = after["emb.user.0.weight"], before_state["emb.user.0.weight"]
+    changed = {k for k in after if not torch.equal(after[k], before_state[k])}
+    # the id table (under each module that shares it) and nothing else, not a batch norm's statistics
+    assert changed == {k for k, v in after.items() if v.data_ptr() == table.data_ptr()} != set()
+    assert torch.equal(table[:2], was[:2])  # PAD and OOV: every new user's row
+    known2, cold2, few2 = scores()
+    assert torch.equal(cold, cold2) and torch.equal(few, few2)
+    assert not torch.allclose(known, known2)  # old users' scores did move
+    with pytest.raises(ValueError, match="freeze_cold"):
+        TrainConfig(task="rating", freeze_cold=True)
+    with pytest.raises(ValueError, match="freeze_cold"):
+        TrainConfig(select="auc", freeze_cold=True)
+
+
+def test_freeze_cold_serves_new_users_their_best_epoch(encoded) -> None:  # type: ignore[no-untyped-def]
+    from model_export.batches import Batches
+    from model_export.evaluation import rank_part
+    from model_export.model import ModelConfig, RankerConfig
+    from model_export.train import train
+
+    _, _, enc = encoded
+    cfg = ModelConfig(model="control", ranker=RankerConfig(kind="base", hidden=(32, 16), item_prior=True))
+    tcfg = TrainConfig(epochs=5, lr=5e-3, batch_size=256, progress=False, patience=1, freeze_cold=True)
+    model, history = train(enc, cfg, tcfg)
+    phases = [e["phase"] for e in history.epochs]
+    assert phases[0] == 1 and 2 in phases  # this seed's new users peak early: phase 2 runs
+    cold = history.epochs[history.cold_epoch - 1]
+    assert (
+        history.cold_epoch
+        == max((e for e in history.epochs if e["phase"] == 1), key=lambda e: e["val_ndcg_new"])["epoch"]
+    )
+    for e in history.epochs:
+        if e["phase"] == 2:  # known users' ids moved; a new user's page did not
+            assert e["val_ndcg_new"] == cold["val_ndcg_new"]
+    assert history.best_epoch >= history.cold_epoch
+    final = rank_part(model, Batches(enc, False), VAL)
+    assert final["new"]["ndcg@10"] == pytest.approx(cold["val_ndcg_new"], abs=1e-12)
