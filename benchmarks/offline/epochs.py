@@ -59,14 +59,12 @@ def summarize(by_seed: Curves) -> dict[str, Any]:
     kept = [by_seed[s][2] for s in seeds]
     at_kept = [float(new[i, e - 1]) for i, e in enumerate(kept)]
     own, own_epochs = [], []
-    for i in range(len(seeds)):
-        if len(seeds) < 2:
-            break
+    for i in range(len(seeds) if len(seeds) > 1 else 0):  # one seed: nothing to leave out
         e = int(np.delete(new, i, axis=0).mean(axis=0).argmax())
         own.append(float(new[i, e]))
         own_epochs.append(e + 1)
     kept_mean = float(np.mean(at_kept))
-    own_mean = float(np.mean(own)) if own else None  # one seed: nothing to leave out
+    own_mean = float(np.mean(own)) if own else None
     return {
         "seeds": seeds,
         "new_by_epoch": new.mean(axis=0).round(4).tolist(),
