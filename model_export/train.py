@@ -219,9 +219,10 @@ def train(
     history = History()
     best, best_state, stale = -math.inf, copy.deepcopy(model.state_dict()), 0
     by_ndcg = tcfg.task == "catalog" and tcfg.select == "ndcg"
-    # freeze_cold: phase 1 trains everything and tracks new users' best epoch; phase 2 (`warm`)
-    # starts from that epoch's weights and trains known users' id rows only
-    cold_best, cold_stale, warm = -math.inf, 0, None
+    # freeze_cold: phase 1 trains everything and early stopping tracks new users' score; where it
+    # would stop, phase 2 (`warm`) starts from their best epoch's weights (all users' score then,
+    # `cold_score`) and trains known users' id rows only, tracking all users' score
+    warm, cold_score = None, -math.inf
     started = time.perf_counter()
     from tqdm import tqdm
 
@@ -275,27 +276,24 @@ def train(
             val["new"]["auc"],
             f"  val NDCG@10 {record['val_ndcg']:.4f} (new {record['val_ndcg_new']:.4f})" if by_ndcg else "",
         )
-        if tcfg.freeze_cold and warm is None:
-            if record["val_ndcg_new"] > cold_best + 1e-5:
-                cold_best, cold_stale, history.cold_epoch = record["val_ndcg_new"], 0, epoch
-                best, best_state = score, copy.deepcopy(model.state_dict())
-                history.best_epoch = epoch
-            else:
-                cold_stale += 1
-                if cold_stale >= tcfg.patience:  # new users peaked: their weights stay as they were
-                    model.load_state_dict(best_state)
-                    warm = _KnownIds(model, cold.id_slot, tcfg.lr)
-                    log.info(
-                        "new users' weights kept from epoch %d; known users' ids train on", history.cold_epoch
-                    )
-            continue
-        if score > best + 1e-5:
-            best, best_state, stale = score, copy.deepcopy(model.state_dict()), 0
+        cold_phase = tcfg.freeze_cold and warm is None
+        tracked = record["val_ndcg_new"] if cold_phase else score
+        if tracked > best + 1e-5:
+            best, best_state, stale = tracked, copy.deepcopy(model.state_dict()), 0
             history.best_epoch = epoch
+            if cold_phase:
+                history.cold_epoch, cold_score = epoch, score
         else:
             stale += 1
             if stale >= tcfg.patience:
-                break
+                if not cold_phase:
+                    break
+                model.load_state_dict(best_state)  # new users peaked: their weights stay as they were
+                warm = _KnownIds(model, data.schema, tcfg.lr)
+                best, stale = cold_score, 0
+                log.info(
+                    "new users' weights kept from epoch %d; known users' ids train on", history.cold_epoch
+                )
     if warm is not None:
         warm.release(model)
     model.load_state_dict(best_state)
@@ -315,9 +313,7 @@ def _step(
 ) -> dict[str, float]:
     """One co-training step on `batch` (both optimizers); the losses to log."""
     attrs, ctx, beh, item, label, is_new = batch
-    user = user_inputs(model, attrs, ctx, beh, training=True)
-    l_rt = row_losses(model, user, item, label, log_q).mean()
-    loss = l_rt + tcfg.embed_l2 * _embedding_l2(model, attrs, ctx, beh, item)
+    l_rt, loss = _ranking_loss(model, batch, log_q, tcfg.embed_l2)
     # catalog task: a sampled negative repeats its positive's user and behavior, so the zero-shot
     # losses read the positives only (same expectation, 1 + negatives times fewer); never a cold
     # row's (a short history is not the behavior the attributes map to)
@@ -344,8 +340,8 @@ class _KnownIds:
     rows (the OOV row is every new user's) never move; its own Adam. What a new user is served,
     id unknown, with or without clicks, stays exactly as at the phase's start."""
 
-    def __init__(self, model: MailModel, id_slot: int, lr: float) -> None:
-        table = model.emb.user[_field_index(model, id_slot)]
+    def __init__(self, model: MailModel, schema: Schema, lr: float) -> None:
+        table = model.emb.user[[f.name for f in schema.user_fields].index("user_id")]
         assert isinstance(table, torch.nn.Embedding)
         self.table: Tensor = table.weight
         for p in model.parameters():
@@ -355,10 +351,7 @@ class _KnownIds:
     def step(
         self, model: MailModel, batch: tuple[Tensor, ...], log_q: Tensor | None, embed_l2: float
     ) -> dict[str, float]:
-        attrs, ctx, beh, item, label, _ = batch
-        user = user_inputs(model, attrs, ctx, beh, training=True)
-        l_rt = row_losses(model, user, item, label, log_q).mean()
-        loss = l_rt + embed_l2 * _embedding_l2(model, attrs, ctx, beh, item)
+        l_rt, loss = _ranking_loss(model, batch, log_q, embed_l2)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         grad = self.table.grad
@@ -373,12 +366,14 @@ class _KnownIds:
             p.requires_grad_(True)
 
 
-def _field_index(model: MailModel, slot: int) -> int:
-    """Index of the user field whose columns hold `slot` (its table in `model.emb.user`)."""
-    for i, cols in enumerate(model.emb.user_slices):
-        if cols.start <= slot < cols.stop:
-            return i
-    raise ValueError(f"no user field at column {slot}")
+def _ranking_loss(
+    model: MailModel, batch: tuple[Tensor, ...], log_q: Tensor | None, embed_l2: float
+) -> tuple[Tensor, Tensor]:
+    """L_rt of a training batch, and L_rt plus the L2 of the embeddings it looked up."""
+    attrs, ctx, beh, item, label, _ = batch
+    user = user_inputs(model, attrs, ctx, beh, training=True)
+    l_rt = row_losses(model, user, item, label, log_q).mean()
+    return l_rt, l_rt + embed_l2 * _embedding_l2(model, attrs, ctx, beh, item)
 
 
 def sampling_log_probability(sampler: task.NegativeSampler | None) -> Tensor:

@@ -269,7 +269,7 @@ def test_known_ids_phase_moves_known_users_id_rows_and_nothing_a_new_user_is_ser
 
     before_state = copy.deepcopy(model.state_dict())
     known, cold, few = scores()
-    warm = _KnownIds(model, id_slot, lr=0.05)
+    warm = _KnownIds(model, enc.schema, lr=0.05)
     assert [n for n, p in model.named_parameters() if p.requires_grad] == ["emb.user.0.weight"]
     log_q = sampling_log_probability(sampler)
     model.eval()
