@@ -75,6 +75,9 @@ def synthetic_run(run: Path, n_items: int, out: Path, seed: int = 0) -> Path:
             start += field.slots
         new_features = np.concatenate([features, added])
     rows = np.r_[0, donor]  # new row -> old row, PAD kept
+    # one set of weights: what is timed is a catalog's size, not which checkpoint scores it
+    ckpt.pop("cold_state_dict", None)
+    ckpt.pop("cold_epoch", None)
     state = ckpt["state_dict"]
     for name, tensor in list(state.items()):
         if name.endswith("emb.catalog"):

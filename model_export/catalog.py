@@ -52,9 +52,10 @@ def user_field_slots(schema: Schema, name: str) -> slice:
 
 def user_id_slot(schema: Schema) -> int:
     """Column of the user id in the user attribute ids."""
-    if not any(f.name == "user_id" for f in schema.user_fields):
+    slot = schema.user_id_slot
+    if slot is None:
         raise ValueError("the schema has no user_id field")
-    return user_field_slots(schema, "user_id").start
+    return slot
 
 
 def as_new_user(attrs: IntArray, behavior: IntArray, rows: BoolArray, id_slot: int) -> None:

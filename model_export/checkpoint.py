@@ -12,6 +12,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from model_export.evaluation import with_weights
 from model_export.features import EncodedData
 from model_export.model import MailModel, ModelConfig
 from model_export.protocol import TEST
@@ -30,8 +31,11 @@ def save_run(
     report: dict[str, Any],
     split_record: dict[str, Any],
     run_info: dict[str, Any],
+    cold: tuple[int, dict[str, torch.Tensor]] | None = None,
 ) -> None:
-    """RUN_DIR: model.pt (rebuildable from itself alone), split.json, metrics.json, config.json."""
+    """RUN_DIR: model.pt (rebuildable from itself alone), split.json, metrics.json, config.json.
+    `cold`: (epoch, weights) of new users' own checkpoint (`TrainConfig.cold_checkpoint`), kept
+    in model.pt beside the weights every other user is scored with."""
     out.mkdir(parents=True, exist_ok=True)
     parity_rows = _parity_rows(data)
     torch.save(
@@ -54,6 +58,7 @@ def save_run(
                 "item": data.item[parity_rows],
             },
             "metrics": report["test"],
+            **({"cold_epoch": cold[0], "cold_state_dict": cold[1]} if cold is not None else {}),
         },
         out / CHECKPOINT,
     )
@@ -94,3 +99,9 @@ def load_checkpoint(run_dir: Path) -> tuple[MailModel, dict[str, Any]]:
     model.load_state_dict(ckpt["state_dict"])
     model.eval()
     return model, ckpt
+
+
+def cold_checkpoint(model: MailModel, ckpt: dict[str, Any]) -> MailModel | None:
+    """The model with new users' own weights (`save_run`'s `cold`), or None if the run kept none."""
+    state = ckpt.get("cold_state_dict")
+    return None if state is None else with_weights(model, state)

@@ -74,6 +74,14 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "known users' id embeddings only",
     )
     p.add_argument(
+        "--cold-checkpoint",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="catalog: keep the weights of new users' own best validation epoch beside the final ones, "
+        "and score a user with an unknown id and no history with them (the bundle's cold checkpoint); "
+        "default: on wherever it applies (selection on NDCG, no --freeze-cold)",
+    )
+    p.add_argument(
         "--select",
         choices=["ndcg", "auc"],
         default=None,
@@ -111,7 +119,16 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 # the catalog task's own flags: the rating task trains on rated rows with BCE and reads none of them
-CATALOG_FLAGS = ("positives", "negatives", "sampling", "loss", "cold_history", "freeze_cold", "select")
+CATALOG_FLAGS = (
+    "positives",
+    "negatives",
+    "sampling",
+    "loss",
+    "cold_history",
+    "freeze_cold",
+    "cold_checkpoint",
+    "select",
+)
 # TrainConfig fields with a flag of their own (`--cold-rows` sets `cold_rows`)
 TRAIN_FLAGS = (
     "epochs",
@@ -124,6 +141,7 @@ TRAIN_FLAGS = (
     "cold_rows",
     "cold_history",
     "freeze_cold",
+    "cold_checkpoint",
     "select",
 )
 

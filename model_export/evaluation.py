@@ -3,6 +3,7 @@ R^2 diagnostics of virtual behavior, and the metrics.json report that gathers th
 
 from __future__ import annotations
 
+import copy
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -16,6 +17,7 @@ from model_export.batches import Batches, user_inputs
 from model_export.features import EncodedData
 from model_export.model import MailModel
 from model_export.protocol import TEST, TRAIN, VAL
+from service.contract import OOV, PAD
 
 if TYPE_CHECKING:  # train imports this module for its validation after each epoch
     from model_export.train import History, TrainConfig
@@ -27,14 +29,44 @@ def predict(
     rows: npt.NDArray[np.int64],
     batch_size: int = 4096,
     items: npt.NDArray[np.int64] | None = None,
+    cold: MailModel | None = None,
 ) -> npt.NDArray[np.float64]:
+    """Probabilities of `rows` (with `items`: those items); `cold` scores the unseen rows."""
     model.eval()
+    slot = _id_slot(batches, cold)
     out = []
     with torch.no_grad():
         for attrs, ctx, beh, item, _, _ in batches.iterate(rows, batch_size, items=items):
             logits = model.ranker(user_inputs(model, attrs, ctx, beh, training=False), item)
+            if cold is not None:
+                m = unseen(attrs, beh, slot)
+                if bool(m.any()):
+                    user = user_inputs(cold, attrs[m], ctx[m], beh[m], training=False)
+                    logits[m] = cold.ranker(user, item[m])
             out.append(torch.sigmoid(logits).double().numpy())
     return np.concatenate(out) if out else np.zeros(0)
+
+
+def unseen(attrs: Tensor, behavior: Tensor, id_slot: int) -> Tensor:
+    """Rows of a user the model has never seen: user id OOV and no history (a new user before
+    any click), the rows a cold checkpoint scores."""
+    return (attrs[:, id_slot] == OOV) & (behavior == PAD).all(1)
+
+
+def _id_slot(batches: Batches, cold: MailModel | None) -> int:
+    return task.user_id_slot(batches.data.schema) if cold is not None else -1
+
+
+def cold_model(model: MailModel, history: History) -> MailModel | None:
+    """The model with new users' own checkpoint loaded (`TrainConfig.cold_checkpoint`), or None."""
+    return None if history.cold_state is None else with_weights(model, history.cold_state)
+
+
+def with_weights(model: MailModel, state: dict[str, Tensor]) -> MailModel:
+    """A copy of `model` with the weights `state`, in eval mode (`model` unchanged)."""
+    other = copy.deepcopy(model)
+    other.load_state_dict(state)
+    return other.eval()
 
 
 def evaluate_rows(model: MailModel, batches: Batches, rows: npt.NDArray[np.int64]) -> dict[str, Any]:
@@ -52,11 +84,13 @@ def part_pairs(data: EncodedData, part: int, tcfg: TrainConfig) -> task.EvalSet:
     return task.EvalSet(rows, data.item[rows], data.label[rows])
 
 
-def evaluate_part(model: MailModel, batches: Batches, part: int, tcfg: TrainConfig) -> dict[str, Any]:
-    """The task's AUC, GAUC and log loss by group on VAL or TEST."""
+def evaluate_part(
+    model: MailModel, batches: Batches, part: int, tcfg: TrainConfig, cold: MailModel | None = None
+) -> dict[str, Any]:
+    """The task's AUC, GAUC and log loss by group on VAL or TEST (`cold`: scores unseen rows)."""
     data = batches.data
     ev = part_pairs(data, part, tcfg)
-    scores = predict(model, batches, ev.rows, items=ev.items)
+    scores = predict(model, batches, ev.rows, items=ev.items, cold=cold)
     return metrics.by_group(data.user[ev.rows], ev.labels, scores, data.is_new[ev.rows])
 
 
@@ -68,32 +102,49 @@ def tie_rank(data: EncodedData) -> npt.NDArray[np.int64]:
     return rank
 
 
-def catalog_scorer(model: MailModel, batches: Batches, cases: task.RankingSet) -> task.CatalogScorer:
-    """Scores of every catalog item for ranking cases, through the ranking tower (owner batching)."""
+def catalog_scorer(
+    model: MailModel, batches: Batches, cases: task.RankingSet, cold: MailModel | None = None
+) -> task.CatalogScorer:
+    """Scores of every catalog item for ranking cases, through the ranking tower (owner batching);
+    `cold` scores the cases of unseen users (`unseen`)."""
     n_items = len(batches.data.catalog)
     all_items = torch.arange(1, n_items + 1)
+    slot = _id_slot(batches, cold)
+
+    def logits(m: MailModel, rows: Tensor) -> Tensor:
+        attrs, ctx, beh = batches.attrs[rows], batches.context[rows], batches.behavior[rows]
+        user = user_inputs(m, attrs, ctx, beh, training=False)
+        owner = torch.arange(len(rows)).repeat_interleave(n_items)
+        return m.ranker(user, all_items.repeat(len(rows)), owner).reshape(len(rows), n_items)
 
     def score(idx: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
         rows = torch.from_numpy(cases.rows[idx])
         model.eval()
         with torch.no_grad():
-            user = user_inputs(
-                model, batches.attrs[rows], batches.context[rows], batches.behavior[rows], training=False
-            )
-            owner = torch.arange(len(idx)).repeat_interleave(n_items)
-            logits = model.ranker(user, all_items.repeat(len(idx)), owner)
-        return logits.reshape(len(idx), n_items).double().numpy()
+            if cold is None:
+                return logits(model, rows).double().numpy()
+            m = unseen(batches.attrs[rows], batches.behavior[rows], slot)
+            out = torch.empty(len(rows), n_items)
+            for part, scorer in ((m, cold), (~m, model)):
+                if bool(part.any()):
+                    out[part] = logits(scorer, rows[part])
+        return out.double().numpy()
 
     return score
 
 
 def rank_part(
-    model: MailModel, batches: Batches, part: int, cases: task.RankingSet | None = None
+    model: MailModel,
+    batches: Batches,
+    part: int,
+    cases: task.RankingSet | None = None,
+    cold: MailModel | None = None,
 ) -> dict[str, Any]:
-    """Whole-catalog ranking metrics by group for the part's cases (or the given ones)."""
+    """Whole-catalog ranking metrics by group for the part's cases (or the given ones); `cold`
+    scores the cases of unseen users."""
     data = batches.data
     cases = cases if cases is not None else data.ranking[part]
-    score = catalog_scorer(model, batches, cases)
+    score = catalog_scorer(model, batches, cases, cold)
     return task.ranking_metrics(cases, score, len(data.catalog), tie_rank(data))
 
 
@@ -190,17 +241,28 @@ def full_report(model: MailModel, data: EncodedData, history: History, tcfg: Tra
     negatives, or on rated rows), whole-catalog ranking, validation, diagnostics and losses."""
     batches = Batches(data, fill_new_users=model.cfg.model == "oracle")
     test_rows, train_rows = data.rows(TEST), data.rows(TRAIN)
+    cold = cold_model(model, history)
     report: dict[str, Any] = {
         "task": task_record(tcfg),
-        "test": evaluate_part(model, batches, TEST, tcfg),
-        "val": evaluate_part(model, batches, VAL, tcfg),
-        "ranking": {"test": rank_part(model, batches, TEST), "val": rank_part(model, batches, VAL)},
+        "test": evaluate_part(model, batches, TEST, tcfg, cold),
+        "val": evaluate_part(model, batches, VAL, tcfg, cold),
+        "ranking": {
+            "test": rank_part(model, batches, TEST, cold=cold),
+            "val": rank_part(model, batches, VAL, cold=cold),
+        },
         "train_seconds": round(history.seconds, 2),
         "best_epoch": history.best_epoch,
         "epochs": history.epochs,
     }
-    if history.cold_epoch >= 0:  # freeze_cold: new users are served this epoch's weights
+    if history.cold_epoch >= 0:  # freeze_cold, cold_checkpoint: new users are served this epoch's weights
         report["cold_epoch"] = history.cold_epoch
+    if cold is not None:  # the same run with one checkpoint for every user: the paired comparison
+        report["one_checkpoint"] = {
+            "ranking": {"test": rank_part(model, batches, TEST), "val": rank_part(model, batches, VAL)},
+            "test": evaluate_part(model, batches, TEST, tcfg),
+        }
+    elif history.cold_epoch >= 0 and not tcfg.freeze_cold:  # new users' best epoch was everyone's
+        report["one_checkpoint"] = {"ranking": report["ranking"], "test": report["test"]}
     rcfg = model.cfg.ranker
     if rcfg is not None and rcfg.item_prior:  # as resolved ("auto": chosen on validation)
         report["prior"] = {"segment": rcfg.prior_segment or "overall", "shrink": rcfg.prior_shrink}
@@ -235,4 +297,5 @@ def task_record(tcfg: TrainConfig) -> dict[str, Any]:
         "cold_history": tcfg.cold_history,
         "select": tcfg.select,
         "freeze_cold": tcfg.freeze_cold,
+        "cold_checkpoint": tcfg.keeps_cold_checkpoint,
     }

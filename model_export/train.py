@@ -78,6 +78,12 @@ class TrainConfig:
     # users go on training, selected on all users' validation NDCG@10 (`train`: the two phases).
     # Tried, not adopted: old users lose 14-44% on validation (catalog-task.md)
     freeze_cold: bool = False
+    # catalog task, selected on NDCG: beside the weights early stopping keeps (all users' best
+    # validation NDCG@10), keep those of the epoch where new users' own validation NDCG@10 peaked;
+    # a user with an unknown id and no history is then scored with them (`History.cold_state`;
+    # exported as the bundle's cold checkpoint). None: on wherever it applies (catalog task
+    # selected on NDCG, no freeze_cold); chosen on validation (catalog-task.md, catalog-epochs.md)
+    cold_checkpoint: bool | None = None
 
     def __post_init__(self) -> None:
         for name, value, allowed in (
@@ -91,8 +97,25 @@ class TrainConfig:
                 raise ValueError(f"unknown {name} {value!r}; choose from {allowed}")
         if self.softmax and (self.rated_negatives or self.negatives < 1):
             raise ValueError("loss softmax: at least one sampled negative, and no rated negatives")
-        if self.freeze_cold and not (self.task == "catalog" and self.select == "ndcg"):
+        if self.freeze_cold and not self.by_ndcg:
             raise ValueError("freeze_cold needs the catalog task selected on NDCG (new users' own score)")
+        if self.cold_checkpoint and not self.by_ndcg:
+            raise ValueError("cold_checkpoint needs the catalog task selected on NDCG (new users' own score)")
+        if self.cold_checkpoint and self.freeze_cold:
+            raise ValueError("cold_checkpoint and freeze_cold are two ways to serve new users: choose one")
+
+    @property
+    def by_ndcg(self) -> bool:
+        """Whether validation is whole-catalog NDCG@10 (catalog task, `select` ndcg): the scores
+        early stopping, `freeze_cold` and `cold_checkpoint` read."""
+        return self.task == "catalog" and self.select == "ndcg"
+
+    @property
+    def keeps_cold_checkpoint(self) -> bool:
+        """Whether training keeps new users' own checkpoint (`cold_checkpoint`, None resolved)."""
+        if self.cold_checkpoint is not None:
+            return self.cold_checkpoint
+        return self.by_ndcg and not self.freeze_cold
 
     @property
     def softmax(self) -> bool:
@@ -143,8 +166,12 @@ class History:
     best_epoch: int = -1
     seconds: float = 0.0
     # with `freeze_cold`: the epoch whose weights serve new users (their best validation NDCG@10),
-    # after which only known users' id embeddings trained; -1 otherwise
+    # after which only known users' id embeddings trained; with `cold_checkpoint`: the epoch of
+    # `cold_state`; -1 otherwise
     cold_epoch: int = -1
+    # with `cold_checkpoint`: the weights of new users' best validation epoch (the model's own
+    # state dict), which score a user with an unknown id and no history
+    cold_state: dict[str, Tensor] | None = None
 
 
 def training_rows(
@@ -218,10 +245,10 @@ def train(
     cold = ColdRows.for_schema(data.schema, tcfg.cold_share, tcfg.attr_dropout, tcfg.cold_history)
     history = History()
     best, best_state, stale = -math.inf, copy.deepcopy(model.state_dict()), 0
-    by_ndcg = tcfg.task == "catalog" and tcfg.select == "ndcg"
     # freeze_cold: phase 1 trains everything and early stopping tracks new users' score; where it
     # would stop, phase 2 (`warm`) starts from their best epoch's weights (all users' score then,
-    # `cold_score`) and trains known users' id rows only, tracking all users' score
+    # `cold_score`) and trains known users' id rows only, tracking all users' score.
+    # cold_checkpoint: `cold_score` is new users' best validation score so far
     warm, cold_score = None, -math.inf
     started = time.perf_counter()
     from tqdm import tqdm
@@ -257,11 +284,12 @@ def train(
             "val_auc": val["all"]["auc"],
             "val_auc_new": val["new"]["auc"],
         }
-        score = val["all"]["auc"]
-        if by_ndcg:
+        score, ndcg = val["all"]["auc"], ""
+        if tcfg.by_ndcg:
             ranked = rank_part(model, batches, VAL)
             record.update(val_ndcg=ranked["all"]["ndcg@10"], val_ndcg_new=ranked["new"]["ndcg@10"])
             score = ranked["all"]["ndcg@10"]
+            ndcg = f"  val NDCG@10 {score:.4f} (new {record['val_ndcg_new']:.4f})"
         if tcfg.freeze_cold:
             record["phase"] = 1 if warm is None else 2
         history.epochs.append(record)
@@ -274,10 +302,13 @@ def train(
             means["L_d"],
             val["all"]["auc"],
             val["new"]["auc"],
-            f"  val NDCG@10 {record['val_ndcg']:.4f} (new {record['val_ndcg_new']:.4f})" if by_ndcg else "",
+            ndcg,
         )
         cold_phase = tcfg.freeze_cold and warm is None
         tracked = record["val_ndcg_new"] if cold_phase else score
+        if tcfg.keeps_cold_checkpoint and record["val_ndcg_new"] > cold_score + 1e-5:
+            cold_score, history.cold_state = record["val_ndcg_new"], copy.deepcopy(model.state_dict())
+            history.cold_epoch = epoch
         if tracked > best + 1e-5:
             best, best_state, stale = tracked, copy.deepcopy(model.state_dict()), 0
             history.best_epoch = epoch
@@ -296,6 +327,8 @@ def train(
                 )
     if warm is not None:
         warm.release(model)
+    if history.cold_epoch == history.best_epoch and not tcfg.freeze_cold:
+        history.cold_state = None  # new users' best epoch is everyone's: one checkpoint serves all
     model.load_state_dict(best_state)
     model.eval()
     history.seconds = time.perf_counter() - started

@@ -126,6 +126,16 @@ class Schema:
         return sum(f.slots for f in self.user_fields)
 
     @property
+    def user_id_slot(self) -> int | None:
+        """Column of the user id in the user attribute ids (None: the schema has no user id)."""
+        start = 0
+        for f in self.user_fields:
+            if f.name == "user_id":
+                return start
+            start += f.slots
+        return None
+
+    @property
     def item_slots(self) -> int:
         return sum(f.slots for f in self.item_fields)
 

@@ -302,7 +302,10 @@ def test_freeze_cold_serves_new_users_their_best_epoch(encoded) -> None:  # type
 
     _, _, enc = encoded
     cfg = ModelConfig(model="control", ranker=RankerConfig(kind="base", hidden=(32, 16), item_prior=True))
-    tcfg = TrainConfig(epochs=5, lr=5e-3, batch_size=256, progress=False, patience=1, freeze_cold=True)
+    # one thread: two threads' float sums can land elsewhere under load, and this run's curve with them
+    tcfg = TrainConfig(
+        epochs=5, lr=5e-3, batch_size=256, progress=False, patience=1, freeze_cold=True, threads=1
+    )
     model, history = train(enc, cfg, tcfg)
     phases = [e["phase"] for e in history.epochs]
     assert phases[0] == 1 and 2 in phases  # this seed's new users peak early: phase 2 runs
@@ -317,3 +320,42 @@ def test_freeze_cold_serves_new_users_their_best_epoch(encoded) -> None:  # type
     assert history.best_epoch >= history.cold_epoch
     final = rank_part(model, Batches(enc, False), VAL)
     assert final["new"]["ndcg@10"] == pytest.approx(cold["val_ndcg_new"], abs=1e-12)
+
+
+def test_cold_checkpoint_scores_unseen_users_with_their_best_epoch_and_no_one_else(encoded) -> None:  # type: ignore[no-untyped-def]
+    from model_export.batches import Batches
+    from model_export.evaluation import cold_model, rank_part, unseen
+    from model_export.model import ModelConfig, RankerConfig
+    from model_export.train import train
+
+    _, _, enc = encoded
+    cfg = ModelConfig(model="control", ranker=RankerConfig(kind="base", hidden=(32, 16), item_prior=True))
+    tcfg = TrainConfig(
+        epochs=6, lr=5e-3, batch_size=256, progress=False, patience=3, cold_checkpoint=True, threads=1
+    )
+    model, history = train(enc, cfg, tcfg)
+    epochs = history.epochs
+    assert history.cold_epoch == max(epochs, key=lambda e: e["val_ndcg_new"])["epoch"]
+    assert history.best_epoch == max(epochs, key=lambda e: e["val_ndcg"])["epoch"]
+    assert history.cold_epoch != history.best_epoch  # this seed's new users peak elsewhere
+    batches = Batches(enc, False)
+    cold = cold_model(model, history)
+    assert cold is not None
+    served = rank_part(model, batches, VAL, cold=cold)
+    one = rank_part(model, batches, VAL)
+    at_cold, at_best = epochs[history.cold_epoch - 1], epochs[history.best_epoch - 1]
+    assert served["new"]["ndcg@10"] == pytest.approx(at_cold["val_ndcg_new"], abs=1e-12)
+    assert one["new"]["ndcg@10"] == pytest.approx(at_best["val_ndcg_new"], abs=1e-12)
+    assert served["old"] == one["old"]  # a known user is scored by the weights kept for everyone
+    # the rule: unknown id and no history; one click, or a known id, is no longer unseen
+    slot = task.user_id_slot(enc.schema)
+    attrs = torch.full((4, enc.schema.user_slots), OOV + 1, dtype=torch.long)
+    attrs[:3, slot] = OOV
+    beh = torch.zeros(4, enc.schema.behavior_len, dtype=torch.long)
+    beh[1, 0] = 5
+    beh[2, :] = PAD
+    assert unseen(attrs, beh, slot).tolist() == [True, False, True, False]
+    with pytest.raises(ValueError, match="cold_checkpoint"):
+        TrainConfig(select="auc", cold_checkpoint=True)
+    with pytest.raises(ValueError, match="choose one"):
+        TrainConfig(cold_checkpoint=True, freeze_cold=True)

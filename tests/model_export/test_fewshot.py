@@ -11,7 +11,7 @@ import torch
 
 from model_export import data as datasets
 from model_export.batches import Batches
-from model_export.checkpoint import load_checkpoint
+from model_export.checkpoint import cold_checkpoint, load_checkpoint
 from model_export.evaluation import evaluate_rows, rank_part
 from model_export.features import encode_data
 from model_export.fewshot import evaluate_revealed, reveal, revealed_behavior, revealed_cases
@@ -79,11 +79,13 @@ def test_nothing_revealed_gives_the_cold_start_metrics(tiny_run: TinyRun) -> Non
     encoded = encode_data(raw, split, behavior_len=8, d_embed=8)
     recorded = json.loads((run_dir / "metrics.json").read_text())["ranking"]["test"]
 
+    cold_weights = cold_checkpoint(model, ckpt)  # new users' own: scores those with nothing known
+
     def ranked(revealed: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
         batches = Batches(encoded, fill_new_users=False)
         batches.behavior = torch.from_numpy(revealed_behavior(raw, encoded, revealed))
         cases = revealed_cases(encoded.ranking[TEST], encoded, raw, revealed)
-        return rank_part(model, batches, TEST, cases)
+        return rank_part(model, batches, TEST, cases, cold=cold_weights)
 
     cold = ranked({})
     assert cold["new"]["ndcg@10"] == pytest.approx(recorded["new"]["ndcg@10"], abs=1e-12)
