@@ -5,11 +5,13 @@
 What the service does before a bundle serves (service.bundles.load_model): validate the bundle
 (manifest, sha256 of every file, the manifest's ONNX signatures against the contract;
 service.contract.load_bundle), create the ONNX Runtime sessions and check each against its
-signature (service.inference.Towers), check the golden scores, warm up.
+signature (service.inference.Towers), check the golden scores, warm up; for a bundle with a cold
+checkpoint (`cold/`), its sessions, golden scores and warm-up too, as the service loads both.
 The reference, measured in the same run: bare `onnxruntime.InferenceSession`s for the files the
-service opens on a CPU (ranker.onnx, and zero_shot.onnx in a mail bundle; ranker_batch.onnx only
-serves the CUDA micro-batcher), default options, nothing validated. Medians over --repeats fresh
-loads in this process (the first load, which also initialises onnxruntime, is reported apart).
+service opens on a CPU (ranker.onnx, and zero_shot.onnx in a mail bundle, each also in cold/;
+ranker_batch.onnx only serves the CUDA micro-batcher), default options, nothing validated.
+Medians over --repeats fresh loads in this process (the first load, which also initialises
+onnxruntime, is reported apart).
 Writes benchmarks/results/bundle-load.{json,md}.
 """
 
@@ -42,7 +44,8 @@ def measure(path: Path, repeats: int) -> dict[str, Any]:
     from service.inference import SessionOptions, Towers
 
     options = SessionOptions(device="cpu")
-    onnx_files = [f for f in (path / "ranker.onnx", path / "zero_shot.onnx") if f.exists()]
+    dirs = (path, path / "cold")
+    onnx_files = [f for d in dirs for f in (d / "ranker.onnx", d / "zero_shot.onnx") if f.exists()]
 
     def bare() -> None:
         for f in onnx_files:
@@ -53,9 +56,10 @@ def measure(path: Path, repeats: int) -> dict[str, Any]:
     first: float | None = None
     for i in range(repeats + 1):
         t_validate, bundle = _timed(lambda: load_bundle(path))
-        t_sessions, towers = _timed(lambda: Towers(bundle, options))  # noqa: B023
-        t_golden, _ = _timed(towers.check_golden)
-        t_warm, _ = _timed(towers.warm_up)
+        served = [b for b in (bundle, bundle.cold) if b is not None]
+        t_sessions, towers = _timed(lambda: [Towers(b, options) for b in served])  # noqa: B023
+        t_golden, _ = _timed(lambda: [t.check_golden() for t in towers])  # noqa: B023
+        t_warm, _ = _timed(lambda: [t.warm_up() for t in towers])  # noqa: B023
         total = t_validate + t_sessions + t_golden + t_warm
         t_ref, _ = _timed(bare)
         if i == 0:
@@ -64,13 +68,14 @@ def measure(path: Path, repeats: int) -> dict[str, Any]:
         for key, value in zip(stages, (t_validate, t_sessions, t_golden, t_warm, total), strict=True):
             stages[key].append(value)
         reference.append(t_ref)
-    sizes = {f.name: f.stat().st_size for f in sorted(path.iterdir()) if f.is_file()}
+    sizes = {str(f.relative_to(path)): f.stat().st_size for f in sorted(path.rglob("*")) if f.is_file()}
     median_total = statistics.median(stages["total"])
     median_ref = statistics.median(reference)
     return {
         "bundle": str(path),
         "model": bundle.model,
         "model_version": bundle.version,
+        "cold_checkpoint": bundle.cold is not None,
         "bytes": sum(sizes.values()),
         "files": sizes,
         "first_load_ms": round(first or 0.0, 1),

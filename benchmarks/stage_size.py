@@ -82,7 +82,8 @@ def measure(
     users = [(u, True) for u in new] + [(u, False) for u in olds]
     calls, seens, wholes = [], [], []
     for user, is_new in users:
-        call = at(user, None)
+        _, enc, virtual, gate = at(user, None)  # the bundle's main towers (no cold checkpoint given)
+        call = (enc, virtual, gate)
         seen = np.unique(call[0].behavior[call[0].behavior > 0]) if not is_new else all_rows[:0]
         whole = towers.score(*call, all_rows)
         allowed = np.ones(n, bool)

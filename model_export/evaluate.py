@@ -22,6 +22,7 @@ from model_export import metrics
 from model_export.protocol import behavior_mask, chronological_order
 from service.candidates import CandidateStage, RetrieveOptions
 from service.contract import (
+    OOV,
     SPLIT_FILE,
     Bundle,
     Encoded,
@@ -51,17 +52,27 @@ def _histories(
 
 class RequestInputs:
     """A user's model inputs at a moment, as a live request sends them (history = earlier
-    interactions, none for a new user unless the oracle), with the virtual behavior it gets."""
+    interactions, none for a new user unless the oracle), with the virtual behavior it gets and
+    the towers that score it: `cold`'s (the bundle's cold checkpoint) for a user with an unknown
+    id and no history, as the service chooses (`ServedModel.for_user`), else `towers`."""
 
-    def __init__(self, bundle: Bundle, towers: Towers, raw: datasets.Interactions, split: dict[str, Any]):
+    def __init__(
+        self,
+        bundle: Bundle,
+        towers: Towers,
+        raw: datasets.Interactions,
+        split: dict[str, Any],
+        cold: Towers | None = None,
+    ):
         man = bundle.manifest
-        self.bundle, self.towers, self.raw = bundle, towers, raw
+        self.bundle, self.towers, self.raw, self.cold = bundle, towers, raw, cold
+        self.id_slot = bundle.schema.user_id_slot
         self.histories = _histories(raw, man.behavior.source == "clicks", int(split["seed"]))
         self.derived = split.get("derived_user_attributes", {})
         self.new_users = set(split["new_users"])
         self.oracle = man.model == "oracle"
 
-    def __call__(self, user: str, ts: int | None) -> tuple[Encoded, FloatArray | None, float]:
+    def __call__(self, user: str, ts: int | None) -> tuple[Towers, Encoded, FloatArray | None, float]:
         attributes = {
             **self.raw.users.get(user, {}),
             **{k: v[user] for k, v in self.derived.items() if user in v},
@@ -75,9 +86,12 @@ class RequestInputs:
             history = items[: int(np.searchsorted(times, ts, side="left"))]
         context = {"timestamp": ts} if ts is not None else {}
         enc = encode(self.bundle.schema, self.bundle.catalog, user, attributes, history, context)
-        gate = blend_gate(enc.n_history, self.towers.fill_mode, self.towers.blend_tau)
-        virtual = self.towers.virtual_behavior(enc.user_attrs) if gate > 0 else None
-        return enc, virtual, gate
+        towers = self.towers
+        if self.cold is not None and enc.n_history == 0 and self.id_slot is not None:
+            towers = self.cold if int(enc.user_attrs[0, self.id_slot]) == OOV else towers
+        gate = blend_gate(enc.n_history, towers.fill_mode, towers.blend_tau)
+        virtual = towers.virtual_behavior(enc.user_attrs) if gate > 0 else None
+        return towers, enc, virtual, gate
 
 
 def evaluate_bundle(
@@ -98,8 +112,9 @@ def evaluate_bundle(
     split = json.loads((bundle.path / SPLIT_FILE).read_text())
     man = bundle.manifest
     raw = datasets.load(man.dataset, data_dir, seed=man.split_seed)
-    towers = Towers(bundle, SessionOptions(device="cpu", intra_op_threads=2, ranker_precision=precision))
-    at = RequestInputs(bundle, towers, raw, split)
+    options = SessionOptions(device="cpu", intra_op_threads=2, ranker_precision=precision)
+    towers = Towers(bundle, options)
+    at = RequestInputs(bundle, towers, raw, split, Towers(bundle.cold, options) if bundle.cold else None)
     catalog = bundle.catalog
     test = split["test"]
     stamps = test["timestamp"] or [None] * len(test["user"])
@@ -112,9 +127,9 @@ def evaluate_bundle(
     for user, item, label, ts in tqdm(rows, total=len(stamps), desc="evaluate", disable=not progress):
         if negatives is not None and not label:
             continue  # the catalog task scores liked samples against their sampled negatives
-        enc, virtual, gate = at(user, ts)
+        served, enc, virtual, gate = at(user, ts)
         items = [item, *next(negatives)] if negatives is not None else [item]
-        s = towers.score(enc, virtual, gate, catalog.rows(items))
+        s = served.score(enc, virtual, gate, catalog.rows(items))
         users += [user] * len(items)
         labels += [1] + [0] * (len(items) - 1) if negatives is not None else [label]
         scores += s.tolist()
@@ -126,15 +141,14 @@ def evaluate_bundle(
         "precision": towers.precision,
     }
     if split.get("ranking"):
-        result["ranking"] = rank_cases(split["ranking"]["cases"], at, towers, catalog, at.new_users)
+        result["ranking"] = rank_cases(split["ranking"]["cases"], at, catalog, at.new_users)
         result["expected_ranking"] = man.ranking_metrics
         if retrieve is not None:
             if bundle.item_vectors_path is None:
                 raise ValueError(f"{bundle.path} has no item vectors (exported before them)")
-            vectors = np.load(bundle.item_vectors_path, allow_pickle=False)
-            stage = CandidateStage(vectors, catalog.popularity, retrieve)
+            stages = {id(t): _stage(b, retrieve) for t, b in ((towers, bundle), (at.cold, bundle.cold)) if b}
             cases = split["ranking"]["cases"]
-            result["retrieval"] = retrieval_cases(cases, at, towers, catalog, at.new_users, stage)
+            result["retrieval"] = retrieval_cases(cases, at, catalog, at.new_users, stages)
             result["retrieve_options"] = asdict(retrieve)
     return result
 
@@ -157,8 +171,16 @@ def _tie_rank(catalog: Any) -> IntArray:
     return tie_rank
 
 
+def _stage(bundle: Bundle, retrieve: RetrieveOptions) -> CandidateStage:
+    """The service's candidate stage over `bundle`'s own item vectors."""
+    if bundle.item_vectors_path is None:
+        raise ValueError(f"{bundle.path} has no item vectors (exported before them)")
+    vectors = np.load(bundle.item_vectors_path, allow_pickle=False)
+    return CandidateStage(vectors, bundle.catalog.popularity, retrieve)
+
+
 def rank_cases(
-    cases: list[dict[str, Any]], at: RequestInputs, towers: Towers, catalog: Any, new_users: set[str]
+    cases: list[dict[str, Any]], at: RequestInputs, catalog: Any, new_users: set[str]
 ) -> dict[str, Any]:
     """Whole-catalog ranking metrics of the recorded cases, every catalog item scored by onnxruntime."""
     n = len(catalog)
@@ -168,7 +190,7 @@ def rank_cases(
     def score(idx: IntArray) -> FloatArray:
         out = np.empty((len(idx), n), np.float32)
         for b, i in enumerate(idx.tolist()):
-            enc, virtual, gate = at(cases[i]["user"], cases[i]["timestamp"])
+            towers, enc, virtual, gate = at(cases[i]["user"], cases[i]["timestamp"])
             out[b] = towers.score(enc, virtual, gate, all_rows)
         return out
 
@@ -178,13 +200,13 @@ def rank_cases(
 def retrieval_cases(
     cases: list[dict[str, Any]],
     at: RequestInputs,
-    towers: Towers,
     catalog: Any,
     new_users: set[str],
-    stage: CandidateStage,
+    stages: dict[int, CandidateStage],
     top: int = 100,
 ) -> dict[str, Any]:
-    """The candidate stage against whole-catalog scoring on the recorded cases: per group, its
+    """The candidate stage (`stages`: by `id()` of the towers it serves, each bundle's own) against
+    whole-catalog scoring on the recorded cases: per group, its
     recall of the whole catalog's top `top` (seen items excluded from both) and the ranking metrics
     when only the stage's candidates are ranked (the others score -inf), both by onnxruntime."""
     n = len(catalog)
@@ -196,7 +218,8 @@ def retrieval_cases(
     def score(idx: IntArray) -> FloatArray:
         out = np.full((len(idx), n), -np.inf, np.float32)
         for b, i in enumerate(idx.tolist()):
-            enc, virtual, gate = at(cases[i]["user"], cases[i]["timestamp"])
+            towers, enc, virtual, gate = at(cases[i]["user"], cases[i]["timestamp"])
+            stage = stages[id(towers)]
             whole = towers.score(enc, virtual, gate, all_rows)
             seen = ranking.exclude[i]
             probe_scores = whole[stage.probes - 1]  # what the ranker gives the probes

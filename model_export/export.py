@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from model_export.checkpoint import METRICS, load_checkpoint
+from model_export.checkpoint import METRICS, cold_checkpoint, load_checkpoint
 from model_export.model import MailModel, UserInputs
 from model_export.parity import SCORE_ATOL, verify_batch_parity, verify_parity
 from model_export.quantize import (
@@ -66,6 +66,7 @@ from service.contract import (
     SPLIT_FILE,
     ZERO_SHOT_FILE,
     BehaviorSource,
+    ColdCheckpoint,
     Fill,
     GoldenCase,
     Graph,
@@ -146,81 +147,108 @@ def _export(module: nn.Module, args: tuple[Tensor, ...], path: Path, signature: 
 
 def export_bundle(run_dir: Path, out: Path, default_precision: str = DEFAULT_PRECISION) -> Manifest:
     """Write a verified bundle for RUN_DIR at `out` (replacing one there); returns its manifest.
-    `default_precision` (fp32 or int8): the ranker the service serves unless told otherwise."""
+    `default_precision` (fp32 or int8): the ranker the service serves unless told otherwise.
+    A run that kept new users' own checkpoint (`save_run`'s `cold`) gets it as a sub-bundle,
+    `cold/`, written and verified the same way (`ColdCheckpoint`)."""
     if default_precision not in RANKER_FILES or default_precision == "fp16":
         raise ValueError(f"default precision {default_precision!r}: fp32 or int8")
     started = time.perf_counter()
     model, ckpt = load_checkpoint(run_dir)
-    schema = Schema.from_dict(ckpt["schema"])
-    catalog = ckpt["catalog"]
-    features = np.asarray(catalog["features"])
+    cold = cold_checkpoint(model, ckpt)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; a service user must be able to read it
+    try:
+        cold_record = None
+        if cold is not None:
+            (tmp / COLD_DIR).mkdir(mode=0o755)
+            sub = _write_bundle(cold, ckpt, run_dir, tmp / COLD_DIR, default_precision)
+            cold_record = ColdCheckpoint(COLD_DIR, sub.model_version, int(ckpt["cold_epoch"]))
+        manifest = _write_bundle(model, ckpt, run_dir, tmp, default_precision, cold_record)
+        _swap_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("exported %s -> %s in %.1fs", run_dir, out, time.perf_counter() - started)
+    return manifest
+
+
+COLD_DIR = "cold"
+
+
+def _write_bundle(
+    model: MailModel,
+    ckpt: dict[str, Any],
+    run_dir: Path,
+    root: Path,
+    default_precision: str,
+    cold: ColdCheckpoint | None = None,
+) -> Manifest:
+    """Write `model`'s bundle files and manifest into the directory `root` and validate them as the
+    service will; `cold`: the already written sub-bundle `root / cold.dir`, listed and pinned."""
+    schema = Schema.from_dict(ckpt["schema"])
+    catalog = ckpt["catalog"]
+    features = np.asarray(catalog["features"])
     # The served ranker looks its item side up in tables computed once here (every catalog item's
     # representation and first-layer projection), with its batch norms folded into linear layers
     # and each feature group's tables fused (the zero-shot tower reads the user's fields through
     # those too); parity below holds both graphs to the trained model.
     served = copy.deepcopy(model)
     served.ranker.freeze_for_serving()
-    try:
-        example = _example_inputs(schema)
-        _export(RankerGraph(served), example, tmp / RANKER_FILE, ranker_signature(schema))
-        _export(
-            RankerGraph(served),
-            (  # two users, so that no user-side dimension is traced as a broadcast 1
-                *(t.repeat(2, *[1] * (t.dim() - 1)) for t in example[:5]),
-                example[5],
-                torch.tensor([0, 1, 1]),
-            ),
-            tmp / RANKER_BATCH_FILE,
-            ranker_batch_signature(schema),
-        )
-        has_zst = model.zst is not None
-        if has_zst:
-            _export(ZeroShotGraph(served), (example[0],), tmp / ZERO_SHOT_FILE, zero_shot_signature(schema))
-        n_catalog = len(catalog["ids"])
-        zst_path = tmp / ZERO_SHOT_FILE if has_zst else None
-        parity, golden = verify_parity(model, ckpt["parity"], tmp / RANKER_FILE, zst_path, n_catalog)
-        batch = verify_batch_parity(
-            model, ckpt["parity"], tmp / RANKER_FILE, tmp / RANKER_BATCH_FILE, n_catalog
-        )
-        fp32_graphs = (tmp / RANKER_FILE, tmp / RANKER_BATCH_FILE)
-        reduced = (model, ckpt["parity"], golden, n_catalog)
-        int8_parity, int8_golden = _reduced_precision(fp32_graphs, INT8, quantize_int8, *reduced)
-        fp16_parity, fp16_golden = _reduced_precision(fp32_graphs, FP16, convert_fp16, *reduced)
-        if fp16_golden > FP16_GOLDEN_ATOL:  # a converter fault, not rounding: no bundle
-            raise ValueError(f"the fp16 ranker is {fp16_golden:.2g} off fp32's golden scores")
-        (tmp / SCHEMA_FILE).write_text(json.dumps(schema.to_dict()))
-        items = {"ids": catalog["ids"], "titles": catalog["titles"], "features": features.tolist()}
-        if catalog.get("popularity") is not None:
-            items["popularity"] = np.asarray(catalog["popularity"]).tolist()
-        (tmp / CATALOG_FILE).write_text(json.dumps(items))
-        shutil.copyfile(run_dir / SPLIT_FILE, tmp / SPLIT_FILE)
-        # the candidate stage's item vectors: the served tower's own item side, row 0 PAD
-        vectors = served.ranker.item_vectors().numpy().astype(np.float32)
-        np.save(tmp / ITEM_VECTORS_FILE, vectors, allow_pickle=False)
-        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
-        parity = replace(parity, ranker_batch=batch)
-        precisions = _precisions(
-            files,
-            {
-                INT8: (int8_parity, max(INT8_GOLDEN_ATOL, 2 * int8_golden), "any"),
-                FP16: (fp16_parity, FP16_GOLDEN_ATOL, "cuda"),
-            },
-        )
-        manifest = replace(
-            _manifest(ckpt, schema, files, has_zst, parity, golden, run_dir),
-            precisions=precisions,
-            default_precision=default_precision,
-        )
-        (tmp / MANIFEST).write_text(json.dumps(manifest.to_dict(), indent=2))
-        _validate(tmp)
-        _swap_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    log.info("exported %s -> %s in %.1fs", run_dir, out, time.perf_counter() - started)
+    example = _example_inputs(schema)
+    _export(RankerGraph(served), example, root / RANKER_FILE, ranker_signature(schema))
+    _export(
+        RankerGraph(served),
+        (  # two users, so that no user-side dimension is traced as a broadcast 1
+            *(t.repeat(2, *[1] * (t.dim() - 1)) for t in example[:5]),
+            example[5],
+            torch.tensor([0, 1, 1]),
+        ),
+        root / RANKER_BATCH_FILE,
+        ranker_batch_signature(schema),
+    )
+    has_zst = model.zst is not None
+    if has_zst:
+        _export(ZeroShotGraph(served), (example[0],), root / ZERO_SHOT_FILE, zero_shot_signature(schema))
+    n_catalog = len(catalog["ids"])
+    zst_path = root / ZERO_SHOT_FILE if has_zst else None
+    parity, golden = verify_parity(model, ckpt["parity"], root / RANKER_FILE, zst_path, n_catalog)
+    fp32_graphs = (root / RANKER_FILE, root / RANKER_BATCH_FILE)
+    batch = verify_batch_parity(model, ckpt["parity"], *fp32_graphs, n_catalog)
+    reduced = (model, ckpt["parity"], golden, n_catalog)
+    int8_parity, int8_golden = _reduced_precision(fp32_graphs, INT8, quantize_int8, *reduced)
+    fp16_parity, fp16_golden = _reduced_precision(fp32_graphs, FP16, convert_fp16, *reduced)
+    if fp16_golden > FP16_GOLDEN_ATOL:  # a converter fault, not rounding: no bundle
+        raise ValueError(f"the fp16 ranker is {fp16_golden:.2g} off fp32's golden scores")
+    (root / SCHEMA_FILE).write_text(json.dumps(schema.to_dict()))
+    items = {"ids": catalog["ids"], "titles": catalog["titles"], "features": features.tolist()}
+    if catalog.get("popularity") is not None:
+        items["popularity"] = np.asarray(catalog["popularity"]).tolist()
+    (root / CATALOG_FILE).write_text(json.dumps(items))
+    shutil.copyfile(run_dir / SPLIT_FILE, root / SPLIT_FILE)
+    # the candidate stage's item vectors: the served tower's own item side, row 0 PAD
+    vectors = served.ranker.item_vectors().numpy().astype(np.float32)
+    np.save(root / ITEM_VECTORS_FILE, vectors, allow_pickle=False)
+    files = {p.name: sha256_file(p) for p in sorted(root.iterdir()) if p.is_file()}
+    if cold is not None:  # the sub-bundle's files (its manifest aside): this version covers them
+        sub = load_bundle(root / cold.dir).manifest.files
+        files.update({f"{cold.dir}/{name}": digest for name, digest in sub.items()})
+    parity = replace(parity, ranker_batch=batch)
+    precisions = _precisions(
+        files,
+        {
+            INT8: (int8_parity, max(INT8_GOLDEN_ATOL, 2 * int8_golden), "any"),
+            FP16: (fp16_parity, FP16_GOLDEN_ATOL, "cuda"),
+        },
+    )
+    manifest = replace(
+        _manifest(ckpt, schema, files, has_zst, parity, golden, run_dir),
+        precisions=precisions,
+        default_precision=default_precision,
+        cold_checkpoint=cold,
+    )
+    (root / MANIFEST).write_text(json.dumps(manifest.to_dict(), indent=2))
+    _validate(root)
     return manifest
 
 

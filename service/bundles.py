@@ -27,7 +27,7 @@ import numpy.typing as npt
 from service.batching import MicroBatcher
 from service.candidates import CandidateStage, RetrieveOptions
 from service.coldscores import ColdScores
-from service.contract import Bundle, ContractError, FloatArray, IntArray, load_bundle
+from service.contract import OOV, Bundle, ContractError, FloatArray, IntArray, load_bundle
 from service.errors import BadBundle
 from service.inference import SessionOptions, Towers
 from service.metrics import Metrics
@@ -56,6 +56,9 @@ class ServedModel:
     loaded_at: float
     executor: Executor | None = None  # the registry's device thread (None: device calls inline)
     kind: str = "model"  # "popularity": ranks by the catalog's training counts, not the towers
+    # the bundle's cold checkpoint, served the same way: it scores a user with an unknown id and
+    # no history (`for_user`); None: this model scores everyone
+    unseen: ServedModel | None = None
     all_rows: IntArray = field(init=False)  # (I,) catalog rows 1..I
     item_ids: npt.NDArray[np.object_] = field(init=False)  # (I + 1,) raw id by row ("" for PAD)
     tie_rank: IntArray = field(init=False)  # (I + 1,) rank of each row's raw id, for tie-breaks
@@ -97,6 +100,14 @@ class ServedModel:
     def version(self) -> str:
         return self.bundle.version
 
+    def for_user(self, user_attrs: IntArray, n_history: int) -> ServedModel:
+        """The model that scores this user: the cold checkpoint for a user the model never saw
+        (unknown id, no history), where the bundle has one; else this one."""
+        if self.unseen is None or n_history:
+            return self
+        slot = self.bundle.schema.user_id_slot
+        return self.unseen if slot is not None and int(user_attrs[0, slot]) == OOV else self
+
     @property
     def model_name(self) -> str:
         """What this variant serves: the bundle's model, or `popularity`."""
@@ -130,6 +141,13 @@ class ServedModel:
             "catalog_items": len(self.bundle.catalog),
             "candidate_stage": self.candidates is not None,
             "cold_scores": self.cold is not None,
+            "cold_checkpoint": None
+            if self.unseen is None or man.cold_checkpoint is None
+            else {
+                "epoch": man.cold_checkpoint.epoch,
+                "model_version": self.unseen.version,
+                "serves": "users with an unknown id and no history",
+            },
             "created_at": man.created_at,
             "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.loaded_at)),
             "task": man.task,
@@ -170,12 +188,15 @@ ABOUT = {
 def load_model(
     variant: str, path: Path, options: SessionOptions, executor: Executor | None = None, kind: str = "model"
 ) -> ServedModel:
-    """Load, validate and warm one bundle (blocking: call it off the event loop)."""
+    """Load, validate and warm one bundle, and its cold checkpoint if it has one (blocking: call it
+    off the event loop)."""
     try:
         bundle = load_bundle(path)
-        towers = Towers(bundle, options)
-        towers.check_golden()
-        towers.warm_up()
+        towers = _ready_towers(bundle, options)
+        unseen = None
+        if bundle.cold is not None and kind == "model":
+            cold = _ready_towers(bundle.cold, options)
+            unseen = ServedModel(variant, bundle.cold, cold, time.time(), executor, kind)
     except ContractError as exc:
         raise BadBundle(str(exc)) from exc
     log.info(
@@ -188,7 +209,14 @@ def load_model(
         path,
         towers.provider,
     )
-    return ServedModel(variant, bundle, towers, time.time(), executor, kind)
+    return ServedModel(variant, bundle, towers, time.time(), executor, kind, unseen)
+
+
+def _ready_towers(bundle: Bundle, options: SessionOptions) -> Towers:
+    towers = Towers(bundle, options)
+    towers.check_golden()
+    towers.warm_up()
+    return towers
 
 
 class ModelRegistry:

@@ -21,7 +21,9 @@ Redis Cluster slot: the click script's two keys must, and do; every other comman
 the user read's two (vector, history) go to their own masters in parallel on a cluster):
   {p}:vb:{model_version}:{attrs hash}     raw float32 virtual behavior, TTL vector_ttl_s. Keyed by
                                           the encoded attributes: a pure function of them, so a
-                                          changed attribute never gets a stale vector
+                                          changed attribute never gets a stale vector; the version
+                                          is that of the bundle whose zero-shot tower made it (a
+                                          cold checkpoint's own)
   {p}:hist:{{u}}                           the user's clicked item ids, oldest first, capped
   {p}:imp:{impression_id}                 JSON impression record, TTL = attribution window
   {p}:clk:{{u}}:{impression_id}:{item_id}  click dedupe marker, TTL = attribution window

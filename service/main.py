@@ -165,8 +165,9 @@ def create_app(settings: Settings | None = None) -> MailrecApp:
             if state.embedded is not None:
                 state.embedded.close()
             for model in state.registry.all():
-                if model.cold is not None:
-                    model.cold.cancel()
+                for served in (model, model.unseen):  # the cold checkpoint has a memo of its own
+                    if served is not None and served.cold is not None:
+                        served.cold.cancel()
             state.registry.close()
 
     app = MailrecApp(

@@ -231,23 +231,30 @@ async def recommend(
     experiment = state.experiment
     variant, source = experiment.assign(req.user_id, override)
     model = state.registry.get(variant)  # one model for the whole request
-    towers = model.towers
     enc, request_rows, given = encode_request(req, model)
 
     store = state.store
     budget = store.budget()
-    use_zst = towers.zero_shot is not None and model.popularity is None
-    key = vector_key(store.prefix, model.version, enc.user_attrs) if use_zst else None
+    # a user who sends no history and whose id the model never saw is scored by the bundle's cold
+    # checkpoint, if it has one (its own virtual behavior, under its own cache key), unless the
+    # clicks read with the vector make them known
+    scorer = model.for_user(enc.user_attrs, len(request_rows))
+    use_zst = scorer.towers.zero_shot is not None and model.popularity is None
+    key = vector_key(store.prefix, scorer.version, enc.user_attrs) if use_zst else None
     cached, clicks, redis_ok = await store.read_user(key, req.user_id, budget)
     index = model.bundle.catalog.index
     click_rows = np.fromiter((index[c] for c in clicks if c in index), np.int64)
     history = np.concatenate([request_rows, click_rows]) if len(click_rows) else request_rows
     if len(history):  # `encode` already gave the cold encoding (no behavior)
         enc = enc.with_history(history)
+        if scorer is not model:  # clicked before: no longer unseen
+            scorer, cached = model, None
+            key = vector_key(store.prefix, model.version, enc.user_attrs) if use_zst else None
+    towers = scorer.towers
 
     gate = blend_gate(enc.n_history, towers.fill_mode, towers.blend_tau)
     uses_virtual = gate > 0 and key is not None
-    memo = model.cold if enc.n_history == 0 else None  # `service.coldscores`
+    memo = scorer.cold if enc.n_history == 0 else None  # `service.coldscores`
     memo_at = memo_key(enc) if memo is not None else b""
     remembered = memo.get(memo_at) if memo is not None else None
     virtual = None
@@ -260,22 +267,22 @@ async def recommend(
             virtual = cached.reshape(towers.virtual_shape)
         else:
             assert key is not None
-            virtual = await virtual_behavior(state, model, key, enc, redis_ok)
+            virtual = await virtual_behavior(state, scorer, key, enc, redis_ok)
 
     if remembered is not None:  # a cold user whose attributes and context were scored before
         rows = given if given is not None else model.all_rows
         scores = remembered.scores[rows]
-    elif given is None and model.candidates is not None:
-        rows, scores = await retrieve_and_score(state, model, enc, virtual, gate, history, k)
+    elif given is None and scorer.candidates is not None:
+        rows, scores = await retrieve_and_score(state, scorer, enc, virtual, gate, history, k)
     else:
         rows = candidate_rows(model, given, history)
-        scores = await score(state, model, enc, virtual, gate, rows)
+        scores = await score(state, scorer, enc, virtual, gate, rows)
     if memo is not None:
         result = "hit" if remembered is not None else "miss"
         state.metrics.child(state.metrics.cold_scores, variant, result).inc()
         if remembered is None and memo.admit(memo_at):
             state.metrics.child(state.metrics.cold_scores, variant, "fill").inc()
-            memo.fill(memo_at, functools.partial(score, state, model, enc, virtual, gate), virtual)
+            memo.fill(memo_at, functools.partial(score, state, scorer, enc, virtual, gate), virtual)
     best = top_k(scores, rows, k, model.tie_rank)
     chosen = rows[best]
     item_ids = model.item_ids[chosen].tolist()

@@ -23,6 +23,12 @@ listed file), so the format version did not change. The same holds for `item_vec
 (manifest key "item_vectors"): what the ranking tower makes of each catalog item before it meets
 the user, (I+1, D) float32 in numpy's format, row 0 PAD, which the service's candidate stage
 searches when a catalog is too big to score whole (`service.candidates`).
+
+So is a cold checkpoint (manifest key "cold_checkpoint", `ColdCheckpoint`): a sub-directory that is
+itself a complete bundle of the same schema and catalog, whose weights score a user with an
+unknown id and no history (the epoch where new users' validation NDCG@10 peaked). The parent
+lists the sub-bundle's files (as "cold/<name>", with their checksums), so the parent's model
+version covers them; a service that predates it serves every user with the parent's graphs.
 """
 
 from __future__ import annotations
@@ -81,6 +87,7 @@ class Bundle:
     manifest: Manifest
     schema: Schema
     catalog: Catalog
+    cold: Bundle | None = None  # the cold checkpoint's bundle (`ColdCheckpoint`), if any
 
     @property
     def version(self) -> str:
@@ -229,4 +236,31 @@ def load_bundle(path: Path | str) -> Bundle:
     _check_files(root, manifest)
     schema, catalog = _read_tables(root)
     _check_declared_signatures(root, manifest, schema)
-    return Bundle(root, manifest, schema, catalog)
+    return Bundle(root, manifest, schema, catalog, _load_cold(root, manifest, schema, catalog))
+
+
+def _load_cold(root: Path, manifest: Manifest, schema: Schema, catalog: Catalog) -> Bundle | None:
+    """The cold checkpoint's sub-bundle: listed by the parent, of the same model, schema and
+    catalog, pinned by its version, holding no cold checkpoint of its own."""
+    cold = manifest.cold_checkpoint
+    if cold is None:
+        return None
+    if cold.dir in ("", ".", "..") or "/" in cold.dir or "\\" in cold.dir:
+        raise BundleError(root, f"cold checkpoint directory {cold.dir!r} is not a plain name")
+    sub = load_bundle(root / cold.dir)
+    if sub.version != cold.model_version:
+        raise BundleError(root, f"cold checkpoint is {sub.version}, the manifest pins {cold.model_version}")
+    unlisted = sorted(n for n, d in sub.manifest.files.items() if manifest.files.get(f"{cold.dir}/{n}") != d)
+    if unlisted:  # the parent's version must cover every file the cold checkpoint serves
+        raise BundleError(root, f"{MANIFEST} does not list the cold checkpoint's {unlisted}")
+    if sub.manifest.cold_checkpoint is not None:
+        raise BundleError(root, "a cold checkpoint holds a cold checkpoint of its own")
+    same = (
+        sub.model == manifest.model
+        and sub.schema.to_dict() == schema.to_dict()
+        and sub.catalog.ids == catalog.ids
+        and np.array_equal(sub.catalog.features, catalog.features)
+    )
+    if not same:
+        raise BundleError(root, "the cold checkpoint's model, schema or catalog differs from the bundle's")
+    return sub

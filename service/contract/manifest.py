@@ -77,6 +77,21 @@ class Graph:
         return cls(Signature(inputs, outputs), d["opset"])
 
 
+@dataclass(frozen=True)
+class ColdCheckpoint:
+    """The weights a user with an unknown id and no history is scored with, where training kept
+    new users' own best epoch apart (`TrainConfig.cold_checkpoint`): a complete bundle of the same
+    schema and catalog in the sub-directory `dir`, pinned by its model version."""
+
+    dir: str
+    model_version: str
+    epoch: int  # the training epoch its weights come from
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ColdCheckpoint:
+        return cls(str(d["dir"]), str(d["model_version"]), int(d["epoch"]))
+
+
 _Record = TypeVar("_Record")
 
 
@@ -249,6 +264,7 @@ class Manifest:
     precisions: dict[str, Precision] = field(default_factory=dict)
     default_precision: str = FP32
     item_vectors: str | None = None  # its file; None: no candidate stage (whole-catalog scoring)
+    cold_checkpoint: ColdCheckpoint | None = None  # None: every user is scored with one checkpoint
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -278,13 +294,15 @@ class Manifest:
             out["default_precision"] = self.default_precision
         if self.item_vectors is not None:
             out["item_vectors"] = _file(self.item_vectors)
+        if self.cold_checkpoint is not None:
+            out["cold_checkpoint"] = asdict(self.cold_checkpoint)
         return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Manifest:
         """Raises KeyError, TypeError or ValueError on a malformed manifest."""
         zero_shot, ranker_batch = d["zero_shot"], d.get("ranker_batch")
-        item_vectors = d.get("item_vectors")
+        item_vectors, cold = d.get("item_vectors"), d.get("cold_checkpoint")
         return cls(
             format_version=d["format_version"],
             model_version=str(d["model_version"]),
@@ -309,6 +327,7 @@ class Manifest:
             precisions={str(n): Precision.from_dict(p) for n, p in dict(d.get("precisions", {})).items()},
             default_precision=str(d.get("default_precision", FP32)),
             item_vectors=None if item_vectors is None else item_vectors["file"],
+            cold_checkpoint=None if cold is None else ColdCheckpoint.from_dict(cold),
         )
 
 

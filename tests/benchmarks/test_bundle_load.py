@@ -17,8 +17,10 @@ def test_bundle_load_reports_every_stage(tiny_bundle: Callable[..., Path], tmp_p
     control, mail = result["bundles"]
     assert (control["model"], mail["model"]) == ("control", "mail")
     assert "zero_shot.onnx" in mail["files"] and "zero_shot.onnx" not in control["files"]
+    assert mail["cold_checkpoint"] and "cold/zero_shot.onnx" in mail["files"]  # its sessions load too
     for row, path in zip((control, mail), bundles, strict=True):
-        assert row["bytes"] == sum(f.stat().st_size for f in path.iterdir())
+        assert row["bytes"] == sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        assert row["cold_checkpoint"] == (path / "cold").is_dir()
         stages = row["median_ms"]
         assert all(stages[k] > 0 for k in ("validate", "sessions", "golden", "warm_up"))
         assert row["ratio_to_bare_sessions"] > 0

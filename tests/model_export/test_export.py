@@ -6,6 +6,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -203,3 +204,46 @@ def test_service_never_imports_torch_or_model_export() -> None:
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_a_cold_checkpoint_is_a_sub_bundle_the_parent_pins(
+    tiny_run: Callable[..., Path], tiny_bundle: BundleFactory
+) -> None:
+    import torch
+
+    ckpt = torch.load(tiny_run("mail", "base") / "model.pt", weights_only=False)
+    bundle = load_bundle(tiny_bundle("mail", "base"))
+    cold, pin = bundle.cold, bundle.manifest.cold_checkpoint
+    assert cold is not None and pin is not None  # this tiny run's new users peak at another epoch
+    assert pin.epoch == ckpt["cold_epoch"] and pin.dir == "cold" and cold.path == bundle.path / "cold"
+    assert pin.model_version == cold.version != bundle.version
+    assert all(bundle.manifest.files[f"cold/{n}"] == d for n, d in cold.manifest.files.items())
+    assert cold.manifest.cold_checkpoint is None and cold.schema == bundle.schema
+    # other weights: the two score the same golden user differently
+    assert cold.manifest.golden[0].scores != bundle.manifest.golden[0].scores
+
+
+def test_a_cold_checkpoint_changed_or_swapped_is_refused(tiny_bundle: BundleFactory, tmp_path: Path) -> None:
+    root = copy_bundle(tiny_bundle("mail", "base"), tmp_path)
+    data = bytearray((root / "cold" / RANKER_FILE).read_bytes())
+    data[-1] ^= 0xFF
+    (root / "cold" / RANKER_FILE).write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="checksum mismatch for cold/ranker.onnx"):
+        load_bundle(root)
+    # a complete, valid bundle in its place (the parent's own graphs): not the files the parent lists
+    shutil.rmtree(root / "cold")
+    shutil.copytree(tiny_bundle("mail", "base"), root / "cold", ignore=shutil.ignore_patterns("cold"))
+
+    def standalone(m: dict[str, Any]) -> None:
+        del m["cold_checkpoint"]
+        m["files"] = {k: v for k, v in m["files"].items() if not k.startswith("cold/")}
+        m["model_version"] = content_version(m["files"])
+
+    rewrite_manifest(root / "cold", standalone)
+    load_bundle(root / "cold")
+    with pytest.raises(BundleError, match="checksum mismatch for cold/"):
+        load_bundle(root)
+    other = copy_bundle(tiny_bundle("mail", "base"), tmp_path / "other")
+    rewrite_manifest(other, lambda m: m["cold_checkpoint"].update(dir="../elsewhere"))
+    with pytest.raises(BundleError, match="not a plain name"):
+        load_bundle(other)

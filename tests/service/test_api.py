@@ -174,7 +174,11 @@ def test_virtual_behavior_is_cached_with_the_model_version(client: httpx.Client,
     text = metrics(client)
     assert metric_value(text, "mailrec_cache_requests_total", result="miss") == misses + 1
     assert metric_value(text, "mailrec_cache_requests_total", result="hit") == hits + 1
-    keys = [k.decode() for k in live.redis.client().scan_iter(f"{live.prefix}:vb:{body['model_version']}:*")]
+    # under the version of the bundle whose zero-shot tower made it: a never-seen user's is the
+    # cold checkpoint's, if the bundle has one
+    mail = next(m for m in client.get("/models").json()["models"] if m["variant"] == "mail")
+    version = (mail["cold_checkpoint"] or {}).get("model_version", body["model_version"])
+    keys = [k.decode() for k in live.redis.client().scan_iter(f"{live.prefix}:vb:{version}:*")]
     assert keys and all(len(live.redis.client().get(k) or b"") == 4 * 8 for k in keys)  # K=1, d=8 floats
 
 
@@ -499,3 +503,45 @@ def test_one_json_log_line_per_request_without_attribute_values(client: httpx.Cl
     log = live.service.log.read_text()
     for value in ("seg-4f7c2e", "87.125", "gender-9b3d1a", user):
         assert value not in log
+
+
+def test_a_user_the_model_never_saw_is_scored_by_the_cold_checkpoint(
+    client: httpx.Client, live: Live
+) -> None:
+    from service.contract import blend_gate, encode, load_bundle
+    from service.inference import SessionOptions, Towers
+
+    bundle = load_bundle(live.bundles["mail"])
+    assert bundle.cold is not None  # the tiny mail run's new users peak at another epoch
+    described = {m["variant"]: m for m in client.get("/models").json()["models"]}
+    assert described["mail"]["cold_checkpoint"]["model_version"] == bundle.cold.version
+    assert described["mail"]["cold_checkpoint"]["epoch"] == bundle.manifest.cold_checkpoint.epoch  # type: ignore[union-attr]
+    items = bundle.catalog.ids[:30]
+    context = {"timestamp": 881250949}
+
+    def expected(b: Any, user: str, history: list[str]) -> list[float]:
+        towers = Towers(b, SessionOptions(device="cpu"))
+        enc = encode(b.schema, b.catalog, user, NEW_USER, history, context)
+        gate = blend_gate(enc.n_history, towers.fill_mode, towers.blend_tau)
+        virtual = towers.virtual_behavior(enc.user_attrs) if gate > 0 else None
+        scores = towers.score(enc, virtual, gate, b.catalog.rows(items))
+        return sorted(scores.tolist(), reverse=True)[:10]
+
+    def served(user: str, history: list[str]) -> list[float]:
+        body = recommend(
+            client, user, candidates=items, history=history, context=context, headers={"X-Variant": "mail"}
+        ).json()
+        assert body["model_version"] == bundle.version  # one version names the pair
+        return [i["score"] for i in body["items"]]
+
+    new = f"never-seen-{uuid.uuid4().hex[:6]}"
+    assert served(new, []) == pytest.approx(expected(bundle.cold, new, []), abs=1e-6)
+    assert served(new, []) != pytest.approx(expected(bundle, new, []), abs=1e-6)
+    history = list(bundle.catalog.ids[40:43])  # with a history: the weights every other user gets
+    assert served(new, history) == pytest.approx(expected(bundle, new, history), abs=1e-6)
+    # after a click (read back from Redis, none sent): no longer unseen either
+    first = recommend(client, new, k=1, context=context, headers={"X-Variant": "mail"}).json()
+    clicked = first["items"][0]["item_id"]
+    click = {"impression_id": first["impression_id"], "item_id": clicked, "event": "click"}
+    assert client.post("/feedback", json=click).status_code == 202
+    assert served(new, []) == pytest.approx(expected(bundle, new, [clicked]), abs=1e-6)

@@ -133,13 +133,15 @@ def test_recommend_through_the_stage_is_ranker_ordered_and_respects_k_and_histor
     assert scores == sorted(scores, reverse=True)
     # the scores are the ranker's own for those items
     enc = encode(model.bundle.schema, catalog, "new-1", NEW_USER, (), CONTEXT)
-    virtual = model.towers.virtual_behavior(enc.user_attrs)
-    ranker = model.towers.score(enc, virtual, 1.0, catalog.rows(ids))
+    served = model.for_user(enc.user_attrs, enc.n_history)  # never seen: the cold checkpoint's
+    assert served is model.unseen is not None
+    virtual = served.towers.virtual_behavior(enc.user_attrs)
+    ranker = served.towers.score(enc, virtual, 1.0, catalog.rows(ids))
     assert np.allclose(ranker, scores, atol=1e-6)
     # what the stage ranked is what its search found for this user (the service asks for k more)
-    stage = model.candidates
+    stage = served.candidates
     assert stage is not None
-    found = stage.search(model.towers.score(enc, virtual, 1.0, stage.probes), extra=30)  # k, no history
+    found = stage.search(served.towers.score(enc, virtual, 1.0, stage.probes), extra=30)  # k, no history
     assert set(catalog.rows(ids)) <= set(np.r_[stage.probes, found].tolist())
     got = [i["item_id"] for i in second.json()["items"]]
     assert len(got) == 7 and not set(got) & set(seen)
