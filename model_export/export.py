@@ -162,7 +162,7 @@ def export_bundle(run_dir: Path, out: Path, default_precision: str = DEFAULT_PRE
         cold_record = None
         if cold is not None:
             (tmp / COLD_DIR).mkdir(mode=0o755)
-            sub = _write_bundle(cold, ckpt, run_dir, tmp / COLD_DIR, default_precision)
+            sub = _write_bundle(cold, ckpt, run_dir, tmp / COLD_DIR, default_precision, with_split=False)
             cold_record = ColdCheckpoint(COLD_DIR, sub.model_version, int(ckpt["cold_epoch"]))
         manifest = _write_bundle(model, ckpt, run_dir, tmp, default_precision, cold_record)
         _swap_into_place(tmp, out)
@@ -183,9 +183,11 @@ def _write_bundle(
     root: Path,
     default_precision: str,
     cold: ColdCheckpoint | None = None,
+    with_split: bool = True,
 ) -> Manifest:
     """Write `model`'s bundle files and manifest into the directory `root` and validate them as the
-    service will; `cold`: the already written sub-bundle `root / cold.dir`, listed and pinned."""
+    service will; `cold`: the already written sub-bundle `root / cold.dir`, listed and pinned;
+    `with_split`: copy the run's split.json (a cold checkpoint's sub-bundle shares its parent's)."""
     schema = Schema.from_dict(ckpt["schema"])
     catalog = ckpt["catalog"]
     features = np.asarray(catalog["features"])
@@ -225,7 +227,8 @@ def _write_bundle(
     if catalog.get("popularity") is not None:
         items["popularity"] = np.asarray(catalog["popularity"]).tolist()
     (root / CATALOG_FILE).write_text(json.dumps(items))
-    shutil.copyfile(run_dir / SPLIT_FILE, root / SPLIT_FILE)
+    if with_split:
+        shutil.copyfile(run_dir / SPLIT_FILE, root / SPLIT_FILE)
     # the candidate stage's item vectors: the served tower's own item side, row 0 PAD
     vectors = served.ranker.item_vectors().numpy().astype(np.float32)
     np.save(root / ITEM_VECTORS_FILE, vectors, allow_pickle=False)
