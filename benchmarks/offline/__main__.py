@@ -307,7 +307,80 @@ def assemble(plan: Plan, suite: Suite, rows: list[dict[str, Any]], argv: Sequenc
             else fewshot_rows(main_rows)
         ),
         "loss_curves": {r["cell"]["method"]: r["batches"] for r in main_rows if "batches" in r},
+        "checkpoints": two_checkpoints(rows),
     }
+
+
+def two_checkpoints(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per setting and method, for the runs that kept new users' own checkpoint: new users' test
+    NDCG@10 and precision@10 served by it, against the same run with one checkpoint for everyone
+    (`one_checkpoint`): means, paired relative lift and paired t-test p over the seeds."""
+    import numpy as np
+    from scipy import stats
+
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for r in rows:
+        if r.get("cold_epoch") is not None:  # kept one (a run whose epochs coincide: the same weights)
+            c = r["cell"]
+            key = (c["dataset"], c["protocol"], c["ranker"], c["onboarding_noise"], c["method"])
+            groups.setdefault(key, []).append(r)
+    out = []
+    for (dataset, protocol, ranker, noise, method), rs in groups.items():
+        record: dict[str, Any] = {
+            "dataset": dataset,
+            "protocol": protocol,
+            "ranker": ranker,
+            "onboarding_noise": noise,
+            "method": method,
+            "seeds": len(rs),
+            "cold_epochs": [r.get("cold_epoch") for r in rs],
+            "best_epochs": [r["best_epoch"] for r in rs],
+        }
+        for metric in ("ndcg@10", "precision@10"):
+            two = np.array([r["ranking"]["test"]["new"][metric] for r in rs])
+            one = np.array([r.get("one_checkpoint", r)["ranking"]["test"]["new"][metric] for r in rs])
+            p = (
+                float(stats.ttest_rel(two, one).pvalue)
+                if len(rs) > 1 and np.any(two != one)
+                else float("nan")
+            )
+            record[metric] = {
+                "two": float(two.mean()),
+                "one": float(one.mean()),
+                "lift_pct": float(100 * np.mean(two / one - 1)),
+                "p": p,
+            }
+        out.append(record)
+    return out
+
+
+def _checkpoints_table(records: list[dict[str, Any]]) -> list[str]:
+    if not records:
+        return []
+    lines = [
+        "## Two checkpoints: new users' own against one for everyone",
+        "",
+        "Each run keeps, beside the weights early stopping chooses for all users, those of the epoch "
+        "where its validation new users' NDCG@10 peaked (`TrainConfig.cold_checkpoint`); a test user "
+        "with an unknown id and no history is scored with them, everyone else as before, so old "
+        "users' and the few-shot figures are the same either way. Here: new users' test figures of "
+        "the same runs both ways (paired by run; p = paired t-test over the seeds). A run whose two "
+        "epochs coincide has one set of weights: it counts as no change.",
+        "",
+        "| setting | method | seeds | new NDCG@10, two / one | lift (p) | new P@10, two / one | lift (p) "
+        "| epochs: new users' / everyone's |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        cells = [
+            f"{r[m]['two']:.4f} / {r[m]['one']:.4f} | {r[m]['lift_pct']:+.1f}% ({r[m]['p']:.3f})"
+            for m in ("ndcg@10", "precision@10")
+        ]
+        epochs = "/".join(map(str, r["cold_epochs"])) + " vs " + "/".join(map(str, r["best_epochs"]))
+        lines.append(
+            f"| {_setting_name(r)} | {r['method']} | {r['seeds']} | " + " | ".join(cells) + f" | {epochs} |"
+        )
+    return [*lines, ""]
 
 
 def _invocations(result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -493,6 +566,7 @@ def catalog_markdown(result: dict[str, Any], out: Path) -> str:
         lambda recs: writeup.catalog_table(recs, ORDER, _noise, "noise"),
         lambda settings: fewshot if result["fewshot"] else [],
     )
+    text += _checkpoints_table(result.get("checkpoints", []))
     text += ["## Plots", ""] + [f"![{p}]({p})" for p in result.get("plots", [])]
     return "\n".join(text) + "\n"
 

@@ -121,6 +121,8 @@ def result_row(cell: Cell, seconds: float, report: dict[str, Any], **extra: Any)
         "ranking": report.get("ranking"),
         "diagnostics": report.get("diagnostics"),
         "prior": report.get("prior"),
+        # with new users' own checkpoint: the same run with one checkpoint for every user
+        **({"one_checkpoint": report["one_checkpoint"]} if "one_checkpoint" in report else {}),
         "losses": report["epochs"],
     }
 

@@ -312,7 +312,9 @@ def _reveals(prepared: Prepared, clicks_only: bool, ns: tuple[int, ...]) -> dict
 def _fewshot_catalog(model: Any, prepared: Prepared, clicks_only: bool, part: int = TEST) -> dict[str, Any]:
     """New users' whole-catalog ranking with their first n interactions known (the model fed
     them as behavior; a popular list, `model` a `PopularList`, only drops them), on `part`'s
-    users (VAL: what a choice may read)."""
+    users (VAL: what a choice may read). A user with a known interaction is no longer unseen, so
+    the weights kept for everyone score them, never a cold checkpoint (on MovieLens 100K every
+    new user in these cases has at least one revealed item)."""
     enc = prepared.encoded
     out = {}
     for n, revealed in _reveals(prepared, clicks_only, FEWSHOT_N_CATALOG).items():

@@ -118,6 +118,13 @@ def test_smoke_catalog_benchmark_ranks_the_whole_catalog_against_popularity(tmp_
     }
     text = out.with_name("offline-catalog-smoke.md").read_text()
     assert "| method | seeds | new NDCG@10 | vs control (p) | vs popularity (p) |" in text
+    # every trained run kept new users' own checkpoint: new users both ways, paired
+    by = {(r["ranker"], r["method"]): r for r in result["checkpoints"]}
+    assert {("base", "control"), ("base", "mail")} <= set(by)
+    for r in by.values():
+        assert len(r["cold_epochs"]) == len(r["best_epochs"]) == r["seeds"]
+        assert 0.0 <= r["ndcg@10"]["two"] <= 1.0 and 0.0 <= r["ndcg@10"]["one"] <= 1.0
+    assert "## Two checkpoints" in text
     for png in ("ndcg", "fewshot"):
         assert out.with_name(f"offline-catalog-smoke-{png}.png").stat().st_size > 5_000
 
