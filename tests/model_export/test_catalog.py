@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -294,19 +295,22 @@ def test_known_ids_phase_moves_known_users_id_rows_and_nothing_a_new_user_is_ser
         TrainConfig(select="auc", freeze_cold=True)
 
 
-def test_freeze_cold_serves_new_users_their_best_epoch(encoded) -> None:  # type: ignore[no-untyped-def]
-    from model_export.batches import Batches
-    from model_export.evaluation import rank_part
+def _small_control(enc, **fields: Any):  # type: ignore[no-untyped-def]
+    """A small control tower trained on `enc` with these TrainConfig fields, on one thread: two
+    threads' float sums can land elsewhere under load, and the validation curve with them."""
     from model_export.model import ModelConfig, RankerConfig
     from model_export.train import train
 
-    _, _, enc = encoded
     cfg = ModelConfig(model="control", ranker=RankerConfig(kind="base", hidden=(32, 16), item_prior=True))
-    # one thread: two threads' float sums can land elsewhere under load, and this run's curve with them
-    tcfg = TrainConfig(
-        epochs=5, lr=5e-3, batch_size=256, progress=False, patience=1, freeze_cold=True, threads=1
-    )
-    model, history = train(enc, cfg, tcfg)
+    return train(enc, cfg, TrainConfig(lr=5e-3, batch_size=256, progress=False, threads=1, **fields))
+
+
+def test_freeze_cold_serves_new_users_their_best_epoch(encoded) -> None:  # type: ignore[no-untyped-def]
+    from model_export.batches import Batches
+    from model_export.evaluation import rank_part
+
+    _, _, enc = encoded
+    model, history = _small_control(enc, epochs=5, patience=1, freeze_cold=True)
     phases = [e["phase"] for e in history.epochs]
     assert phases[0] == 1 and 2 in phases  # this seed's new users peak early: phase 2 runs
     cold = history.epochs[history.cold_epoch - 1]
@@ -325,15 +329,9 @@ def test_freeze_cold_serves_new_users_their_best_epoch(encoded) -> None:  # type
 def test_cold_checkpoint_scores_unseen_users_with_their_best_epoch_and_no_one_else(encoded) -> None:  # type: ignore[no-untyped-def]
     from model_export.batches import Batches
     from model_export.evaluation import cold_model, rank_part, unseen
-    from model_export.model import ModelConfig, RankerConfig
-    from model_export.train import train
 
     _, _, enc = encoded
-    cfg = ModelConfig(model="control", ranker=RankerConfig(kind="base", hidden=(32, 16), item_prior=True))
-    tcfg = TrainConfig(
-        epochs=6, lr=5e-3, batch_size=256, progress=False, patience=3, cold_checkpoint=True, threads=1
-    )
-    model, history = train(enc, cfg, tcfg)
+    model, history = _small_control(enc, epochs=6, patience=3, cold_checkpoint=True)
     epochs = history.epochs
     assert history.cold_epoch == max(epochs, key=lambda e: e["val_ndcg_new"])["epoch"]
     assert history.best_epoch == max(epochs, key=lambda e: e["val_ndcg"])["epoch"]
