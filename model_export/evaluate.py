@@ -144,9 +144,9 @@ def evaluate_bundle(
         result["ranking"] = rank_cases(split["ranking"]["cases"], at, catalog, at.new_users)
         result["expected_ranking"] = man.ranking_metrics
         if retrieve is not None:
-            if bundle.item_vectors_path is None:
-                raise ValueError(f"{bundle.path} has no item vectors (exported before them)")
-            stages = {id(t): _stage(b, retrieve) for t, b in ((towers, bundle), (at.cold, bundle.cold)) if b}
+            stages = {
+                t: _stage(b, retrieve) for t, b in ((towers, bundle), (at.cold, bundle.cold)) if t and b
+            }
             cases = split["ranking"]["cases"]
             result["retrieval"] = retrieval_cases(cases, at, catalog, at.new_users, stages)
             result["retrieve_options"] = asdict(retrieve)
@@ -202,10 +202,10 @@ def retrieval_cases(
     at: RequestInputs,
     catalog: Any,
     new_users: set[str],
-    stages: dict[int, CandidateStage],
+    stages: dict[Towers, CandidateStage],
     top: int = 100,
 ) -> dict[str, Any]:
-    """The candidate stage (`stages`: by `id()` of the towers it serves, each bundle's own) against
+    """The candidate stage (`stages`: by the towers it serves, each bundle's own) against
     whole-catalog scoring on the recorded cases: per group, its
     recall of the whole catalog's top `top` (seen items excluded from both) and the ranking metrics
     when only the stage's candidates are ranked (the others score -inf), both by onnxruntime."""
@@ -219,7 +219,7 @@ def retrieval_cases(
         out = np.full((len(idx), n), -np.inf, np.float32)
         for b, i in enumerate(idx.tolist()):
             towers, enc, virtual, gate = at(cases[i]["user"], cases[i]["timestamp"])
-            stage = stages[id(towers)]
+            stage = stages[towers]
             whole = towers.score(enc, virtual, gate, all_rows)
             seen = ranking.exclude[i]
             probe_scores = whole[stage.probes - 1]  # what the ranker gives the probes

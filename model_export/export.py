@@ -159,12 +159,11 @@ def export_bundle(run_dir: Path, out: Path, default_precision: str = DEFAULT_PRE
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; a service user must be able to read it
     try:
-        cold_record = None
+        sub = None
         if cold is not None:
             (tmp / COLD_DIR).mkdir(mode=0o755)
             sub = _write_bundle(cold, ckpt, run_dir, tmp / COLD_DIR, default_precision, with_split=False)
-            cold_record = ColdCheckpoint(COLD_DIR, sub.model_version, int(ckpt["cold_epoch"]))
-        manifest = _write_bundle(model, ckpt, run_dir, tmp, default_precision, cold_record)
+        manifest = _write_bundle(model, ckpt, run_dir, tmp, default_precision, sub)
         _swap_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -182,11 +181,12 @@ def _write_bundle(
     run_dir: Path,
     root: Path,
     default_precision: str,
-    cold: ColdCheckpoint | None = None,
+    cold: Manifest | None = None,
     with_split: bool = True,
 ) -> Manifest:
     """Write `model`'s bundle files and manifest into the directory `root` and validate them as the
-    service will; `cold`: the already written sub-bundle `root / cold.dir`, listed and pinned;
+    service will; `cold`: the manifest of the sub-bundle already written in `root / COLD_DIR`,
+    whose files are listed and whose version is pinned;
     `with_split`: copy the run's split.json (a cold checkpoint's sub-bundle shares its parent's)."""
     schema = Schema.from_dict(ckpt["schema"])
     catalog = ckpt["catalog"]
@@ -233,9 +233,10 @@ def _write_bundle(
     vectors = served.ranker.item_vectors().numpy().astype(np.float32)
     np.save(root / ITEM_VECTORS_FILE, vectors, allow_pickle=False)
     files = {p.name: sha256_file(p) for p in sorted(root.iterdir()) if p.is_file()}
+    record = None
     if cold is not None:  # the sub-bundle's files (its manifest aside): this version covers them
-        sub = load_bundle(root / cold.dir).manifest.files
-        files.update({f"{cold.dir}/{name}": digest for name, digest in sub.items()})
+        files.update({f"{COLD_DIR}/{name}": digest for name, digest in cold.files.items()})
+        record = ColdCheckpoint(COLD_DIR, cold.model_version, int(ckpt["cold_epoch"]))
     parity = replace(parity, ranker_batch=batch)
     precisions = _precisions(
         files,
@@ -248,7 +249,7 @@ def _write_bundle(
         _manifest(ckpt, schema, files, has_zst, parity, golden, run_dir),
         precisions=precisions,
         default_precision=default_precision,
-        cold_checkpoint=cold,
+        cold_checkpoint=record,
     )
     (root / MANIFEST).write_text(json.dumps(manifest.to_dict(), indent=2))
     _validate(root)

@@ -248,8 +248,8 @@ def train(
     # freeze_cold: phase 1 trains everything and early stopping tracks new users' score; where it
     # would stop, phase 2 (`warm`) starts from their best epoch's weights (all users' score then,
     # `cold_score`) and trains known users' id rows only, tracking all users' score.
-    # cold_checkpoint: `cold_score` is new users' best validation score so far
     warm, cold_score = None, -math.inf
+    new_best = -math.inf  # cold_checkpoint: new users' best validation NDCG@10 so far
     started = time.perf_counter()
     from tqdm import tqdm
 
@@ -306,8 +306,8 @@ def train(
         )
         cold_phase = tcfg.freeze_cold and warm is None
         tracked = record["val_ndcg_new"] if cold_phase else score
-        if tcfg.keeps_cold_checkpoint and record["val_ndcg_new"] > cold_score + 1e-5:
-            cold_score, history.cold_state = record["val_ndcg_new"], copy.deepcopy(model.state_dict())
+        if tcfg.keeps_cold_checkpoint and record["val_ndcg_new"] > new_best + 1e-5:
+            new_best, history.cold_state = record["val_ndcg_new"], copy.deepcopy(model.state_dict())
             history.cold_epoch = epoch
         if tracked > best + 1e-5:
             best, best_state, stale = tracked, copy.deepcopy(model.state_dict()), 0

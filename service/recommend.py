@@ -247,9 +247,9 @@ async def recommend(
     history = np.concatenate([request_rows, click_rows]) if len(click_rows) else request_rows
     if len(history):  # `encode` already gave the cold encoding (no behavior)
         enc = enc.with_history(history)
-        if scorer is not model:  # clicked before: no longer unseen
-            scorer, cached = model, None
-            key = vector_key(store.prefix, model.version, enc.user_attrs) if use_zst else None
+    if model.for_user(enc.user_attrs, enc.n_history) is not scorer:  # clicked before: no longer unseen
+        scorer, cached = model, None
+        key = vector_key(store.prefix, model.version, enc.user_attrs) if use_zst else None
     towers = scorer.towers
 
     gate = blend_gate(enc.n_history, towers.fill_mode, towers.blend_tau)
