@@ -42,11 +42,9 @@ FloatArray = npt.NDArray[np.float64]
 
 def user_field_slots(schema: Schema, name: str) -> slice:
     """Columns of the user attribute `name` in the user attribute ids."""
-    start = 0
-    for f in schema.user_fields:
-        if f.name == name:
-            return slice(start, start + f.slots)
-        start += f.slots
+    slots = schema.user_field_slots(name)
+    if slots is not None:
+        return slots
     raise ValueError(f"no user field {name!r}; the schema has {[f.name for f in schema.user_fields]}")
 
 

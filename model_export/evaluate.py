@@ -22,7 +22,6 @@ from model_export import metrics
 from model_export.protocol import behavior_mask, chronological_order
 from service.candidates import CandidateStage, RetrieveOptions
 from service.contract import (
-    OOV,
     SPLIT_FILE,
     Bundle,
     Encoded,
@@ -66,7 +65,6 @@ class RequestInputs:
     ):
         man = bundle.manifest
         self.bundle, self.towers, self.raw, self.cold = bundle, towers, raw, cold
-        self.id_slot = bundle.schema.user_id_slot
         self.histories = _histories(raw, man.behavior.source == "clicks", int(split["seed"]))
         self.derived = split.get("derived_user_attributes", {})
         self.new_users = set(split["new_users"])
@@ -87,8 +85,8 @@ class RequestInputs:
         context = {"timestamp": ts} if ts is not None else {}
         enc = encode(self.bundle.schema, self.bundle.catalog, user, attributes, history, context)
         towers = self.towers
-        if self.cold is not None and enc.n_history == 0 and self.id_slot is not None:
-            towers = self.cold if int(enc.user_attrs[0, self.id_slot]) == OOV else towers
+        if self.cold is not None and self.bundle.schema.is_unseen(enc.user_attrs, enc.n_history):
+            towers = self.cold
         gate = blend_gate(enc.n_history, towers.fill_mode, towers.blend_tau)
         virtual = towers.virtual_behavior(enc.user_attrs) if gate > 0 else None
         return towers, enc, virtual, gate

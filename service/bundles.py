@@ -27,7 +27,7 @@ import numpy.typing as npt
 from service.batching import MicroBatcher
 from service.candidates import CandidateStage, RetrieveOptions
 from service.coldscores import ColdScores
-from service.contract import OOV, Bundle, ContractError, FloatArray, IntArray, load_bundle
+from service.contract import Bundle, ContractError, FloatArray, IntArray, load_bundle
 from service.errors import BadBundle
 from service.inference import SessionOptions, Towers
 from service.metrics import Metrics
@@ -103,10 +103,16 @@ class ServedModel:
     def for_user(self, user_attrs: IntArray, n_history: int) -> ServedModel:
         """The model that scores this user: the cold checkpoint for a user the model never saw
         (unknown id, no history), where the bundle has one; else this one."""
-        if self.unseen is None or n_history:
-            return self
-        slot = self.bundle.schema.user_id_slot
-        return self.unseen if slot is not None and int(user_attrs[0, slot]) == OOV else self
+        if self.unseen is not None and self.bundle.schema.is_unseen(user_attrs, n_history):
+            return self.unseen
+        return self
+
+    def stop_fills(self) -> None:
+        """Cancel the memo fills under way, this model's and its cold checkpoint's (at shutdown,
+        and once a reload has replaced it: no request waits on a fill)."""
+        for served in (self, self.unseen):
+            if served is not None and served.cold is not None:
+                served.cold.cancel()
 
     @property
     def model_name(self) -> str:
@@ -273,5 +279,7 @@ class ModelRegistry:
                 check(new)
             old = self._models.get(variant)
             self.put(new)
+            if old is not None:
+                old.stop_fills()  # its memo is no longer read
             settle_heap()
             return new, old

@@ -165,9 +165,7 @@ def create_app(settings: Settings | None = None) -> MailrecApp:
             if state.embedded is not None:
                 state.embedded.close()
             for model in state.registry.all():
-                for served in (model, model.unseen):  # the cold checkpoint has a memo of its own
-                    if served is not None and served.cold is not None:
-                        served.cold.cancel()
+                model.stop_fills()
             state.registry.close()
 
     app = MailrecApp(

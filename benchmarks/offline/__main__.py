@@ -27,7 +27,7 @@ from typing import Any
 
 from benchmarks.offline import plots, writeup
 from benchmarks.offline.methods import METHODS
-from benchmarks.offline.report import summarize
+from benchmarks.offline.report import paired_p, summarize
 from benchmarks.offline.runner import machine
 from benchmarks.offline.suite import (
     FEWSHOT_N,
@@ -316,7 +316,6 @@ def two_checkpoints(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     NDCG@10 and precision@10 served by it, against the same run with one checkpoint for everyone
     (`one_checkpoint`): means, paired relative lift and paired t-test p over the seeds."""
     import numpy as np
-    from scipy import stats
 
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for r in rows:
@@ -339,16 +338,11 @@ def two_checkpoints(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for metric in ("ndcg@10", "precision@10"):
             two = np.array([r["ranking"]["test"]["new"][metric] for r in rs])
             one = np.array([r.get("one_checkpoint", r)["ranking"]["test"]["new"][metric] for r in rs])
-            p = (
-                float(stats.ttest_rel(two, one).pvalue)
-                if len(rs) > 1 and np.any(two != one)
-                else float("nan")
-            )
             record[metric] = {
                 "two": float(two.mean()),
                 "one": float(one.mean()),
                 "lift_pct": float(100 * np.mean(two / one - 1)),
-                "p": p,
+                "p": paired_p(list(two), list(one)),
             }
         out.append(record)
     return out

@@ -30,6 +30,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+from benchmarks.offline.report import paired_p
 from benchmarks.offline.runner import machine
 from benchmarks.offline.suite import _fewshot_catalog
 from model_export import popular
@@ -390,7 +391,6 @@ def _paired_checkpoints(groups: dict[tuple[str, str], list[dict[str, Any]]]) -> 
     the same run's one checkpoint for everyone (paired by run), and both against the most-liked
     list on the same seeds (paired t-test p), on validation and test."""
     import numpy as np
-    from scipy import stats
 
     popular = {r["seed"]: r for r in groups.get(("popularity", "most-liked items"), [])}
     out = []
@@ -409,8 +409,8 @@ def _paired_checkpoints(groups: dict[tuple[str, str], list[dict[str, Any]]]) -> 
                 s, o, pop = (np.array(c) for c in zip(*paired, strict=True))
                 text += (
                     f"; against the most-liked list {100 * np.mean(s / pop - 1):+.1f}% "
-                    f"(p {stats.ttest_rel(s, pop).pvalue:.2f}), one checkpoint "
-                    f"{100 * np.mean(o / pop - 1):+.1f}% (p {stats.ttest_rel(o, pop).pvalue:.2f})"
+                    f"(p {paired_p(list(s), list(pop)):.2f}), one checkpoint "
+                    f"{100 * np.mean(o / pop - 1):+.1f}% (p {paired_p(list(o), list(pop)):.2f})"
                 )
             parts.append(text)
         out.append(

@@ -125,15 +125,27 @@ class Schema:
     def user_slots(self) -> int:
         return sum(f.slots for f in self.user_fields)
 
+    def user_field_slots(self, name: str) -> slice | None:
+        """Columns of the user attribute `name` in the user attribute ids (None: no such field)."""
+        start = 0
+        for f in self.user_fields:
+            if f.name == name:
+                return slice(start, start + f.slots)
+            start += f.slots
+        return None
+
     @property
     def user_id_slot(self) -> int | None:
         """Column of the user id in the user attribute ids (None: the schema has no user id)."""
-        start = 0
-        for f in self.user_fields:
-            if f.name == "user_id":
-                return start
-            start += f.slots
-        return None
+        slots = self.user_field_slots("user_id")
+        return None if slots is None else slots.start
+
+    def is_unseen(self, user_attrs: IntArray, n_history: int) -> bool:
+        """Whether an encoded user (`user_attrs` (1, A)) is one the model never saw: an unknown
+        (OOV) id and no history, a new user before any click; the user a bundle's cold checkpoint
+        scores (training's rule on tensors: `model_export.evaluation.unseen`)."""
+        slot = self.user_id_slot
+        return n_history == 0 and slot is not None and int(user_attrs[0, slot]) == OOV
 
     @property
     def item_slots(self) -> int:

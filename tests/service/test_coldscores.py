@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 
 from benchmarks.harness.metrics import metric_value
-from service.bundles import load_model
+from service.bundles import ModelRegistry, load_model
 from service.coldscores import ColdScoreOptions, ColdScores, Remembered, memo_key
 from service.contract import FloatArray, IntArray, encode, load_bundle
 from service.inference import SessionOptions
+from service.metrics import Metrics
 from tests.service.conftest import NEW_USER, Live, start_live
 
 CONTEXT = {"timestamp": 1_700_000_000}
@@ -93,6 +94,37 @@ def test_a_fill_is_the_rankers_whole_catalog_in_chunks(tiny_bundle: Callable[...
         model.bundle.schema, catalog, "new-2", NEW_USER, (), {"timestamp": CONTEXT["timestamp"] + 3600}
     )
     assert memo.get(memo_key(other)) is None
+
+
+def test_a_reload_stops_the_replaced_models_fills(tiny_bundle: Callable[..., Path]) -> None:
+    """No request reads a replaced model's memo, so its fills under way stop at the swap."""
+    path = tiny_bundle("mail", "base")
+
+    async def scenario() -> ColdScores | None:
+        registry = ModelRegistry(SessionOptions(device="cpu"), Metrics())
+        try:
+            registry.put(registry.load("mail", path))
+            old = registry.get("mail")
+            assert old.cold is not None
+            never = asyncio.Event()
+
+            async def score(rows: IntArray) -> FloatArray:
+                await never.wait()  # a fill still under way when the reload comes
+                raise AssertionError("the fill outlived its model")
+
+            old.cold.fill(b"k", score, None)
+            fill = old.cold.pending[b"k"]
+            await asyncio.sleep(0)  # the fill starts and waits on its first chunk
+            new, replaced = await registry.reload("mail", path)
+            assert replaced is old and new is not old
+            await asyncio.wait([fill], timeout=10)  # a hang guard: a fill left running never ends
+            assert fill.cancelled() and not old.cold.pending  # (asyncio.run would cancel it later)
+            return new.cold
+        finally:
+            registry.close()
+
+    memo = asyncio.run(scenario())
+    assert memo is not None and len(memo) == 0 and not memo.pending  # the new model's own, empty
 
 
 def test_fills_run_one_at_a_time_and_leave_the_loop_to_requests() -> None:
