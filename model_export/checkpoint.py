@@ -31,11 +31,12 @@ def save_run(
     report: dict[str, Any],
     split_record: dict[str, Any],
     run_info: dict[str, Any],
-    cold: tuple[int, dict[str, torch.Tensor]] | None = None,
+    cold: tuple[int, float, dict[str, torch.Tensor]] | None = None,
 ) -> None:
     """RUN_DIR: model.pt (rebuildable from itself alone), split.json, metrics.json, config.json.
-    `cold`: (epoch, weights) of new users' own checkpoint (`TrainConfig.cold_checkpoint`), kept
-    in model.pt beside the weights every other user is scored with."""
+    `cold`: (epoch, scale of the learned logit, weights) of new users' own checkpoint
+    (`TrainConfig.cold_checkpoint`, `cold_scale`), kept in model.pt beside the weights every other
+    user is scored with."""
     out.mkdir(parents=True, exist_ok=True)
     parity_rows = _parity_rows(data)
     torch.save(
@@ -58,7 +59,11 @@ def save_run(
                 "item": data.item[parity_rows],
             },
             "metrics": report["test"],
-            **({"cold_epoch": cold[0], "cold_state_dict": cold[1]} if cold is not None else {}),
+            **(
+                {"cold_epoch": cold[0], "cold_scale": cold[1], "cold_state_dict": cold[2]}
+                if cold is not None
+                else {}
+            ),
         },
         out / CHECKPOINT,
     )

@@ -82,6 +82,14 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "default: on wherever it applies (selection on NDCG, no --freeze-cold)",
     )
     p.add_argument(
+        "--cold-scale",
+        type=float,
+        default=None,
+        help="catalog, with a cold checkpoint and an item prior: multiply what the tower learned over "
+        "the prior by this (0-1) in the weights that score a user with an unknown id and no history; "
+        "default: the value chosen on validation (benchmarks/results/cold-scale.md)",
+    )
+    p.add_argument(
         "--select",
         choices=["ndcg", "auc"],
         default=None,
@@ -127,6 +135,7 @@ CATALOG_FLAGS = (
     "cold_history",
     "freeze_cold",
     "cold_checkpoint",
+    "cold_scale",
     "select",
 )
 # TrainConfig fields with a flag of their own (`--cold-rows` sets `cold_rows`)
@@ -142,6 +151,7 @@ TRAIN_FLAGS = (
     "cold_history",
     "freeze_cold",
     "cold_checkpoint",
+    "cold_scale",
     "select",
 )
 
@@ -184,6 +194,7 @@ def _train(args: argparse.Namespace) -> int:
             **{**overrides.get("train", {}), **chosen, "task": args.task, "seed": args.seed},
             progress=not args.quiet,
         )
+        tcfg.cold_scale_for(model_cfg)  # a scale the model cannot take fails here, not after training
     except ValueError as e:  # an impossible combination of flags, said in the flags' terms
         raise SystemExit(f"model_export train: {e}") from None
     spec = RunSpec(

@@ -256,6 +256,7 @@ def full_report(model: MailModel, data: EncodedData, history: History, tcfg: Tra
     }
     if history.cold_epoch >= 0:  # freeze_cold, cold_checkpoint: new users are served this epoch's weights
         report["cold_epoch"] = history.cold_epoch
+        report["cold_scale"] = history.cold_scale
     if cold is not None:  # the same run with one checkpoint for every user: the paired comparison
         report["one_checkpoint"] = {
             "ranking": {"test": rank_part(model, batches, TEST), "val": rank_part(model, batches, VAL)},

@@ -236,7 +236,9 @@ def _write_bundle(
     record = None
     if cold is not None:  # the sub-bundle's files (its manifest aside): this version covers them
         files.update({f"{COLD_DIR}/{name}": digest for name, digest in cold.files.items()})
-        record = ColdCheckpoint(COLD_DIR, cold.model_version, int(ckpt["cold_epoch"]))
+        record = ColdCheckpoint(
+            COLD_DIR, cold.model_version, int(ckpt["cold_epoch"]), float(ckpt.get("cold_scale", 1.0))
+        )
     parity = replace(parity, ranker_batch=batch)
     precisions = _precisions(
         files,

@@ -252,6 +252,7 @@ class Ranker(nn.Module):
     """A ranking tower: scores (user, target item) pairs from the shared embeddings."""
 
     default_slots = 1
+    out: nn.Linear  # every tower's last layer: its logit before the item bias and prior
 
     def __init__(self, cfg: RankerConfig, emb: FeatureEmbeddings) -> None:
         super().__init__()
@@ -300,6 +301,19 @@ class Ranker(nn.Module):
         # one gather on the flattened table (two index tensors export as several ONNX operators)
         n_columns = self.item_log_prior.shape[1]
         return bias + self.item_log_prior.reshape(-1)[segment * n_columns + items]
+
+    def scale_learned(self, scale: float) -> None:
+        """In place: the learned part of the logit (the output layer's, and the item bias) times
+        `scale`, the fixed prior untouched, so the logit becomes prior + scale * (what the tower
+        learned over it): 0 is the prior's list alone, 1 the tower as trained
+        (`TrainConfig.cold_scale`)."""
+        if self.item_log_prior is None:
+            raise ValueError("scaling the learned logit needs a prior (RankerConfig.item_prior)")
+        with torch.no_grad():
+            self.out.weight.mul_(scale)
+            self.out.bias.mul_(scale)
+            if self.item_bias is not None:
+                self.item_bias.mul_(scale)
 
     def behavior_target(self, behavior: Tensor) -> tuple[Tensor, Tensor]:
         """What the tower consumes as behavior: (U, K, d) vectors and their (U, K) mask."""

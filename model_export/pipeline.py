@@ -137,6 +137,8 @@ def run(
             report,
             task_split_record(prepared, spec.train),
             info,
-            None if history.cold_state is None else (history.cold_epoch, history.cold_state),
+            None
+            if history.cold_state is None
+            else (history.cold_epoch, history.cold_scale, history.cold_state),
         )
     return model, report

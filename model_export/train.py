@@ -84,6 +84,14 @@ class TrainConfig:
     # exported as the bundle's cold checkpoint). None: on wherever it applies (catalog task
     # selected on NDCG, no freeze_cold); chosen on validation (catalog-task.md, catalog-epochs.md)
     cold_checkpoint: bool | None = None
+    # with a cold checkpoint and the ranker's item prior: what the tower learned over the prior is
+    # multiplied by this in the weights that score a user with an unknown id and no history
+    # (`Ranker.scale_learned`; 0: the prior's list alone, 1: the tower as trained). None:
+    # COLD_SCALE where the ranker has a prior and a cold checkpoint is kept, else 1. Chosen on
+    # validation new users (5 seeds, control and MAIL): a quarter of the learned part beat both the
+    # whole of it and none (benchmarks/results/cold-scale.md); what a tower learns over the list of
+    # a user's segment from attributes alone is mostly noise on MovieLens
+    cold_scale: float | None = None
 
     def __post_init__(self) -> None:
         for name, value, allowed in (
@@ -103,6 +111,8 @@ class TrainConfig:
             raise ValueError("cold_checkpoint needs the catalog task selected on NDCG (new users' own score)")
         if self.cold_checkpoint and self.freeze_cold:
             raise ValueError("cold_checkpoint and freeze_cold are two ways to serve new users: choose one")
+        if self.cold_scale is not None and not 0.0 <= self.cold_scale <= 1.0:
+            raise ValueError(f"cold_scale is a share of the learned logit, in [0, 1]: {self.cold_scale}")
 
     @property
     def by_ndcg(self) -> bool:
@@ -117,6 +127,19 @@ class TrainConfig:
             return self.cold_checkpoint
         return self.by_ndcg and not self.freeze_cold
 
+    def cold_scale_for(self, cfg: ModelConfig) -> float:
+        """`cold_scale` resolved for a model: the chosen COLD_SCALE where its ranker has a prior to
+        scale towards (and a cold checkpoint is kept), else 1."""
+        has_prior = cfg.ranker is not None and cfg.ranker.item_prior
+        if self.cold_scale is not None:
+            if self.cold_scale != 1.0 and not (has_prior and self.keeps_cold_checkpoint):
+                raise ValueError(
+                    "cold_scale scales new users' learned logit towards the ranker's prior: it needs "
+                    "a cold checkpoint and RankerConfig.item_prior"
+                )
+            return self.cold_scale
+        return COLD_SCALE if has_prior and self.keeps_cold_checkpoint else 1.0
+
     @property
     def softmax(self) -> bool:
         """Whether L_rt is the sampled softmax (the catalog task's; the rating task is always BCE)."""
@@ -130,6 +153,7 @@ class TrainConfig:
 
 
 CATALOG_COLD_ROWS = 0.2
+COLD_SCALE = 0.25  # `TrainConfig.cold_scale`'s default, chosen on validation (cold-scale.md)
 SELECT = ("ndcg", "auc")
 LOSSES = ("bce", "softmax")
 
@@ -170,8 +194,10 @@ class History:
     # `cold_state`; -1 otherwise
     cold_epoch: int = -1
     # with `cold_checkpoint`: the weights of new users' best validation epoch (the model's own
-    # state dict), which score a user with an unknown id and no history
+    # state dict), which score a user with an unknown id and no history, their learned logit
+    # scaled by `cold_scale`
     cold_state: dict[str, Tensor] | None = None
+    cold_scale: float = 1.0
 
 
 def training_rows(
@@ -226,6 +252,7 @@ def train(
     rng = np.random.default_rng(tcfg.seed)
     hooks = hooks or TrainHooks()
     cfg = resolve_prior(data, cfg)
+    cold_scale = tcfg.cold_scale_for(cfg)
     model = hooks.build(cfg, data.schema, torch.from_numpy(data.catalog.features))
     if cfg.ranker is not None and cfg.ranker.item_prior:
         from model_export.popular import log_prior
@@ -329,6 +356,11 @@ def train(
         warm.release(model)
     if history.cold_epoch == history.best_epoch and not tcfg.freeze_cold:
         history.cold_state = None  # new users' best epoch is everyone's: one checkpoint serves all
+    if cold_scale != 1.0 and history.cold_epoch >= 0:
+        # new users' weights (everyone's, where their epochs coincide) with the learned logit scaled
+        model.load_state_dict(history.cold_state if history.cold_state is not None else best_state)
+        model.ranker.scale_learned(cold_scale)
+        history.cold_state, history.cold_scale = copy.deepcopy(model.state_dict()), cold_scale
     model.load_state_dict(best_state)
     model.eval()
     history.seconds = time.perf_counter() - started

@@ -151,6 +151,7 @@ class ServedModel:
             if self.unseen is None or man.cold_checkpoint is None
             else {
                 "epoch": man.cold_checkpoint.epoch,
+                "scale": man.cold_checkpoint.scale,
                 "model_version": self.unseen.version,
                 "serves": "users with an unknown id and no history",
             },

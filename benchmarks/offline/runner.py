@@ -116,6 +116,7 @@ def result_row(cell: Cell, seconds: float, report: dict[str, Any], **extra: Any)
         "train_seconds": report["train_seconds"],
         "best_epoch": report["best_epoch"],
         **({"cold_epoch": report["cold_epoch"]} if "cold_epoch" in report else {}),
+        **({"cold_scale": report["cold_scale"]} if "cold_scale" in report else {}),
         "test": report["test"],
         "val": report["val"],
         "ranking": report.get("ranking"),

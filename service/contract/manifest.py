@@ -86,10 +86,13 @@ class ColdCheckpoint:
     dir: str
     model_version: str
     epoch: int  # the training epoch its weights come from
+    # what its learned logit was multiplied by towards the ranker's prior (`TrainConfig.cold_scale`;
+    # 1: as trained, and what a bundle from before the setting says)
+    scale: float = 1.0
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ColdCheckpoint:
-        return cls(str(d["dir"]), str(d["model_version"]), int(d["epoch"]))
+        return cls(str(d["dir"]), str(d["model_version"]), int(d["epoch"]), float(d.get("scale", 1.0)))
 
 
 _Record = TypeVar("_Record")

@@ -357,3 +357,48 @@ def test_cold_checkpoint_scores_unseen_users_with_their_best_epoch_and_no_one_el
         TrainConfig(select="auc", cold_checkpoint=True)
     with pytest.raises(ValueError, match="choose one"):
         TrainConfig(cold_checkpoint=True, freeze_cold=True)
+
+
+def test_cold_scale_shrinks_only_new_users_learned_logit_towards_the_prior(encoded) -> None:  # type: ignore[no-untyped-def]
+    from model_export.batches import Batches
+    from model_export.evaluation import catalog_scorer, cold_model, with_weights
+
+    _, _, enc = encoded
+    batches = Batches(enc, False)
+    cases = enc.ranking[VAL]
+    new = np.flatnonzero(cases.is_new)[:8]
+    assert len(new)
+
+    def unseen_logits(model, history) -> torch.Tensor:  # type: ignore[no-untyped-def]
+        cold = cold_model(model, history)
+        assert cold is not None
+        return torch.from_numpy(catalog_scorer(cold, batches, cases)(new))
+
+    full_model, full = _small_control(enc, epochs=6, patience=3, cold_checkpoint=True, cold_scale=1.0)
+    model, half = _small_control(enc, epochs=6, patience=3, cold_checkpoint=True, cold_scale=0.5)
+    assert (full.cold_scale, half.cold_scale) == (1.0, 0.5) and half.cold_epoch == full.cold_epoch
+    assert full.cold_epoch != full.best_epoch  # new users' own weights are the ones scaled
+    prior = model.ranker.item_log_prior[0, 1:].double()  # the overall list, (I,)
+    scaled, as_trained = unseen_logits(model, half), unseen_logits(full_model, full)
+    assert torch.allclose(scaled, prior + 0.5 * (as_trained - prior), atol=1e-4)
+    # everyone else is scored as before: the weights early stopping keeps are untouched
+    assert all(torch.equal(v, full_model.state_dict()[k]) for k, v in model.state_dict().items())
+    # 0: the prior's list alone
+    assert full.cold_state is not None
+    nothing = with_weights(full_model, full.cold_state)
+    nothing.ranker.scale_learned(0.0)
+    assert torch.allclose(
+        torch.from_numpy(catalog_scorer(nothing, batches, cases)(new)), prior.expand(len(new), -1)
+    )
+    # where new users' best epoch is everyone's, the scaled weights are still kept apart
+    _, one = _small_control(enc, epochs=1, cold_checkpoint=True, cold_scale=0.5)
+    assert one.cold_epoch == one.best_epoch == 1 and one.cold_state is not None and one.cold_scale == 0.5
+    _, one = _small_control(enc, epochs=1, cold_checkpoint=True, cold_scale=1.0)
+    assert one.cold_state is None  # one checkpoint serves all
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        TrainConfig(cold_scale=1.5)
+    from model_export.model import ModelConfig, RankerConfig
+
+    with pytest.raises(ValueError, match="item_prior"):
+        TrainConfig(cold_scale=0.5).cold_scale_for(ModelConfig(ranker=RankerConfig(item_prior=False)))
+    assert TrainConfig().cold_scale_for(ModelConfig(ranker=RankerConfig(item_prior=False))) == 1.0

@@ -17,6 +17,7 @@ from service.contract import (
     RANKER_FILE,
     ZERO_SHOT_FILE,
     BundleError,
+    ColdCheckpoint,
     content_version,
     load_bundle,
     sha256_file,
@@ -216,6 +217,8 @@ def test_a_cold_checkpoint_is_a_sub_bundle_the_parent_pins(
     cold, pin = bundle.cold, bundle.manifest.cold_checkpoint
     assert cold is not None and pin is not None  # this tiny run's new users peak at another epoch
     assert pin.epoch == ckpt["cold_epoch"] and pin.dir == "cold" and cold.path == bundle.path / "cold"
+    assert pin.scale == ckpt["cold_scale"]  # what its learned logit was scaled by, said
+    assert ColdCheckpoint.from_dict({"dir": "cold", "model_version": "v", "epoch": 3}).scale == 1.0  # older
     assert pin.model_version == cold.version != bundle.version
     assert all(bundle.manifest.files[f"cold/{n}"] == d for n, d in cold.manifest.files.items())
     assert cold.manifest.cold_checkpoint is None and cold.schema == bundle.schema

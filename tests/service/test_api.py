@@ -515,7 +515,10 @@ def test_a_user_the_model_never_saw_is_scored_by_the_cold_checkpoint(
     assert bundle.cold is not None  # the tiny mail run's new users peak at another epoch
     described = {m["variant"]: m for m in client.get("/models").json()["models"]}
     assert described["mail"]["cold_checkpoint"]["model_version"] == bundle.cold.version
-    assert described["mail"]["cold_checkpoint"]["epoch"] == bundle.manifest.cold_checkpoint.epoch  # type: ignore[union-attr]
+    pin = bundle.manifest.cold_checkpoint
+    assert pin is not None
+    assert described["mail"]["cold_checkpoint"]["epoch"] == pin.epoch
+    assert described["mail"]["cold_checkpoint"]["scale"] == pin.scale
     items = bundle.catalog.ids[:30]
     context = {"timestamp": 881250949}
 
