@@ -331,7 +331,9 @@ def test_cold_checkpoint_scores_unseen_users_with_their_best_epoch_and_no_one_el
     from model_export.evaluation import cold_model, rank_part, unseen
 
     _, _, enc = encoded
-    model, history = _small_control(enc, epochs=6, patience=3, cold_checkpoint=True)
+    model, history = _small_control(
+        enc, epochs=6, patience=3, cold_checkpoint=True, cold_scale=1.0
+    )  # as trained (the scale: its own test)
     epochs = history.epochs
     assert history.cold_epoch == max(epochs, key=lambda e: e["val_ndcg_new"])["epoch"]
     assert history.best_epoch == max(epochs, key=lambda e: e["val_ndcg"])["epoch"]
