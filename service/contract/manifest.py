@@ -80,8 +80,9 @@ class Graph:
 @dataclass(frozen=True)
 class ColdCheckpoint:
     """The weights a user with an unknown id and no history is scored with, where training kept
-    new users' own best epoch apart (`TrainConfig.cold_checkpoint`): a complete bundle of the same
-    schema and catalog in the sub-directory `dir`, pinned by its model version."""
+    new users' own best epoch apart (`TrainConfig.cold_checkpoint`) or scaled what their ranker
+    learned over its prior (`TrainConfig.cold_scale`): a complete bundle of the same schema and
+    catalog in the sub-directory `dir`, pinned by its model version."""
 
     dir: str
     model_version: str
