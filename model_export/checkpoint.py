@@ -12,7 +12,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from model_export.evaluation import with_weights
+from model_export.evaluation import Cold, with_weights
 from model_export.features import EncodedData
 from model_export.model import MailModel, ModelConfig
 from model_export.protocol import TEST
@@ -31,12 +31,12 @@ def save_run(
     report: dict[str, Any],
     split_record: dict[str, Any],
     run_info: dict[str, Any],
-    cold: tuple[int, float, dict[str, torch.Tensor]] | None = None,
+    cold: tuple[int, float, int, dict[str, torch.Tensor]] | None = None,
 ) -> None:
     """RUN_DIR: model.pt (rebuildable from itself alone), split.json, metrics.json, config.json.
-    `cold`: (epoch, scale of the learned logit, weights) of new users' own checkpoint
-    (`TrainConfig.cold_checkpoint`, `cold_scale`), kept in model.pt beside the weights every other
-    user is scored with."""
+    `cold`: (epoch, scale of the learned logit, clicks below which it scores an unknown-id user,
+    weights) of new users' own checkpoint (`TrainConfig.cold_checkpoint`, `cold_scale`,
+    `cold_clicks`), kept in model.pt beside the weights every other user is scored with."""
     out.mkdir(parents=True, exist_ok=True)
     parity_rows = _parity_rows(data)
     torch.save(
@@ -60,7 +60,7 @@ def save_run(
             },
             "metrics": report["test"],
             **(
-                {"cold_epoch": cold[0], "cold_scale": cold[1], "cold_state_dict": cold[2]}
+                dict(zip(("cold_epoch", "cold_scale", "cold_clicks", "cold_state_dict"), cold, strict=True))
                 if cold is not None
                 else {}
             ),
@@ -106,7 +106,9 @@ def load_checkpoint(run_dir: Path) -> tuple[MailModel, dict[str, Any]]:
     return model, ckpt
 
 
-def cold_checkpoint(model: MailModel, ckpt: dict[str, Any]) -> MailModel | None:
-    """The model with new users' own weights (`save_run`'s `cold`), or None if the run kept none."""
+def cold_checkpoint(model: MailModel, ckpt: dict[str, Any]) -> Cold | None:
+    """New users' own weights (`save_run`'s `cold`) in a copy of `model`, with the clicks below
+    which they score an unknown-id user (1 in runs from before the setting), or None if the run
+    kept none."""
     state = ckpt.get("cold_state_dict")
-    return None if state is None else with_weights(model, state)
+    return None if state is None else Cold(with_weights(model, state), int(ckpt.get("cold_clicks", 1)))

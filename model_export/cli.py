@@ -78,7 +78,8 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         action=argparse.BooleanOptionalAction,
         default=None,
         help="catalog: keep the weights of new users' own best validation epoch beside the final ones, "
-        "and score a user with an unknown id and no history with them (the bundle's cold checkpoint); "
+        "and score a user with an unknown id and few clicks (--cold-clicks) with them (the bundle's "
+        "cold checkpoint); "
         "default: on wherever it applies (selection on NDCG, no --freeze-cold)",
     )
     p.add_argument(
@@ -86,8 +87,16 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         type=float,
         default=None,
         help="catalog, with a cold checkpoint and an item prior: multiply what the tower learned over "
-        "the prior by this (0-1) in the weights that score a user with an unknown id and no history; "
+        "the prior by this (0-1) in the cold checkpoint's weights; "
         "default: the value chosen on validation (benchmarks/results/cold-scale.md)",
+    )
+    p.add_argument(
+        "--cold-clicks",
+        type=int,
+        default=None,
+        help="catalog, with a cold checkpoint: it scores a user with an unknown id and fewer clicks "
+        "than this (1: only before the first click); default: the value chosen on validation "
+        "(benchmarks/results/first-clicks.md)",
     )
     p.add_argument(
         "--select",
@@ -136,6 +145,7 @@ CATALOG_FLAGS = (
     "freeze_cold",
     "cold_checkpoint",
     "cold_scale",
+    "cold_clicks",
     "select",
 )
 # TrainConfig fields with a flag of their own (`--cold-rows` sets `cold_rows`)
@@ -152,6 +162,7 @@ TRAIN_FLAGS = (
     "freeze_cold",
     "cold_checkpoint",
     "cold_scale",
+    "cold_clicks",
     "select",
 )
 

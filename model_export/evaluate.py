@@ -53,7 +53,8 @@ class RequestInputs:
     """A user's model inputs at a moment, as a live request sends them (history = earlier
     interactions, none for a new user unless the oracle), with the virtual behavior it gets and
     the towers that score it: `cold`'s (the bundle's cold checkpoint) for a user with an unknown
-    id and no history, as the service chooses (`ServedModel.for_user`), else `towers`."""
+    id and fewer clicks than its manifest's `clicks`, as the service chooses
+    (`ServedModel.for_user`), else `towers`."""
 
     def __init__(
         self,
@@ -85,7 +86,12 @@ class RequestInputs:
         context = {"timestamp": ts} if ts is not None else {}
         enc = encode(self.bundle.schema, self.bundle.catalog, user, attributes, history, context)
         towers = self.towers
-        if self.cold is not None and self.bundle.schema.is_unseen(enc.user_attrs, enc.n_history):
+        cold = self.bundle.manifest.cold_checkpoint
+        if (
+            self.cold is not None
+            and cold is not None
+            and self.bundle.schema.is_unseen(enc.user_attrs, enc.n_history, cold.clicks)
+        ):
             towers = self.cold
         gate = blend_gate(enc.n_history, towers.fill_mode, towers.blend_tau)
         virtual = towers.virtual_behavior(enc.user_attrs) if gate > 0 else None

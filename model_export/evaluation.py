@@ -4,6 +4,7 @@ R^2 diagnostics of virtual behavior, and the metrics.json report that gathers th
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -23,15 +24,24 @@ if TYPE_CHECKING:  # train imports this module for its validation after each epo
     from model_export.train import History, TrainConfig
 
 
+@dataclass(frozen=True)
+class Cold:
+    """New users' own checkpoint (`TrainConfig.cold_checkpoint`) and whom it scores: a user with
+    an unknown id and fewer than `clicks` items of history (`TrainConfig.cold_clicks`)."""
+
+    model: MailModel
+    clicks: int = 1
+
+
 def predict(
     model: MailModel,
     batches: Batches,
     rows: npt.NDArray[np.int64],
     batch_size: int = 4096,
     items: npt.NDArray[np.int64] | None = None,
-    cold: MailModel | None = None,
+    cold: Cold | None = None,
 ) -> npt.NDArray[np.float64]:
-    """Probabilities of `rows` (with `items`: those items); `cold` scores the unseen rows."""
+    """Probabilities of `rows` (with `items`: those items); `cold` scores its users' rows."""
     model.eval()
     slot = _id_slot(batches, cold)
     out = []
@@ -39,27 +49,31 @@ def predict(
         for attrs, ctx, beh, item, _, _ in batches.iterate(rows, batch_size, items=items):
             logits = model.ranker(user_inputs(model, attrs, ctx, beh, training=False), item)
             if cold is not None:
-                m = unseen(attrs, beh, slot)
+                m = unseen(attrs, beh, slot, cold.clicks)
                 if bool(m.any()):
-                    user = user_inputs(cold, attrs[m], ctx[m], beh[m], training=False)
-                    logits[m] = cold.ranker(user, item[m])
+                    user = user_inputs(cold.model, attrs[m], ctx[m], beh[m], training=False)
+                    logits[m] = cold.model.ranker(user, item[m])
             out.append(torch.sigmoid(logits).double().numpy())
     return np.concatenate(out) if out else np.zeros(0)
 
 
-def unseen(attrs: Tensor, behavior: Tensor, id_slot: int) -> Tensor:
-    """Rows of a user the model has never seen: user id OOV and no history (a new user before
-    any click), the rows a cold checkpoint scores."""
-    return (attrs[:, id_slot] == OOV) & (behavior == PAD).all(1)
+def unseen(attrs: Tensor, behavior: Tensor, id_slot: int, clicks: int = 1) -> Tensor:
+    """Rows of a user the model has never seen, the rows a cold checkpoint scores: user id OOV and
+    fewer than `clicks` items of history (1: a new user before any click). The service's rule on
+    one encoded user: `Schema.is_unseen`."""
+    return (attrs[:, id_slot] == OOV) & ((behavior != PAD).sum(1) < clicks)
 
 
-def _id_slot(batches: Batches, cold: MailModel | None) -> int:
+def _id_slot(batches: Batches, cold: Cold | None) -> int:
     return task.user_id_slot(batches.data.schema) if cold is not None else -1
 
 
-def cold_model(model: MailModel, history: History) -> MailModel | None:
-    """The model with new users' own checkpoint loaded (`TrainConfig.cold_checkpoint`), or None."""
-    return None if history.cold_state is None else with_weights(model, history.cold_state)
+def cold_model(model: MailModel, history: History) -> Cold | None:
+    """New users' own checkpoint (`TrainConfig.cold_checkpoint`) loaded into a copy of `model`,
+    with the clicks up to which it scores them, or None."""
+    if history.cold_state is None:
+        return None
+    return Cold(with_weights(model, history.cold_state), history.cold_clicks)
 
 
 def with_weights(model: MailModel, state: dict[str, Tensor]) -> MailModel:
@@ -85,9 +99,9 @@ def part_pairs(data: EncodedData, part: int, tcfg: TrainConfig) -> task.EvalSet:
 
 
 def evaluate_part(
-    model: MailModel, batches: Batches, part: int, tcfg: TrainConfig, cold: MailModel | None = None
+    model: MailModel, batches: Batches, part: int, tcfg: TrainConfig, cold: Cold | None = None
 ) -> dict[str, Any]:
-    """The task's AUC, GAUC and log loss by group on VAL or TEST (`cold`: scores unseen rows)."""
+    """The task's AUC, GAUC and log loss by group on VAL or TEST (`cold`: scores its users' rows)."""
     data = batches.data
     ev = part_pairs(data, part, tcfg)
     scores = predict(model, batches, ev.rows, items=ev.items, cold=cold)
@@ -103,7 +117,7 @@ def tie_rank(data: EncodedData) -> npt.NDArray[np.int64]:
 
 
 def catalog_scorer(
-    model: MailModel, batches: Batches, cases: task.RankingSet, cold: MailModel | None = None
+    model: MailModel, batches: Batches, cases: task.RankingSet, cold: Cold | None = None
 ) -> task.CatalogScorer:
     """Scores of every catalog item for ranking cases, through the ranking tower (owner batching);
     `cold` scores the cases of unseen users (`unseen`)."""
@@ -123,9 +137,9 @@ def catalog_scorer(
         with torch.no_grad():
             if cold is None:
                 return logits(model, rows).double().numpy()
-            m = unseen(batches.attrs[rows], batches.behavior[rows], slot)
+            m = unseen(batches.attrs[rows], batches.behavior[rows], slot, cold.clicks)
             out = torch.empty(len(rows), n_items)
-            for part, scorer in ((m, cold), (~m, model)):
+            for part, scorer in ((m, cold.model), (~m, model)):
                 if bool(part.any()):
                     out[part] = logits(scorer, rows[part])
         return out.double().numpy()
@@ -138,7 +152,7 @@ def rank_part(
     batches: Batches,
     part: int,
     cases: task.RankingSet | None = None,
-    cold: MailModel | None = None,
+    cold: Cold | None = None,
 ) -> dict[str, Any]:
     """Whole-catalog ranking metrics by group for the part's cases (or the given ones); `cold`
     scores the cases of unseen users."""
@@ -257,6 +271,8 @@ def full_report(model: MailModel, data: EncodedData, history: History, tcfg: Tra
     if history.cold_epoch >= 0:  # freeze_cold, cold_checkpoint: new users are served this epoch's weights
         report["cold_epoch"] = history.cold_epoch
         report["cold_scale"] = history.cold_scale
+        if cold is not None:
+            report["cold_clicks"] = cold.clicks
     if cold is not None:  # the same run with one checkpoint for every user: the paired comparison
         report["one_checkpoint"] = {
             "ranking": {"test": rank_part(model, batches, TEST), "val": rank_part(model, batches, VAL)},

@@ -162,7 +162,9 @@ def export_bundle(run_dir: Path, out: Path, default_precision: str = DEFAULT_PRE
         sub = None
         if cold is not None:
             (tmp / COLD_DIR).mkdir(mode=0o755)
-            sub = _write_bundle(cold, ckpt, run_dir, tmp / COLD_DIR, default_precision, with_split=False)
+            sub = _write_bundle(
+                cold.model, ckpt, run_dir, tmp / COLD_DIR, default_precision, with_split=False
+            )
         manifest = _write_bundle(model, ckpt, run_dir, tmp, default_precision, sub)
         _swap_into_place(tmp, out)
     except BaseException:
@@ -237,7 +239,11 @@ def _write_bundle(
     if cold is not None:  # the sub-bundle's files (its manifest aside): this version covers them
         files.update({f"{COLD_DIR}/{name}": digest for name, digest in cold.files.items()})
         record = ColdCheckpoint(
-            COLD_DIR, cold.model_version, int(ckpt["cold_epoch"]), float(ckpt.get("cold_scale", 1.0))
+            COLD_DIR,
+            cold.model_version,
+            int(ckpt["cold_epoch"]),
+            float(ckpt.get("cold_scale", 1.0)),
+            int(ckpt.get("cold_clicks", 1)),
         )
     parity = replace(parity, ranker_batch=batch)
     precisions = _precisions(

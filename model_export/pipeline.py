@@ -17,7 +17,7 @@ from model_export.evaluation import full_report, task_record
 from model_export.features import EncodedData, encode_data
 from model_export.model import RANKERS, MailModel, ModelConfig, RankerConfig, ZeroShotConfig
 from model_export.protocol import TEST, Split, SplitConfig, add_declared_genres, make_split, split_record
-from model_export.train import TrainConfig, TrainHooks, train
+from model_export.train import History, TrainConfig, TrainHooks, train
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +109,17 @@ def run(
 
     `hooks` (opt-in) trains a baseline around the same ranking tower; see `train.TrainHooks`.
     """
+    model, report, _ = run_with_history(spec, out, prepared, hooks)
+    return model, report
+
+
+def run_with_history(
+    spec: RunSpec,
+    out: Path | None,
+    prepared: Prepared | None = None,
+    hooks: TrainHooks | None = None,
+) -> tuple[MailModel, dict[str, Any], History]:
+    """`run`, with the training history beside the model and report (new users' own checkpoint)."""
     prepared = prepared or prepare(spec)
     cfg = spec.model
     if cfg.ranker is None:
@@ -139,6 +150,6 @@ def run(
             info,
             None
             if history.cold_state is None
-            else (history.cold_epoch, history.cold_scale, history.cold_state),
+            else (history.cold_epoch, history.cold_scale, history.cold_clicks, history.cold_state),
         )
-    return model, report
+    return model, report, history

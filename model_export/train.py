@@ -80,18 +80,24 @@ class TrainConfig:
     freeze_cold: bool = False
     # catalog task, selected on NDCG: beside the weights early stopping keeps (all users' best
     # validation NDCG@10), keep those of the epoch where new users' own validation NDCG@10 peaked;
-    # a user with an unknown id and no history is then scored with them (`History.cold_state`;
-    # exported as the bundle's cold checkpoint). None: on wherever it applies (catalog task
-    # selected on NDCG, no freeze_cold); chosen on validation (catalog-task.md, catalog-epochs.md)
+    # a user with an unknown id and few clicks (`cold_clicks`) is then scored with them
+    # (`History.cold_state`; exported as the bundle's cold checkpoint). None: on wherever it
+    # applies (catalog task selected on NDCG, no freeze_cold); chosen on validation
+    # (catalog-task.md, catalog-epochs.md)
     cold_checkpoint: bool | None = None
     # with a cold checkpoint and the ranker's item prior: what the tower learned over the prior is
-    # multiplied by this in the weights that score a user with an unknown id and no history
+    # multiplied by this in the cold checkpoint's weights
     # (`Ranker.scale_learned`; 0: the prior's list alone, 1: the tower as trained). None:
     # COLD_SCALE where the ranker has a prior and a cold checkpoint is kept, else 1. Chosen on
     # validation new users (5 seeds, control and MAIL): a quarter of the learned part beat both the
     # whole of it and none (benchmarks/results/cold-scale.md); what a tower learns over the list of
     # a user's segment from attributes alone is mostly noise on MovieLens
     cold_scale: float | None = None
+    # with a cold checkpoint: it scores a user with an unknown id and fewer than this many clicks
+    # (1: only before the first click). None: COLD_CLICKS where a cold checkpoint is kept, else 1.
+    # Chosen on validation new users with their first n clicks known (5 seeds, control and MAIL:
+    # benchmarks/results/first-clicks.md)
+    cold_clicks: int | None = None
 
     def __post_init__(self) -> None:
         for name, value, allowed in (
@@ -113,6 +119,13 @@ class TrainConfig:
             raise ValueError("cold_checkpoint and freeze_cold are two ways to serve new users: choose one")
         if self.cold_scale is not None and not 0.0 <= self.cold_scale <= 1.0:
             raise ValueError(f"cold_scale is a share of the learned logit, in [0, 1]: {self.cold_scale}")
+        if self.cold_clicks is not None:
+            if self.cold_clicks < 1:
+                raise ValueError(
+                    f"cold_clicks counts clicks, 1 or more (1: before the first): {self.cold_clicks}"
+                )
+            if self.cold_clicks != 1 and not self.keeps_cold_checkpoint:
+                raise ValueError("cold_clicks says whom a cold checkpoint scores: it needs one")
 
     @property
     def by_ndcg(self) -> bool:
@@ -141,6 +154,13 @@ class TrainConfig:
         return COLD_SCALE if has_prior and self.keeps_cold_checkpoint else 1.0
 
     @property
+    def cold_clicks_resolved(self) -> int:
+        """`cold_clicks`, None resolved: COLD_CLICKS where a cold checkpoint is kept, else 1."""
+        if self.cold_clicks is not None:
+            return self.cold_clicks
+        return COLD_CLICKS if self.keeps_cold_checkpoint else 1
+
+    @property
     def softmax(self) -> bool:
         """Whether L_rt is the sampled softmax (the catalog task's; the rating task is always BCE)."""
         return self.task == "catalog" and self.loss == "softmax"
@@ -154,6 +174,7 @@ class TrainConfig:
 
 CATALOG_COLD_ROWS = 0.2
 COLD_SCALE = 0.25  # `TrainConfig.cold_scale`'s default, chosen on validation (cold-scale.md)
+COLD_CLICKS = 6  # `TrainConfig.cold_clicks`'s default, chosen on validation (first-clicks.md)
 SELECT = ("ndcg", "auc")
 LOSSES = ("bce", "softmax")
 
@@ -194,10 +215,11 @@ class History:
     # `cold_state`; -1 otherwise
     cold_epoch: int = -1
     # with `cold_checkpoint`: the weights of new users' best validation epoch (the model's own
-    # state dict), which score a user with an unknown id and no history, their learned logit
-    # scaled by `cold_scale`
+    # state dict), which score a user with an unknown id and fewer than `cold_clicks` clicks,
+    # their learned logit scaled by `cold_scale`
     cold_state: dict[str, Tensor] | None = None
     cold_scale: float = 1.0
+    cold_clicks: int = 1
 
 
 def training_rows(
@@ -361,6 +383,8 @@ def train(
         model.load_state_dict(history.cold_state if history.cold_state is not None else best_state)
         model.ranker.scale_learned(cold_scale)
         history.cold_state, history.cold_scale = copy.deepcopy(model.state_dict()), cold_scale
+    if history.cold_state is not None:
+        history.cold_clicks = tcfg.cold_clicks_resolved
     model.load_state_dict(best_state)
     model.eval()
     history.seconds = time.perf_counter() - started

@@ -57,7 +57,7 @@ class ServedModel:
     executor: Executor | None = None  # the registry's device thread (None: device calls inline)
     kind: str = "model"  # "popularity": ranks by the catalog's training counts, not the towers
     # the bundle's cold checkpoint, served the same way: it scores a user with an unknown id and
-    # no history (`for_user`); None: this model scores everyone
+    # fewer clicks than its manifest says (`for_user`); None: this model scores everyone
     unseen: ServedModel | None = None
     all_rows: IntArray = field(init=False)  # (I,) catalog rows 1..I
     item_ids: npt.NDArray[np.object_] = field(init=False)  # (I + 1,) raw id by row ("" for PAD)
@@ -102,8 +102,14 @@ class ServedModel:
 
     def for_user(self, user_attrs: IntArray, n_history: int) -> ServedModel:
         """The model that scores this user: the cold checkpoint for a user the model never saw
-        (unknown id, no history), where the bundle has one; else this one."""
-        if self.unseen is not None and self.bundle.schema.is_unseen(user_attrs, n_history):
+        (unknown id, fewer clicks than the manifest's `cold_checkpoint.clicks`), where the bundle
+        has one; else this one."""
+        cold = self.bundle.manifest.cold_checkpoint
+        if (
+            self.unseen is not None
+            and cold is not None
+            and self.bundle.schema.is_unseen(user_attrs, n_history, cold.clicks)
+        ):
             return self.unseen
         return self
 
@@ -152,8 +158,9 @@ class ServedModel:
             else {
                 "epoch": man.cold_checkpoint.epoch,
                 "scale": man.cold_checkpoint.scale,
+                "clicks": man.cold_checkpoint.clicks,
                 "model_version": self.unseen.version,
-                "serves": "users with an unknown id and no history",
+                "serves": _serves(man.cold_checkpoint.clicks),
             },
             "created_at": man.created_at,
             "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.loaded_at)),
@@ -284,3 +291,10 @@ class ModelRegistry:
                 old.stop_fills()  # its memo is no longer read
             settle_heap()
             return new, old
+
+
+def _serves(clicks: int) -> str:
+    """Whom a cold checkpoint scores, in words (`ColdCheckpoint.clicks`)."""
+    if clicks <= 1:
+        return "users with an unknown id and no history"
+    return f"users with an unknown id and fewer than {clicks} clicks"

@@ -235,9 +235,9 @@ async def recommend(
 
     store = state.store
     budget = store.budget()
-    # a user who sends no history and whose id the model never saw is scored by the bundle's cold
-    # checkpoint, if it has one (its own virtual behavior, under its own cache key), unless the
-    # clicks read with the vector make them known
+    # a user whose id the model never saw, with fewer clicks than the bundle's cold checkpoint
+    # says (`ColdCheckpoint.clicks`), is scored by it, if it has one (its own virtual behavior,
+    # under its own cache key), unless the clicks read with the vector take them past that
     scorer = model.for_user(enc.user_attrs, len(request_rows))
     use_zst = scorer.towers.zero_shot is not None and model.popularity is None
     key = vector_key(store.prefix, scorer.version, enc.user_attrs) if use_zst else None
@@ -247,7 +247,7 @@ async def recommend(
     history = np.concatenate([request_rows, click_rows]) if len(click_rows) else request_rows
     if len(history):  # `encode` already gave the cold encoding (no behavior)
         enc = enc.with_history(history)
-    if model.for_user(enc.user_attrs, enc.n_history) is not scorer:  # clicked before: no longer unseen
+    if model.for_user(enc.user_attrs, enc.n_history) is not scorer:  # clicked enough: no longer unseen
         scorer, cached = model, None
         key = vector_key(store.prefix, model.version, enc.user_attrs) if use_zst else None
     towers = scorer.towers

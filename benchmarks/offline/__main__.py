@@ -359,8 +359,9 @@ def _checkpoints_table(records: list[dict[str, Any]]) -> list[str]:
         "where its validation new users' NDCG@10 peaked (`TrainConfig.cold_checkpoint`), their "
         "learned logit scaled by `cold_scale` where the run records one below 1 (the default since "
         "it was chosen: 0.25, `cold-scale.md`; runs from before record none: 1); a test user "
-        "with an unknown id and no history is scored with them, everyone else as before, so old "
-        "users' and the few-shot figures are the same either way. Here: new users' test figures of "
+        "with an unknown id and no history is scored with them (so is one with fewer clicks than "
+        "the run's `cold_clicks`, in the few-shot table), everyone else as before, so old users' "
+        "figures are the same either way. Here: new users' test figures (no click) of "
         "the same runs both ways (paired by run; p = paired t-test over the seeds). A run whose two "
         "epochs coincide and whose scale is 1 has one set of weights: it counts as no change.",
         "",
@@ -556,7 +557,10 @@ def catalog_markdown(result: dict[str, Any], out: Path) -> str:
         "",
         "The same trained models; the known items are the new user's behavior (clicks, as the "
         "service keeps them), are not ranked and are no longer positives. `popularity` only drops "
-        "them. vs control / vs popularity compare at the same n.",
+        "them. vs control / vs popularity compare at the same n. A user with fewer items known than "
+        "the run's `cold_clicks` (6 since it was chosen, `first-clicks.md`; runs from before record "
+        "none: 1, no user here) is scored with new users' own checkpoint, as the service scores them; "
+        "from there on with the weights kept for everyone.",
         "",
         writeup.catalog_table(
             result["fewshot"], ORDER, lambda r: r["protocol"].rsplit("=", 1)[1].rjust(2), "n"

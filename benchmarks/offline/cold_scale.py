@@ -42,16 +42,12 @@ MODELS = ("control", "mail")
 LISTS = ("popularity", "popularity-segment")
 
 
-def run_seed(model_name: str, seed: int, data_dir: str | None) -> dict[str, Any]:
-    """Train one model and rank validation and test new users at every scale, both checkpoints."""
-    import torch
-
-    from model_export import popular
-    from model_export.batches import Batches
-    from model_export.evaluation import cold_model, rank_part
-    from model_export.model import MailModel, ModelConfig, RankerConfig, ZeroShotConfig
+def train_as_product(model_name: str, seed: int, data_dir: str | None) -> tuple[Any, Any, Any, Any, float]:
+    """`model_name` trained as the product trains it (MovieLens 100K, strict protocol, BaseDNN,
+    the adopted catalog task, a cold checkpoint kept) with `cold_scale` 1: the weights as trained,
+    scales applied by the caller. Returns (prepared data, model, history, train config, seconds)."""
+    from model_export.model import ModelConfig, RankerConfig, ZeroShotConfig
     from model_export.pipeline import prepare
-    from model_export.protocol import TEST, VAL
     from model_export.train import TrainConfig, train
 
     cfg = ModelConfig(
@@ -65,7 +61,7 @@ def run_seed(model_name: str, seed: int, data_dir: str | None) -> dict[str, Any]
             **DEFAULT,
             **SOFTMAX_POP,
             "cold_checkpoint": True,
-            "cold_scale": 1.0,  # the weights as trained: the scales are applied here
+            "cold_scale": 1.0,
             "seed": seed,
             "progress": False,
         }
@@ -73,22 +69,36 @@ def run_seed(model_name: str, seed: int, data_dir: str | None) -> dict[str, Any]
     prepared = prepare(screen_spec(cfg, tcfg, data_dir))
     started = time.perf_counter()
     model, history = train(prepared.encoded, cfg, tcfg)
-    seconds = time.perf_counter() - started
+    return prepared, model, history, tcfg, time.perf_counter() - started
+
+
+def scaled(model: Any, scale: float) -> Any:
+    """A copy of `model` in eval mode, its learned logit times `scale` (`Ranker.scale_learned`)."""
+    out = copy.deepcopy(model)
+    out.ranker.scale_learned(scale)
+    return out.eval()
+
+
+def run_seed(model_name: str, seed: int, data_dir: str | None) -> dict[str, Any]:
+    """Train one model and rank validation and test new users at every scale, both checkpoints."""
+    import torch
+
+    from model_export import popular
+    from model_export.batches import Batches
+    from model_export.evaluation import cold_model, rank_part
+    from model_export.protocol import TEST, VAL
+
+    prepared, model, history, tcfg, seconds = train_as_product(model_name, seed, data_dir)
     data = prepared.encoded
     batches = Batches(data, fill_new_users=False)
     cold = cold_model(model, history)
-
-    def scaled(m: MailModel, scale: float) -> MailModel:
-        out = copy.deepcopy(m)
-        out.ranker.scale_learned(scale)
-        return out.eval()
 
     def new_users(ranked: dict[str, Any]) -> dict[str, float]:
         return {"new": ranked["new"]["ndcg@10"], "new_p10": ranked["new"]["precision@10"]}
 
     rows: dict[str, Any] = {}
     with torch.no_grad():
-        for name, weights in (("main", model), ("cold", cold if cold is not None else model)):
+        for name, weights in (("main", model), ("cold", cold.model if cold is not None else model)):
             for scale in SCALES:
                 m = scaled(weights, scale)  # every case scored by it: new users' figures are read
                 rows[f"{name}|{scale}"] = {

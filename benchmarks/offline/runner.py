@@ -117,6 +117,7 @@ def result_row(cell: Cell, seconds: float, report: dict[str, Any], **extra: Any)
         "best_epoch": report["best_epoch"],
         **({"cold_epoch": report["cold_epoch"]} if "cold_epoch" in report else {}),
         **({"cold_scale": report["cold_scale"]} if "cold_scale" in report else {}),
+        **({"cold_clicks": report["cold_clicks"]} if "cold_clicks" in report else {}),
         "test": report["test"],
         "val": report["val"],
         "ranking": report.get("ranking"),

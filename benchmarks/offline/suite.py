@@ -30,10 +30,10 @@ from benchmarks.offline.methods import METHODS, Method, Value
 from benchmarks.offline.runner import Cell, result_row
 from model_export import popular
 from model_export.batches import Batches
-from model_export.evaluation import rank_part
+from model_export.evaluation import Cold, cold_model, rank_part
 from model_export.fewshot import evaluate_revealed, reveal, revealed_behavior, revealed_cases
 from model_export.model import RANKERS, ModelConfig, RankerConfig, ZeroShotConfig
-from model_export.pipeline import Prepared, RunSpec, prepare, run
+from model_export.pipeline import Prepared, RunSpec, prepare, run_with_history
 from model_export.protocol import TEST
 from model_export.train import TrainConfig
 
@@ -240,11 +240,12 @@ def run_job(job: Job) -> dict[str, Any]:
     spec = _spec(job, built.model, built.train)
     prepared = _prepared(job, spec)
     started = time.perf_counter()
-    model, report = run(spec, None, prepared, built.hooks)
+    model, report, history = run_with_history(spec, None, prepared, built.hooks)
     row = result_row(cell, time.perf_counter() - started, report, value=job.value)
     if job.fewshot:
         if spec.train.task == "catalog":
-            row["fewshot"] = _fewshot_catalog(model, prepared, scale.behavior == "clicks")
+            cold = cold_model(model, history)
+            row["fewshot"] = fewshot_catalog(model, prepared, scale.behavior == "clicks", cold=cold)
         else:
             row["fewshot"] = _fewshot(model, prepared, scale.behavior == "clicks")
     if job.keep_batches:
@@ -293,7 +294,7 @@ def _popularity_row(job: Job) -> dict[str, Any]:
     if "segment" in report:
         row["segment"] = report["segment"]
     if job.fewshot and tcfg.task == "catalog":
-        row["fewshot"] = _fewshot_catalog(chosen, prepared, scale.behavior == "clicks")
+        row["fewshot"] = fewshot_catalog(chosen, prepared, scale.behavior == "clicks")
     return row
 
 
@@ -309,12 +310,14 @@ def _reveals(prepared: Prepared, clicks_only: bool, ns: tuple[int, ...]) -> dict
     return cached[1]
 
 
-def _fewshot_catalog(model: Any, prepared: Prepared, clicks_only: bool, part: int = TEST) -> dict[str, Any]:
+def fewshot_catalog(
+    model: Any, prepared: Prepared, clicks_only: bool, part: int = TEST, cold: Cold | None = None
+) -> dict[str, Any]:
     """New users' whole-catalog ranking with their first n interactions known (the model fed
     them as behavior; a popular list, `model` a `PopularList`, only drops them), on `part`'s
-    users (VAL: what a choice may read). A user with a known interaction is no longer unseen, so
-    the weights kept for everyone score them, never a cold checkpoint (on MovieLens 100K every
-    new user in these cases has at least one revealed item)."""
+    users (VAL: what a choice may read). `cold`, new users' own checkpoint, scores those with
+    fewer items known than its `clicks`, as the service does; the weights kept for everyone the
+    others."""
     enc = prepared.encoded
     out = {}
     for n, revealed in _reveals(prepared, clicks_only, FEWSHOT_N_CATALOG).items():
@@ -324,7 +327,7 @@ def _fewshot_catalog(model: Any, prepared: Prepared, clicks_only: bool, part: in
         else:
             batches = Batches(enc, fill_new_users=False)
             batches.behavior = torch.from_numpy(revealed_behavior(prepared.interactions, enc, revealed))
-            ranking = rank_part(model, batches, part, cases)
+            ranking = rank_part(model, batches, part, cases, cold)
         out[str(n)] = {
             "ranking": ranking,
             "revealed_mean": float(np.mean([len(v) for v in revealed.values()])),

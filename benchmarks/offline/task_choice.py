@@ -32,7 +32,7 @@ from typing import Any
 
 from benchmarks.offline.report import paired_p
 from benchmarks.offline.runner import machine
-from benchmarks.offline.suite import _fewshot_catalog
+from benchmarks.offline.suite import fewshot_catalog
 from model_export import popular
 from model_export.model import ModelConfig, RankerConfig, ZeroShotConfig
 from model_export.pipeline import Prepared, RunSpec, prepare, run
@@ -179,7 +179,7 @@ def run_variant(
         ranker, report = run(spec, None, prepared)
     seconds = time.perf_counter() - started
     # validation new users with their first n interactions known (the few-shot case, on validation)
-    fewshot = _fewshot_catalog(ranker, prepared, clicks_only=True, part=VAL)
+    fewshot = fewshot_catalog(ranker, prepared, clicks_only=True, part=VAL)
     return {
         "variant": name,
         "model": model,

@@ -26,8 +26,9 @@ searches when a catalog is too big to score whole (`service.candidates`).
 
 So is a cold checkpoint (manifest key "cold_checkpoint", `ColdCheckpoint`): a sub-directory that is
 itself a complete bundle of the same schema and catalog, whose weights score a user with an
-unknown id and no history (the epoch where new users' validation NDCG@10 peaked, what the ranker
-learned over its prior scaled by the manifest's `scale`). The parent
+unknown id and fewer clicks than the manifest's `clicks` (1: no history; the epoch where new
+users' validation NDCG@10 peaked, what the ranker learned over its prior scaled by the manifest's
+`scale`). The parent
 lists the sub-bundle's files (as "cold/<name>", with their checksums), so the parent's model
 version covers them; a service that predates it serves every user with the parent's graphs.
 """

@@ -140,12 +140,13 @@ class Schema:
         slots = self.user_field_slots("user_id")
         return None if slots is None else slots.start
 
-    def is_unseen(self, user_attrs: IntArray, n_history: int) -> bool:
+    def is_unseen(self, user_attrs: IntArray, n_history: int, clicks: int = 1) -> bool:
         """Whether an encoded user (`user_attrs` (1, A)) is one the model never saw: an unknown
-        (OOV) id and no history, a new user before any click; the user a bundle's cold checkpoint
-        scores (training's rule on tensors: `model_export.evaluation.unseen`)."""
+        (OOV) id and fewer than `clicks` items of history (1: a new user before any click); the
+        user a bundle's cold checkpoint scores, `clicks` its manifest's (training's rule on
+        tensors: `model_export.evaluation.unseen`)."""
         slot = self.user_id_slot
-        return n_history == 0 and slot is not None and int(user_attrs[0, slot]) == OOV
+        return n_history < clicks and slot is not None and int(user_attrs[0, slot]) == OOV
 
     @property
     def item_slots(self) -> int:

@@ -79,10 +79,10 @@ class Graph:
 
 @dataclass(frozen=True)
 class ColdCheckpoint:
-    """The weights a user with an unknown id and no history is scored with, where training kept
-    new users' own best epoch apart (`TrainConfig.cold_checkpoint`) or scaled what their ranker
-    learned over its prior (`TrainConfig.cold_scale`): a complete bundle of the same schema and
-    catalog in the sub-directory `dir`, pinned by its model version."""
+    """The weights a user with an unknown id and fewer than `clicks` clicks is scored with, where
+    training kept new users' own best epoch apart (`TrainConfig.cold_checkpoint`) or scaled what
+    their ranker learned over its prior (`TrainConfig.cold_scale`): a complete bundle of the same
+    schema and catalog in the sub-directory `dir`, pinned by its model version."""
 
     dir: str
     model_version: str
@@ -90,10 +90,19 @@ class ColdCheckpoint:
     # what its learned logit was multiplied by towards the ranker's prior (`TrainConfig.cold_scale`;
     # 1: as trained, and what a bundle from before the setting says)
     scale: float = 1.0
+    # it scores a user with an unknown id and fewer clicks than this (`TrainConfig.cold_clicks`;
+    # 1: only before the first click, and what a bundle from before the setting says)
+    clicks: int = 1
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ColdCheckpoint:
-        return cls(str(d["dir"]), str(d["model_version"]), int(d["epoch"]), float(d.get("scale", 1.0)))
+        return cls(
+            str(d["dir"]),
+            str(d["model_version"]),
+            int(d["epoch"]),
+            float(d.get("scale", 1.0)),
+            int(d.get("clicks", 1)),
+        )
 
 
 _Record = TypeVar("_Record")

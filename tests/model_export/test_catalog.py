@@ -14,7 +14,7 @@ from model_export import catalog as task
 from model_export import data as datasets
 from model_export.features import encode_data
 from model_export.protocol import TEST, TRAIN, VAL, SplitConfig, make_split
-from model_export.train import ColdRows, TrainConfig, make_sampler, training_rows
+from model_export.train import COLD_CLICKS, ColdRows, TrainConfig, make_sampler, training_rows
 from service.contract import OOV, PAD
 
 
@@ -355,10 +355,17 @@ def test_cold_checkpoint_scores_unseen_users_with_their_best_epoch_and_no_one_el
     beh[1, 0] = 5
     beh[2, :] = PAD
     assert unseen(attrs, beh, slot).tolist() == [True, False, True, False]
+    # with `cold_clicks` 2, an unknown id with one click is still the cold checkpoint's
+    assert unseen(attrs, beh, slot, clicks=2).tolist() == [True, True, True, False]
+    assert cold.clicks == history.cold_clicks == COLD_CLICKS  # the chosen default
     with pytest.raises(ValueError, match="cold_checkpoint"):
         TrainConfig(select="auc", cold_checkpoint=True)
     with pytest.raises(ValueError, match="choose one"):
         TrainConfig(cold_checkpoint=True, freeze_cold=True)
+    with pytest.raises(ValueError, match="1 or more"):
+        TrainConfig(cold_clicks=0)
+    with pytest.raises(ValueError, match="needs one"):
+        TrainConfig(cold_checkpoint=False, cold_clicks=3)
 
 
 def test_cold_scale_shrinks_only_new_users_learned_logit_towards_the_prior(encoded) -> None:  # type: ignore[no-untyped-def]
@@ -374,7 +381,7 @@ def test_cold_scale_shrinks_only_new_users_learned_logit_towards_the_prior(encod
     def unseen_logits(model, history) -> torch.Tensor:  # type: ignore[no-untyped-def]
         cold = cold_model(model, history)
         assert cold is not None
-        return torch.from_numpy(catalog_scorer(cold, batches, cases)(new))
+        return torch.from_numpy(catalog_scorer(cold.model, batches, cases)(new))
 
     full_model, full = _small_control(enc, epochs=6, patience=3, cold_checkpoint=True, cold_scale=1.0)
     model, half = _small_control(enc, epochs=6, patience=3, cold_checkpoint=True, cold_scale=0.5)

@@ -16,6 +16,7 @@ import jsonschema_rs  # schemathesis's own JSON Schema validator (tests/faults)
 import pytest
 
 from benchmarks.harness.metrics import metric_value
+from model_export.train import COLD_CLICKS
 from service.contract import RANKER_FILE
 from tests.service.conftest import ADMIN_TOKEN, NEW_USER, Live
 
@@ -519,6 +520,7 @@ def test_a_user_the_model_never_saw_is_scored_by_the_cold_checkpoint(
     assert pin is not None
     assert described["mail"]["cold_checkpoint"]["epoch"] == pin.epoch
     assert described["mail"]["cold_checkpoint"]["scale"] == pin.scale
+    assert described["mail"]["cold_checkpoint"]["clicks"] == pin.clicks == COLD_CLICKS > 1
     items = bundle.catalog.ids[:30]
     context = {"timestamp": 881250949}
 
@@ -540,11 +542,15 @@ def test_a_user_the_model_never_saw_is_scored_by_the_cold_checkpoint(
     new = f"never-seen-{uuid.uuid4().hex[:6]}"
     assert served(new, []) == pytest.approx(expected(bundle.cold, new, []), abs=1e-6)
     assert served(new, []) != pytest.approx(expected(bundle, new, []), abs=1e-6)
-    history = list(bundle.catalog.ids[40:43])  # with a history: the weights every other user gets
-    assert served(new, history) == pytest.approx(expected(bundle, new, history), abs=1e-6)
-    # after a click (read back from Redis, none sent): no longer unseen either
+    # fewer clicks than the manifest's `clicks`: still the cold checkpoint's; that many: the
+    # weights every other user gets
+    few = list(bundle.catalog.ids[40 : 40 + pin.clicks - 1])
+    assert served(new, few) == pytest.approx(expected(bundle.cold, new, few), abs=1e-6)
+    enough = list(bundle.catalog.ids[40 : 40 + pin.clicks])
+    assert served(new, enough) == pytest.approx(expected(bundle, new, enough), abs=1e-6)
+    # the click that makes `clicks` may be read back from Redis, not sent
     first = recommend(client, new, k=1, context=context, headers={"X-Variant": "mail"}).json()
     clicked = first["items"][0]["item_id"]
     click = {"impression_id": first["impression_id"], "item_id": clicked, "event": "click"}
     assert client.post("/feedback", json=click).status_code == 202
-    assert served(new, []) == pytest.approx(expected(bundle, new, [clicked]), abs=1e-6)
+    assert served(new, few) == pytest.approx(expected(bundle, new, [*few, clicked]), abs=1e-6)
