@@ -203,19 +203,32 @@ def _natural(key: str) -> tuple[int, str]:
 # --- onboarding signal (semi-synthetic; docs/DESIGN.md section 4) ---------------------------------
 
 
+DECLARED_BY = ("count", "lift")  # how a user's top genres are ranked (`add_declared_genres`)
+
+
 def add_declared_genres(
-    data: Interactions, n_first: int = 5, top: int = 3, noise: float = 0.0, seed: int = 0
+    data: Interactions, n_first: int = 5, top: int = 3, noise: float = 0.0, seed: int = 0, by: str = "count"
 ) -> Interactions:
     """A signup answer, "genres you like", built from each user's first `n_first` samples.
 
     Those interactions stop being samples (never trained or tested on) but stay as behavior.
-    Each declared genre is replaced, with probability `noise`, by a uniformly drawn genre: 0 is the
-    clean signal, 1 pure noise. Needs item attribute "genres" (MovieLens).
+    The `top` genres are those most frequent among them (`by` "count"; ties by name), or most
+    over-represented against the catalog's own genre shares (`by` "lift": a genre's share of
+    the user's genre tags over its share of the catalog's). Each declared genre is replaced, with
+    probability `noise`, by a uniformly drawn genre: 0 is the clean signal, 1 pure noise. Needs
+    item attribute "genres" (MovieLens).
     """
     if data.timestamp is None or not any(p.spec.name == "genres" for p in data.item_plan):
         raise ValueError(f"{data.name} has no timed genre data for declared genres")
+    if by not in DECLARED_BY:
+        raise ValueError(f"unknown ranking of declared genres {by!r}; choose from {DECLARED_BY}")
     rng = np.random.default_rng(seed)
     genres = sorted({g for a in data.items.values() for g in a.get("genres", [])})  # type: ignore[attr-defined]
+    in_catalog: dict[str, int] = {}
+    for a in data.items.values():
+        for g in a.get("genres", []):  # type: ignore[attr-defined]
+            in_catalog[g] = in_catalog.get(g, 0) + 1
+    catalog_tags = sum(in_catalog.values())
     is_sample = data.is_sample.copy()
     declared: dict[str, list[str]] = {}
     order = chronological_order(data, seed)
@@ -228,11 +241,17 @@ def add_declared_genres(
         for item in data.item[first]:
             for g in data.items[str(item)].get("genres", []):  # type: ignore[attr-defined]
                 counts[g] = counts.get(g, 0) + 1
-        picked = sorted(counts, key=lambda g: (-counts[g], g))[:top]
+        if by == "lift":
+            tags = sum(counts.values())
+            picked = sorted(counts, key=lambda g: (-counts[g] * catalog_tags / (tags * in_catalog[g]), g))[
+                :top
+            ]
+        else:
+            picked = sorted(counts, key=lambda g: (-counts[g], g))[:top]
         declared[str(users[start])] = [str(rng.choice(genres)) if rng.random() < noise else g for g in picked]
     notes = {
         **data.notes,
-        "onboarding": {"n_first": n_first, "top": top, "noise": noise, "seed": seed},
+        "onboarding": {"n_first": n_first, "top": top, "noise": noise, "seed": seed, "by": by},
         "derived_user_attributes": {"genres": declared},
     }
     out = data.with_user_attribute("genres", declared, plan("genres", "genres", "tags", slots=top))

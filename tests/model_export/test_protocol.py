@@ -117,6 +117,24 @@ def test_declared_genres_are_never_tested(ml: datasets.Interactions) -> None:
     assert (split.part[~clean.is_sample] == UNUSED).all()
 
 
+def test_declared_genres_by_lift_name_what_a_user_watches_more_than_the_catalog_holds(
+    ml: datasets.Interactions,
+) -> None:
+    by_count = add_declared_genres(ml, n_first=10, seed=0)
+    by_lift = add_declared_genres(ml, n_first=10, seed=0, by="lift")
+    assert (by_lift.is_sample == by_count.is_sample).all()  # the same interactions leave the samples
+    assert by_lift.notes["onboarding"]["by"] == "lift"  # type: ignore[index]
+
+    def share(data: datasets.Interactions, genre: str) -> float:
+        return sum(genre in data.users[u]["genres"] for u in ml.users) / len(ml.users)  # type: ignore[operator]
+
+    # Drama and Comedy, the catalog's commonest genres, are what counting names; lift names fewer
+    assert share(by_count, "Drama") > share(by_lift, "Drama") + 0.1
+    assert share(by_count, "Comedy") > share(by_lift, "Comedy")
+    with pytest.raises(ValueError, match="ranking of declared genres"):
+        add_declared_genres(ml, by="often")
+
+
 def test_user_runs_bound_each_users_rows() -> None:
     starts, ends = user_runs(np.array(["a", "a", "b", "c", "c", "c"]))
     assert starts.tolist() == [0, 2, 3] and ends.tolist() == [2, 3, 6]
