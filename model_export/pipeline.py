@@ -34,6 +34,10 @@ class RunSpec:
     d_embed: int = 32
     behavior: str = "all"  # "all" rated items | "clicks": only past clicks (what serving sees)
     onboarding_noise: float | None = None  # None: no declared-genres attribute
+    # how the declared genres are built (`protocol.add_declared_genres`): from each user's first
+    # `onboarding_first` interactions, ranked by "count" or "lift"
+    onboarding_first: int = 5
+    onboarding_by: str = "count"
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -50,7 +54,9 @@ def prepare(spec: RunSpec) -> Prepared:
     started = time.perf_counter()
     raw = datasets.load(spec.dataset, spec.data_dir, seed=spec.seed)
     if spec.onboarding_noise is not None:
-        raw = add_declared_genres(raw, noise=spec.onboarding_noise, seed=spec.seed)
+        raw = add_declared_genres(
+            raw, spec.onboarding_first, noise=spec.onboarding_noise, seed=spec.seed, by=spec.onboarding_by
+        )
     split = make_split(raw, SplitConfig(protocol=spec.protocol, seed=spec.seed))
     rcfg = spec.model.ranker or RankerConfig()
     slots = rcfg.virtual_slots or RANKERS[rcfg.kind].default_slots
@@ -137,6 +143,11 @@ def run_with_history(
         "behavior_len": spec.behavior_len,
         "behavior": spec.behavior,
         "onboarding_noise": spec.onboarding_noise,
+        **(
+            {"onboarding_first": spec.onboarding_first, "onboarding_by": spec.onboarding_by}
+            if spec.onboarding_noise is not None
+            else {}
+        ),
         "label": prepared.interactions.notes.get("label"),
     }
     if out is not None:
