@@ -27,13 +27,11 @@ import logging
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 from benchmarks.offline.report import paired_p
-from benchmarks.offline.runner import machine
+from benchmarks.offline.resumable import header, resume
 from benchmarks.offline.task_choice import BUDGET, DEFAULT, SOFTMAX_POP, screen_spec
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
@@ -140,26 +138,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     rows_path = args.out.with_name(args.out.name + ".jsonl")
-    rows = [json.loads(line) for line in rows_path.read_text().splitlines()] if rows_path.exists() else []
-    done = {(r["model"], r["seed"]) for r in rows}
-    todo = [(m, s) for s in args.seeds for m in MODELS if (m, s) not in done]
     started = time.perf_counter()
-    with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
-        for row in pool.map(run_seed, *zip(*todo, strict=True), [args.data_dir] * len(todo)) if todo else []:
-            rows.append(row)
-            with rows_path.open("a") as fh:
-                fh.write(json.dumps(row) + "\n")
-            print(f"{row['model']} seed {row['seed']}: {row['seconds']:.0f} s", flush=True)
+    wanted = [(m, s) for s in args.seeds for m in MODELS]
+    rows, computed = resume(rows_path, wanted, run_seed, args.data_dir, args.jobs)
     json_path = args.out.with_name(args.out.name + ".json")
     before = json.loads(json_path.read_text()) if json_path.exists() else {}
-    earlier = before.get("commands", [])
     command = " ".join(["python -m benchmarks.offline.cold_scale", *(argv or sys.argv[1:])])
     chosen, val = choose(rows)
     result = {
-        "commands": [*earlier, command] if todo else earlier,
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": machine(),
-        "wall_seconds_this_invocation": round(time.perf_counter() - started, 1),
+        **header(json_path, command, computed, started),
         "notes": [*before.get("notes", []), *args.note],
         "chosen": chosen,
         "val_means": val,

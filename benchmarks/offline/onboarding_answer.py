@@ -23,16 +23,14 @@ import logging
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from benchmarks.offline.report import paired_p
-from benchmarks.offline.runner import machine
+from benchmarks.offline.resumable import header, resume
 from benchmarks.offline.task_choice import BUDGET, screen_spec
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
@@ -94,24 +92,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     rows_path = args.out.with_name(args.out.name + ".jsonl")
-    rows = [json.loads(line) for line in rows_path.read_text().splitlines()] if rows_path.exists() else []
-    done = {(r["method"], r["seed"]) for r in rows}
-    todo = [(m, s) for s in args.seeds for m in (*MODELS, *LISTS) if (m, s) not in done]
     started = time.perf_counter()
-    with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
-        for row in pool.map(run_seed, *zip(*todo, strict=True), [args.data_dir] * len(todo)) if todo else []:
-            rows.append(row)
-            with rows_path.open("a") as fh:
-                fh.write(json.dumps(row) + "\n")
-            print(f"{row['method']} seed {row['seed']}: {row['seconds']:.0f} s", flush=True)
+    wanted = [(m, s) for s in args.seeds for m in (*MODELS, *LISTS)]
+    rows, computed = resume(rows_path, wanted, run_seed, args.data_dir, args.jobs, key="method")
     json_path = args.out.with_name(args.out.name + ".json")
-    earlier = json.loads(json_path.read_text()).get("commands", []) if json_path.exists() else []
     command = " ".join(["python -m benchmarks.offline.onboarding_answer", *(argv or sys.argv[1:])])
     result = {
-        "commands": [*earlier, command] if todo else earlier,
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": machine(),
-        "wall_seconds_this_invocation": round(time.perf_counter() - started, 1),
+        **header(json_path, command, computed, started),
         "answer": ANSWER,
         "rows": sorted(rows, key=lambda r: (r["method"], r["seed"])),
     }
