@@ -218,7 +218,9 @@ def test_a_cold_checkpoint_is_a_sub_bundle_the_parent_pins(
     assert cold is not None and pin is not None  # this tiny run's new users peak at another epoch
     assert pin.epoch == ckpt["cold_epoch"] and pin.dir == "cold" and cold.path == bundle.path / "cold"
     assert pin.scale == ckpt["cold_scale"]  # what its learned logit was scaled by, said
-    assert ColdCheckpoint.from_dict({"dir": "cold", "model_version": "v", "epoch": 3}).scale == 1.0  # older
+    assert pin.clicks == ckpt["cold_clicks"] > 1  # whom it scores: unknown ids with fewer clicks
+    older = ColdCheckpoint.from_dict({"dir": "cold", "model_version": "v", "epoch": 3})
+    assert (older.scale, older.clicks) == (1.0, 1)  # a bundle from before either: as trained, no history
     assert pin.model_version == cold.version != bundle.version
     assert all(bundle.manifest.files[f"cold/{n}"] == d for n, d in cold.manifest.files.items())
     assert cold.manifest.cold_checkpoint is None and cold.schema == bundle.schema
