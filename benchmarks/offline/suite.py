@@ -242,7 +242,7 @@ def run_job(job: Job) -> dict[str, Any]:
     started = time.perf_counter()
     model, report, history = run_with_history(spec, None, prepared, built.hooks)
     row = result_row(cell, time.perf_counter() - started, report, value=job.value)
-    if job.fewshot:
+    if job.fewshot and prepared.interactions.timestamp is not None:  # "first n" needs time
         if spec.train.task == "catalog":
             cold = cold_model(model, history)
             row["fewshot"] = fewshot_catalog(model, prepared, scale.behavior == "clicks", cold=cold)
@@ -293,7 +293,7 @@ def _popularity_row(job: Job) -> dict[str, Any]:
     row = result_row(cell, time.perf_counter() - started, report, value=job.value)
     if "segment" in report:
         row["segment"] = report["segment"]
-    if job.fewshot and tcfg.task == "catalog":
+    if job.fewshot and tcfg.task == "catalog" and prepared.interactions.timestamp is not None:
         row["fewshot"] = fewshot_catalog(chosen, prepared, scale.behavior == "clicks")
     return row
 
