@@ -27,9 +27,12 @@ import logging
 import os
 import sys
 import time
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from benchmarks.offline.onboarding_answer import ANSWER
 from benchmarks.offline.report import paired_p
 from benchmarks.offline.resumable import header, resume
 from benchmarks.offline.task_choice import BUDGET, DEFAULT, SOFTMAX_POP, screen_spec
@@ -40,10 +43,13 @@ MODELS = ("control", "mail")
 LISTS = ("popularity", "popularity-segment")
 
 
-def train_as_product(model_name: str, seed: int, data_dir: str | None) -> tuple[Any, Any, Any, Any, float]:
+def train_as_product(
+    model_name: str, seed: int, data_dir: str | None, answer: dict[str, Any] | None = None
+) -> tuple[Any, Any, Any, Any, float]:
     """`model_name` trained as the product trains it (MovieLens 100K, strict protocol, BaseDNN,
     the adopted catalog task, a cold checkpoint kept) with `cold_scale` 1: the weights as trained,
-    scales applied by the caller. Returns (prepared data, model, history, train config, seconds)."""
+    scales applied by the caller; `answer`: a declared-genres attribute built this way (`RunSpec`'s
+    onboarding fields). Returns (prepared data, model, history, train config, seconds)."""
     from model_export.model import ModelConfig, RankerConfig, ZeroShotConfig
     from model_export.pipeline import prepare
     from model_export.train import TrainConfig, train
@@ -64,7 +70,7 @@ def train_as_product(model_name: str, seed: int, data_dir: str | None) -> tuple[
             "progress": False,
         }
     )
-    prepared = prepare(screen_spec(cfg, tcfg, data_dir))
+    prepared = prepare(replace(screen_spec(cfg, tcfg, data_dir), **(answer or {})))
     started = time.perf_counter()
     model, history = train(prepared.encoded, cfg, tcfg)
     return prepared, model, history, tcfg, time.perf_counter() - started
@@ -77,8 +83,11 @@ def scaled(model: Any, scale: float) -> Any:
     return out.eval()
 
 
-def run_seed(model_name: str, seed: int, data_dir: str | None) -> dict[str, Any]:
-    """Train one model and rank validation and test new users at every scale, both checkpoints."""
+def run_seed(
+    model_name: str, seed: int, data_dir: str | None, answer: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Train one model and rank validation and test new users at every scale, both checkpoints
+    (`answer`: with a declared-genres attribute, as `train_as_product`)."""
     import torch
 
     from model_export import popular
@@ -86,7 +95,7 @@ def run_seed(model_name: str, seed: int, data_dir: str | None) -> dict[str, Any]
     from model_export.evaluation import cold_model, rank_part
     from model_export.protocol import TEST, VAL
 
-    prepared, model, history, tcfg, seconds = train_as_product(model_name, seed, data_dir)
+    prepared, model, history, tcfg, seconds = train_as_product(model_name, seed, data_dir, answer)
     data = prepared.encoded
     batches = Batches(data, fill_new_users=False)
     cold = cold_model(model, history)
@@ -133,14 +142,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=os.environ.get("MAILREC_DATA_DIR"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
-    parser.add_argument("--out", type=Path, default=RESULTS / "cold-scale")
+    parser.add_argument("--out", type=Path, default=None, help="default: results/cold-scale")
     parser.add_argument("--note", action="append", default=[], help="a line for the report, kept across runs")
+    parser.add_argument(
+        "--onboarding-answer",
+        action="store_true",
+        help="with the informative declared-genres answer of benchmarks.offline.onboarding_answer "
+        "(first 10 interactions, by lift; default --out: results/cold-scale-onboarding)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    if args.out is None:
+        args.out = RESULTS / ("cold-scale-onboarding" if args.onboarding_answer else "cold-scale")
     rows_path = args.out.with_name(args.out.name + ".jsonl")
     started = time.perf_counter()
     wanted = [(m, s) for s in args.seeds for m in MODELS]
-    rows, computed = resume(rows_path, wanted, run_seed, args.data_dir, args.jobs)
+    compute = partial(run_seed, answer=ANSWER) if args.onboarding_answer else run_seed
+    rows, computed = resume(rows_path, wanted, compute, args.data_dir, args.jobs)
     json_path = args.out.with_name(args.out.name + ".json")
     before = json.loads(json_path.read_text()) if json_path.exists() else {}
     command = " ".join(["python -m benchmarks.offline.cold_scale", *(argv or sys.argv[1:])])
