@@ -86,12 +86,7 @@ class RequestInputs:
         context = {"timestamp": ts} if ts is not None else {}
         enc = encode(self.bundle.schema, self.bundle.catalog, user, attributes, history, context)
         towers = self.towers
-        cold = self.bundle.manifest.cold_checkpoint
-        if (
-            self.cold is not None
-            and cold is not None
-            and self.bundle.schema.is_unseen(enc.user_attrs, enc.n_history, cold.clicks)
-        ):
+        if self.cold is not None and self.bundle.scored_cold(enc.user_attrs, enc.n_history):
             towers = self.cold
         gate = blend_gate(enc.n_history, towers.fill_mode, towers.blend_tau)
         virtual = towers.virtual_behavior(enc.user_attrs) if gate > 0 else None

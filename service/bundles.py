@@ -104,12 +104,7 @@ class ServedModel:
         """The model that scores this user: the cold checkpoint for a user the model never saw
         (unknown id, fewer clicks than the manifest's `cold_checkpoint.clicks`), where the bundle
         has one; else this one."""
-        cold = self.bundle.manifest.cold_checkpoint
-        if (
-            self.unseen is not None
-            and cold is not None
-            and self.bundle.schema.is_unseen(user_attrs, n_history, cold.clicks)
-        ):
+        if self.unseen is not None and self.bundle.scored_cold(user_attrs, n_history):
             return self.unseen
         return self
 

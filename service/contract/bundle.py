@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from service.contract.errors import BundleError, ContractError
-from service.contract.features import Catalog, Schema
+from service.contract.features import Catalog, IntArray, Schema
 from service.contract.manifest import FP32, PRECISIONS, Manifest, Precision
 from service.contract.signatures import ranker_batch_signature, ranker_signature, zero_shot_signature
 
@@ -115,6 +115,17 @@ class Bundle:
             1e-5,  # the service holds fp32 to its GOLDEN_ATOL
         )
         return {FP32: fp32}
+
+    def scored_cold(self, user_attrs: IntArray, n_history: int) -> bool:
+        """Whether this bundle's cold checkpoint scores an encoded user (`user_attrs` (1, A)): it
+        has one, and the user's id is unknown with fewer clicks than its manifest's `clicks`
+        (`Schema.is_unseen`): the one rule the service and `evaluate --bundle` choose by."""
+        pin = self.manifest.cold_checkpoint
+        return (
+            self.cold is not None
+            and pin is not None
+            and self.schema.is_unseen(user_attrs, n_history, pin.clicks)
+        )
 
     @property
     def default_precision(self) -> str:
