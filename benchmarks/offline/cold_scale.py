@@ -20,11 +20,8 @@ benchmarks/results/cold-scale.jsonl (resumable, one row per model and seed), .js
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 import logging
-import os
 import sys
 import time
 from dataclasses import replace
@@ -34,7 +31,8 @@ from typing import Any
 
 from benchmarks.offline.onboarding_answer import ANSWER
 from benchmarks.offline.report import paired_p
-from benchmarks.offline.resumable import header, resume
+from benchmarks.offline.resumable import earlier, header, resume, write
+from benchmarks.offline.resumable import parser as screen_parser
 from benchmarks.offline.task_choice import BUDGET, DEFAULT, SOFTMAX_POP, screen_spec
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
@@ -136,13 +134,7 @@ def choose(rows: list[dict[str, Any]]) -> tuple[str, dict[str, float]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--data-dir", default=os.environ.get("MAILREC_DATA_DIR"))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
-    parser.add_argument("--out", type=Path, default=None, help="default: results/cold-scale")
+    parser = screen_parser(__doc__, None)  # --out's default: by --onboarding-answer, below
     parser.add_argument("--note", action="append", default=[], help="a line for the report, kept across runs")
     parser.add_argument(
         "--onboarding-answer",
@@ -154,24 +146,21 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     if args.out is None:
         args.out = RESULTS / ("cold-scale-onboarding" if args.onboarding_answer else "cold-scale")
-    rows_path = args.out.with_name(args.out.name + ".jsonl")
     started = time.perf_counter()
     wanted = [(m, s) for s in args.seeds for m in MODELS]
     compute = partial(run_seed, answer=ANSWER) if args.onboarding_answer else run_seed
-    rows, computed = resume(rows_path, wanted, compute, args.data_dir, args.jobs)
-    json_path = args.out.with_name(args.out.name + ".json")
-    before = json.loads(json_path.read_text()) if json_path.exists() else {}
+    rows, computed = resume(args.out, wanted, compute, args.data_dir, args.jobs)
+    notes = earlier(args.out).get("notes", [])
     command = " ".join(["python -m benchmarks.offline.cold_scale", *(argv or sys.argv[1:])])
     chosen, val = choose(rows)
     result = {
-        **header(json_path, command, computed, started),
-        "notes": [*before.get("notes", []), *args.note],
+        **header(args.out, command, computed, started),
+        "notes": [*notes, *args.note],
         "chosen": chosen,
         "val_means": val,
         "rows": sorted(rows, key=lambda r: (r["model"], r["seed"])),
     }
-    json_path.write_text(json.dumps(result, indent=1))
-    args.out.with_name(args.out.name + ".md").write_text(markdown(result))
+    write(args.out, result, markdown(result))
     print(f"chosen on validation: {chosen}")
     return 0
 

@@ -21,10 +21,7 @@ Writes benchmarks/results/first-clicks.jsonl (resumable, one row per model and s
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -32,7 +29,8 @@ from typing import Any
 
 from benchmarks.offline.cold_scale import LISTS, MODELS, scaled, train_as_product
 from benchmarks.offline.report import paired_p
-from benchmarks.offline.resumable import header, resume
+from benchmarks.offline.resumable import header, resume, write
+from benchmarks.offline.resumable import parser as screen_parser
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 NS = (0, 1, 3, 5, 10)  # clicks known per new user (0: the cold start itself)
@@ -109,30 +107,20 @@ def choose(rows: list[dict[str, Any]]) -> tuple[int, dict[str, dict[str, float]]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--data-dir", default=os.environ.get("MAILREC_DATA_DIR"))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
-    parser.add_argument("--out", type=Path, default=RESULTS / "first-clicks")
-    args = parser.parse_args(argv)
+    args = screen_parser(__doc__, RESULTS / "first-clicks").parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    rows_path = args.out.with_name(args.out.name + ".jsonl")
     started = time.perf_counter()
     wanted = [(m, s) for s in args.seeds for m in MODELS]
-    rows, computed = resume(rows_path, wanted, run_seed, args.data_dir, args.jobs)
-    json_path = args.out.with_name(args.out.name + ".json")
+    rows, computed = resume(args.out, wanted, run_seed, args.data_dir, args.jobs)
     command = " ".join(["python -m benchmarks.offline.first_clicks", *(argv or sys.argv[1:])])
     cold_clicks, val = choose(rows)
     result = {
-        **header(json_path, command, computed, started),
+        **header(args.out, command, computed, started),
         "cold_clicks": cold_clicks,
         "val_means": val,
         "rows": sorted(rows, key=lambda r: (r["model"], r["seed"])),
     }
-    json_path.write_text(json.dumps(result, indent=1))
-    args.out.with_name(args.out.name + ".md").write_text(markdown(result))
+    write(args.out, result, markdown(result))
     print(f"chosen on validation: the cold checkpoint scores unknown-id users below {cold_clicks} clicks")
     return 0
 

@@ -17,10 +17,7 @@ Writes benchmarks/results/onboarding-answer.jsonl (resumable, one row per method
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import os
 import sys
 import time
 from dataclasses import replace
@@ -30,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from benchmarks.offline.report import paired_p
-from benchmarks.offline.resumable import header, resume
+from benchmarks.offline.resumable import header, resume, write
+from benchmarks.offline.resumable import parser as screen_parser
 from benchmarks.offline.task_choice import BUDGET, screen_spec
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
@@ -82,29 +80,19 @@ def run_seed(method: str, seed: int, data_dir: str | None) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--data-dir", default=os.environ.get("MAILREC_DATA_DIR"))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
-    parser.add_argument("--out", type=Path, default=RESULTS / "onboarding-answer")
-    args = parser.parse_args(argv)
+    args = screen_parser(__doc__, RESULTS / "onboarding-answer").parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    rows_path = args.out.with_name(args.out.name + ".jsonl")
     started = time.perf_counter()
     wanted = [(m, s) for s in args.seeds for m in (*MODELS, *LISTS)]
-    rows, computed = resume(rows_path, wanted, run_seed, args.data_dir, args.jobs, key="method")
-    json_path = args.out.with_name(args.out.name + ".json")
+    rows, computed = resume(args.out, wanted, run_seed, args.data_dir, args.jobs, key="method")
     command = " ".join(["python -m benchmarks.offline.onboarding_answer", *(argv or sys.argv[1:])])
     result = {
-        **header(json_path, command, computed, started),
+        **header(args.out, command, computed, started),
         "answer": ANSWER,
         "rows": sorted(rows, key=lambda r: (r["method"], r["seed"])),
     }
-    json_path.write_text(json.dumps(result, indent=1))
     text = markdown(result)
-    args.out.with_name(args.out.name + ".md").write_text(text)
+    write(args.out, result, text)
     print(text)
     return 0
 
