@@ -110,8 +110,9 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         metavar="auto|overall|off|ATTRIBUTE",
         help="the ranker's fixed log-popularity offset on its logit: the popular list of the user's "
         "segment of one attribute, chosen with its shrinkage on validation (auto), or of the named "
-        "single-slot attribute, or the overall list; default: auto for the catalog task, off for "
-        "the rating task",
+        "attribute (one that holds several values, such as declared genres: the mean of its "
+        "values' lists), or the overall list; default: auto for the catalog task, off for the "
+        "rating task",
     )
     p.add_argument("--behavior-len", type=int, default=32)
     p.add_argument(

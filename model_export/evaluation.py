@@ -283,6 +283,8 @@ def full_report(model: MailModel, data: EncodedData, history: History, tcfg: Tra
     rcfg = model.cfg.ranker
     if rcfg is not None and rcfg.item_prior:  # as resolved ("auto": chosen on validation)
         report["prior"] = {"segment": rcfg.prior_segment or "overall", "shrink": rcfg.prior_shrink}
+        if rcfg.prior_answer:
+            report["prior"] |= {"answer": rcfg.prior_answer, "answer_shrink": rcfg.prior_answer_shrink}
     if model.zst is not None:
         mean = mean_behavior(model, batches, train_rows)
         new_test = test_rows[data.is_new[test_rows]]

@@ -47,11 +47,18 @@ class RankerConfig:
     # training interactions (`model_export.popular.log_prior`): the tower learns how a user departs
     # from the popular list, so a user it can tell nothing about is ranked as that list ranks them
     item_prior: bool = False
-    # with `item_prior`, the list of the user's segment: their value of this single-slot user
-    # attribute, its share shrunk towards the overall one by `prior_shrink` pseudo-counts; "" = the
-    # overall list; "auto" = chosen with the shrinkage on validation when training starts
+    # with `item_prior`, the list of the user's segment: their value of this user attribute, its
+    # share shrunk towards the overall one by `prior_shrink` pseudo-counts (an attribute with
+    # several values, "genres you like": the mean of its values' log lists); "" = the overall
+    # list; "auto" = chosen with the shrinkage on validation when training starts
     prior_segment: str = ""
     prior_shrink: float = 0.0
+    # with `item_prior`, a signup answer: a user attribute that holds several values ("genres you
+    # like"). Each value's list, shrunk by `prior_answer_shrink` pseudo-counts, gives a log lift
+    # over the overall list per item; the mean over the user's values is added to the segment's
+    # list; "" = none. With `prior_segment` "auto", chosen (or not) on validation with it
+    prior_answer: str = ""
+    prior_answer_shrink: float = 0.0
 
 
 @dataclass
@@ -264,18 +271,25 @@ class Ranker(nn.Module):
         )
         # the prior: (S, I+1), one row per segment (S = 1: the overall list); a buffer, in the
         # checkpoint and the exported graph, never trained
-        self.prior_slot = -1  # user attribute slot whose id picks the row; -1: row 0 for everyone
+        # how a user's ids pick the prior's rows: blocks (first slot, end slot, first row), one
+        # per attribute, their rows summed (an attribute of one slot: its row; a bag of values:
+        # the mean of their rows; no slots: the block's one row for everyone); none: row 0
+        self.prior_blocks: list[tuple[int, int, int]] = []
         self.item_log_prior: Tensor | None
         self.register_buffer(
             "item_log_prior", torch.zeros(1, emb.catalog.shape[0]) if cfg.item_prior else None
         )
 
-    def segment_prior(self, slot: int, cardinality: int) -> None:
-        """One prior row per id of the user attribute in `slot` (before the prior is set)."""
+    def segment_prior(self, attributes: list[tuple[slice, int]]) -> None:
+        """The prior's layout (before it is set): for each user attribute (its slots and
+        vocabulary size) one row per id, in order; empty slots: one row for everyone."""
         if self.item_log_prior is None:
             raise ValueError("this ranker has no item prior (RankerConfig.item_prior)")
-        self.prior_slot = slot
-        self.item_log_prior = torch.zeros(cardinality, self.item_log_prior.shape[1])
+        row = 0
+        for slots, cardinality in attributes:
+            self.prior_blocks.append((slots.start, slots.stop, row))
+            row += cardinality
+        self.item_log_prior = torch.zeros(row, self.item_log_prior.shape[1])
 
     def set_item_prior(self, prior: Tensor) -> None:
         """The fixed offsets, (S, I+1) log shares (`model_export.popular.log_prior`)."""
@@ -293,14 +307,35 @@ class Ranker(nn.Module):
         bias: Tensor | float = self.item_bias[items] if self.item_bias is not None else 0.0
         if self.item_log_prior is None:
             return bias
-        if self.prior_slot < 0:
+        if not self.prior_blocks:
             return bias + self.item_log_prior[0][items]
-        segment = attrs[:, self.prior_slot]  # (U,)
-        if owner is not None:
-            segment = segment[owner]  # (N,); otherwise U is N or 1 (broadcast)
-        # one gather on the flattened table (two index tensors export as several ONNX operators)
+        # gathers on the flattened table (two index tensors export as several ONNX operators)
         n_columns = self.item_log_prior.shape[1]
-        return bias + self.item_log_prior.reshape(-1)[segment * n_columns + items]
+        flat = self.item_log_prior.reshape(-1)
+        parts: list[Tensor] = []
+        for start, stop, row in self.prior_blocks:
+            if start == stop:  # one row for everyone
+                parts.append(flat[row * n_columns + items])
+                continue
+            ids = attrs[:, start:stop]  # (U, k)
+            if owner is not None:
+                ids = ids[owner]  # (N, k); otherwise U is N or 1 (broadcast)
+            if row:
+                ids = ids + row
+            if stop - start == 1:
+                parts.append(flat[ids[:, 0] * n_columns + items])
+                continue
+            # a bag of values ("genres you like"): the mean of its values' rows; an empty bag
+            # reads the PAD id's row, which no training user has: the block's overall row
+            rows = flat[ids * n_columns + items[:, None]]  # (N, k)
+            present = ids > row
+            present = torch.cat([present[:, :1] | ~present.any(1, keepdim=True), present[:, 1:]], 1)
+            weight = present.to(rows.dtype)
+            parts.append((rows * weight).sum(1) / weight.sum(1))
+        prior = parts[0]
+        for part in parts[1:]:
+            prior = prior + part
+        return bias + prior
 
     def scale_learned(self, scale: float) -> None:
         """In place: the learned part of the logit (the output layer's, and the item bias) times
@@ -621,12 +656,12 @@ class ModelConfig:
         )
 
 
-def segment_slot(schema: Schema, field: str) -> tuple[int, int]:
-    """Slot and vocabulary size of the single-slot user attribute `field` (a prior's segment)."""
-    slots = user_field_slots(schema, field)
-    if slots.stop - slots.start != 1 or field == "user_id":
-        raise ValueError(f"a prior's segment is a single-slot attribute, not {field!r}")
-    return slots.start, next(f.cardinality for f in schema.user_fields if f.name == field)
+def segment_slots(schema: Schema, field: str) -> tuple[slice, int]:
+    """Slots and vocabulary size of the user attribute `field` (a prior's segment: one value, or
+    a bag of values whose lists are averaged); never the user id."""
+    if field == "user_id":
+        raise ValueError("a prior's segment is a user attribute other than the user id")
+    return user_field_slots(schema, field), next(f.cardinality for f in schema.user_fields if f.name == field)
 
 
 class MailModel(nn.Module):
@@ -638,9 +673,12 @@ class MailModel(nn.Module):
         rcfg = cfg.ranker or RankerConfig()
         self.emb = FeatureEmbeddings(schema, catalog_features)
         self.ranker = RANKERS[rcfg.kind](rcfg, self.emb)
-        if rcfg.item_prior and rcfg.prior_segment:
-            slot, cardinality = segment_slot(schema, rcfg.prior_segment)
-            self.ranker.segment_prior(slot, cardinality)
+        if rcfg.item_prior and (rcfg.prior_segment or rcfg.prior_answer):
+            overall = (slice(0, 0), 1)  # no segment: the overall list's one row
+            layout = [segment_slots(schema, rcfg.prior_segment) if rcfg.prior_segment else overall]
+            if rcfg.prior_answer:
+                layout.append(segment_slots(schema, rcfg.prior_answer))
+            self.ranker.segment_prior(layout)
         if schema.virtual_slots != self.ranker.virtual_slots:
             raise ValueError(
                 f"schema has {schema.virtual_slots} virtual slots, ranker wants {self.ranker.virtual_slots}"

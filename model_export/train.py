@@ -255,15 +255,32 @@ def make_sampler(data: EncodedData, tcfg: TrainConfig) -> task.NegativeSampler |
 
 def resolve_prior(data: EncodedData, cfg: ModelConfig) -> ModelConfig:
     """`cfg` with an "auto" prior segment chosen on validation (`popular.choose_segment` among
-    single-slot attributes: the attribute, or "" for the overall list, and the shrinkage)."""
+    single-slot attributes: the attribute, or "" for the overall list, and the shrinkage), then
+    whether a signup answer joins it (`popular.choose_answer`: an attribute that holds several
+    values, or none, and its shrinkage)."""
     rcfg = cfg.ranker
     if rcfg is None or not rcfg.item_prior or rcfg.prior_segment != "auto":
         return cfg
-    from model_export.popular import choose_segment
+    from model_export.popular import choose_answer, choose_segment
 
-    chosen, _ = choose_segment(data, single_slot=True)
-    log.info("prior segment chosen on validation: %s, shrink %s", chosen.field or "overall", chosen.shrink)
-    return replace(cfg, ranker=replace(rcfg, prior_segment=chosen.field or "", prior_shrink=chosen.shrink))
+    chosen, _ = choose_segment(data, prior=True)
+    field = chosen.field or ""
+    answer, answer_shrink, _ = choose_answer(data, field, chosen.shrink)
+    log.info(
+        "prior chosen on validation: segment %s (shrink %s), answer %s (shrink %s)",
+        field or "overall",
+        chosen.shrink,
+        answer or "none",
+        answer_shrink,
+    )
+    resolved = replace(
+        rcfg,
+        prior_segment=field,
+        prior_shrink=chosen.shrink,
+        prior_answer=answer,
+        prior_answer_shrink=answer_shrink,
+    )
+    return replace(cfg, ranker=resolved)
 
 
 def train(
@@ -279,7 +296,8 @@ def train(
     if cfg.ranker is not None and cfg.ranker.item_prior:
         from model_export.popular import log_prior
 
-        prior = log_prior(data, cfg.ranker.prior_segment, cfg.ranker.prior_shrink)
+        r = cfg.ranker
+        prior = log_prior(data, r.prior_segment, r.prior_shrink, r.prior_answer, r.prior_answer_shrink)
         model.ranker.set_item_prior(torch.from_numpy(prior).float())
     batches = Batches(data, fill_new_users=cfg.model == "oracle")
     opt_rt = torch.optim.Adam(model.ranker_parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)

@@ -19,7 +19,7 @@ from model_export.model import (
     ZeroShotConfig,
     ZeroShotTower,
     gaussian_mmd,
-    segment_slot,
+    segment_slots,
     zst_step_losses,
 )
 from model_export.protocol import TRAIN, SplitConfig, make_split
@@ -279,7 +279,8 @@ def test_segment_prior_adds_the_row_of_each_users_segment_and_is_never_trained()
     encoded = _synthetic()
     model = _model(encoded, item_bias=True).eval()  # its prior: one row per "segment" id
     prior = model.ranker.item_log_prior
-    slot = model.ranker.prior_slot
+    assert len(model.ranker.prior_blocks) == 1
+    slot = model.ranker.prior_blocks[0][0]
     cardinality = next(f.cardinality for f in encoded.schema.user_fields if f.name == "segment")
     assert prior is not None and prior.shape == (cardinality, encoded.catalog.features.shape[0])
     model.ranker.set_item_prior(torch.randn(prior.shape))
@@ -303,8 +304,8 @@ def test_segment_prior_adds_the_row_of_each_users_segment_and_is_never_trained()
         model.ranker.set_item_prior(torch.zeros(1, prior.shape[1]))
     with pytest.raises(ValueError, match="no item prior"):
         _model(encoded).ranker.set_item_prior(prior)
-    with pytest.raises(ValueError, match="single-slot"):
-        segment_slot(encoded.schema, "user_id")
+    with pytest.raises(ValueError, match="other than the user id"):
+        segment_slots(encoded.schema, "user_id")
 
 
 @pytest.mark.parametrize(

@@ -86,7 +86,7 @@ def test_log_prior_is_the_centred_log_share_overall_and_by_segment(encoded: Enco
 def test_an_auto_prior_takes_the_segment_validation_chooses(encoded: EncodedData) -> None:
     cfg = ModelConfig(model="control", ranker=RankerConfig(item_prior=True, prior_segment="auto"))
     resolved = resolve_prior(encoded, cfg).ranker
-    chosen, _ = popular.choose_segment(encoded, single_slot=True)
+    chosen, _ = popular.choose_segment(encoded, prior=True)
     assert resolved is not None and (resolved.prior_segment, resolved.prior_shrink) == (
         chosen.field,
         chosen.shrink,
