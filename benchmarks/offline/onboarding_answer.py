@@ -73,6 +73,9 @@ def run_seed(method: str, seed: int, data_dir: str | None) -> dict[str, Any]:
         "best_epoch": report.get("best_epoch"),
         "cold_epoch": report.get("cold_epoch"),
         "segment": report.get("segment", {}).get("field") or (report.get("prior") or {}).get("segment"),
+        "answer": (report.get("prior") or {}).get("answer")
+        or report.get("segment", {}).get("answer")
+        or report.get("segment", {}).get("by_values"),
         "r2_virtual": (report.get("diagnostics") or {}).get("virtual_r2_new"),
         "r2_probe": (report.get("diagnostics") or {}).get("probe_r2_new"),
         **figures,
@@ -95,6 +98,19 @@ def main(argv: list[str] | None = None) -> int:
     write(args.out, result, text)
     print(text)
     return 0
+
+
+def chosen(rows: list[dict[str, Any]], seeds: list[int]) -> str:
+    """What validation chose in each seed's run: the segment list or prior, and the answer the
+    prior adds (a list over the answer's values: "by value"), counted over seeds."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        if r["seed"] not in seeds or r.get("segment") is None:
+            continue
+        answer = r.get("answer")
+        name = str(r["segment"]) + (" by value" if answer is True else f" + {answer}" if answer else "")
+        counts[name] = counts.get(name, 0) + 1
+    return ", ".join(f"{n} ({c})" for n, c in sorted(counts.items(), key=lambda x: -x[1])) or "–"
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -130,8 +146,8 @@ def markdown(result: dict[str, Any]) -> str:
         "attributes).",
         "",
         "| method | new NDCG@10 | vs control (p) | vs popularity (p) | gap closed | new P@10 "
-        "| vs popularity (p) | val NDCG@10 | R² virtual (probe) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| vs popularity (p) | val NDCG@10 | R² virtual (probe) | list or prior chosen on validation |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for method in (*LISTS, "control", "mail", "oracle"):
         if not seeds or not values(method, "ndcg"):
@@ -146,7 +162,7 @@ def markdown(result: dict[str, Any]) -> str:
             f"{np.mean(values(method, 'p10')):.4f} | {lift(method, 'popularity', 'p10')} | "
             f"{np.mean(values(method, 'ndcg', 'val')):.4f} | "
             + (f"{np.mean(r2):.3f} ({np.mean(probe):.3f})" if r2 else "–")
-            + " |"
+            + f" | {chosen(by[method], seeds)} |"
         )
     lines.append("")
     return "\n".join(lines)
