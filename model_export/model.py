@@ -317,14 +317,17 @@ class Ranker(nn.Module):
             if start == stop:  # one row for everyone
                 parts.append(flat[row * n_columns + items])
                 continue
+            if stop - start == 1:  # the graph a one-attribute prior always had: one gather
+                segment = attrs[:, start]  # (U,)
+                if owner is not None:
+                    segment = segment[owner]  # (N,); otherwise U is N or 1 (broadcast)
+                parts.append(flat[(segment + row if row else segment) * n_columns + items])
+                continue
             ids = attrs[:, start:stop]  # (U, k)
             if owner is not None:
-                ids = ids[owner]  # (N, k); otherwise U is N or 1 (broadcast)
+                ids = ids[owner]  # (N, k)
             if row:
                 ids = ids + row
-            if stop - start == 1:
-                parts.append(flat[ids[:, 0] * n_columns + items])
-                continue
             # a bag of values ("genres you like"): the mean of its values' rows; an empty bag
             # reads the PAD id's row, which no training user has: the block's overall row
             rows = flat[ids * n_columns + items[:, None]]  # (N, k)
