@@ -283,7 +283,8 @@ def _popularity_row(job: Job) -> dict[str, Any]:
     """A most-liked-items list on the cell's split (overall, or by the segment chosen on
     validation): no training, the same metrics."""
     cell, scale = job.cell, job.scale
-    spec = _spec(job)
+    # prepared for the cell's tower (its virtual slots), which the setting's trained cells share
+    spec = _spec(job, ModelConfig(ranker=job.ranker))
     tcfg = spec.train
     prepared = _prepared(job, spec)
     started = time.perf_counter()

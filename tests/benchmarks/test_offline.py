@@ -149,3 +149,18 @@ def test_reveals_are_computed_once_per_prepared_dataset(monkeypatch: pytest.Monk
     assert [n for _, n in calls] == [1, 3]
     suite._reveals(second, True, (1, 3))  # type: ignore[arg-type]
     assert [split for split, _ in calls[2:]] == [second.split, second.split]
+
+
+def test_a_list_cell_prepares_the_data_its_settings_tower_reads() -> None:
+    """A setting's cells share one prepared dataset per worker: a list cell that runs first must
+    prepare it for the setting's tower (DIN reads 4 virtual slots), or the trained cells after it
+    fail ("schema has 1 virtual slots, ranker wants 4", seen running the DIN block)."""
+    from benchmarks.offline import suite
+    from benchmarks.offline.runner import Cell
+
+    scale = suite.Scale(d_embed=8, behavior_len=8, ranker=RankerConfig(hidden=(16, 8), d_attention=8))
+    for kind in ("din", "base"):
+        cell = Cell("synthetic", "strict", kind, "popularity", 0)
+        ranker = RankerConfig(kind=kind, hidden=(16, 8), d_attention=8)
+        suite.run_job(suite.Job(cell, None, ranker, scale, None, fewshot=False, keep_batches=False))
+        assert suite._CACHE["prepared"].encoded.schema.virtual_slots == RANKERS[kind].default_slots
