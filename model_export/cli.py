@@ -111,8 +111,9 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="the ranker's fixed log-popularity offset on its logit: the popular list of the user's "
         "segment of one attribute, chosen with its shrinkage on validation (auto), or of the named "
         "attribute (one that holds several values, such as declared genres: the mean of its "
-        "values' lists), or the overall list; default: auto for the catalog task, off for the "
-        "rating task",
+        "values' lists), or the overall list; auto also adds a signup answer (an attribute that "
+        "holds several values) where validation prefers it; default: auto for the catalog task, "
+        "off for the rating task",
     )
     p.add_argument("--behavior-len", type=int, default=32)
     p.add_argument(
