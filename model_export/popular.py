@@ -12,7 +12,7 @@ user's attributes alone can tell.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -66,15 +66,9 @@ def by_segment(data: EncodedData, field: str, shrink: float) -> PopularList:
 
 def by_values(data: EncodedData, field: str, shrink: float) -> PopularList:
     """For a bag attribute `field`: each of its values a segment (`log_prior`'s rows), a user
-    scored by the mean of their values' centred log shares; no value: the overall list."""
-    slots, _ = segment_slots(data.schema, field)
-    values = data.user_attrs[:, slots]
-    bags, segment_of = np.unique(values, axis=0, return_inverse=True)
-    rows = log_prior(data, field, shrink)[:, 1:]  # (V, I)
-    present = bags > 0
-    present[:, 0] |= ~present.any(1)  # an empty bag: the PAD id's row, the overall list
-    table = (rows[bags] * present[:, :, None]).sum(1) / present.sum(1, keepdims=True)
-    return PopularList(table, segment_of.reshape(-1).astype(np.int64), field, shrink, by_values=True)
+    scored by the mean of their values' centred log shares; no value: the overall list. The
+    list a ranker's prior with this segment ranks by (`prior_list`)."""
+    return replace(prior_list(data, field, shrink), by_values=True)
 
 
 def _shrunk_shares(
@@ -102,13 +96,19 @@ def rank(data: EncodedData, popular: PopularList, cases: task.RankingSet) -> dic
     )
 
 
+def _validation(data: EncodedData) -> tuple[task.RankingSet, str]:
+    """Validation's ranking cases and the key choices are compared by: NDCG@10 of new users (of
+    all users where validation has no new user)."""
+    cases = data.ranking[VAL]
+    return cases, "new" if cases.is_new.any() else "all"
+
+
 def choose_segment(data: EncodedData, prior: bool = False) -> tuple[PopularList, list[dict[str, Any]]]:
     """The segment attribute and shrinkage with the best validation NDCG@10 of new users (of all
     users where validation has no new user), the overall list among the choices; and what each
     choice scored. A bag attribute is tried both ways (`by_segment`, `by_values`); with `prior`,
     single-slot attributes only (a prior's segment; a bag joins it as an answer: `choose_answer`)."""
-    cases = data.ranking[VAL]
-    group = "new" if cases.is_new.any() else "all"
+    cases, group = _validation(data)
     tried: list[dict[str, Any]] = []
     best: tuple[float, PopularList] | None = None
     choices = [overall(data)]
@@ -147,8 +147,7 @@ def by_method(data: EncodedData, method: str) -> tuple[PopularList, list[dict[st
         segment, _ = choose_segment(data, prior=True)
         answer, answer_shrink, answers = choose_answer(data, segment.field or "", segment.shrink)
         combined = prior_list(data, segment.field or "", segment.shrink, answer, answer_shrink)
-        group = "new" if data.ranking[VAL].is_new.any() else "all"
-        key = f"val_ndcg@10_{group}"
+        key = f"val_ndcg@10_{_validation(data)[1]}"
         with_answer = [
             {
                 "field": segment.field,
@@ -227,8 +226,7 @@ def choose_answer(data: EncodedData, field: str, shrink: float) -> tuple[str, fl
     """Whether a signup answer (an attribute that holds several values) joins the prior of
     segment `field` (`shrink`), which one and its shrinkage: the best validation NDCG@10 of new
     users (of all users where validation has none) of `prior_list`, none among the choices."""
-    cases = data.ranking[VAL]
-    group = "new" if cases.is_new.any() else "all"
+    cases, group = _validation(data)
     bags = [f.name for f in data.schema.user_fields if f.slots > 1 and f.name != "user_id"]
     best: tuple[float, str, float] | None = None
     tried: list[dict[str, Any]] = []
