@@ -12,6 +12,11 @@ the recall of the whole catalog's top 100, the rows the ranker scores and the st
 (two ranker calls and the search, one thread). Test users are not looked at, so the size chosen
 here can then be checked on test (`benchmarks.candidate_quality`) without having been chosen on it.
 
+Then, for bundles with a cold checkpoint and the ranker's prior table, the shorter way the service
+takes for a user with no history (`service.candidates.PriorStage`): the validation new users,
+scored by the cold checkpoint over the whole catalog and over the prior's first rows plus k, for
+each number of rows of `PRIOR_GRID` (`measure_prior`; `--prior-only` skips the search's grid).
+
     python -m benchmarks.stage_size --data-dir ../shared/data --bundles B1 B2 ...
 
 Results: benchmarks/results/stage-size.md and .json.
@@ -32,7 +37,7 @@ from benchmarks.harness.command import command_line
 from benchmarks.serving.run import machine
 from model_export import data as datasets
 from model_export.evaluate import RequestInputs
-from service.candidates import CandidateStage, RetrieveOptions
+from service.candidates import CandidateStage, PriorStage, RetrieveOptions
 from service.contract import SPLIT_FILE, load_bundle
 from service.inference import SessionOptions, Towers
 
@@ -44,6 +49,7 @@ OLD_USERS = 200  # old users sampled per bundle (fixed seed)
 K = 10
 TOP = 100
 AGREE = 0.995  # the smallest stage whose mean top-10 overlap with the whole catalog is at least this
+PRIOR_GRID = (10, 25, 50, 100, 200)  # a cold user's rows from the ranker's prior (MAILREC_RETRIEVE_PRIOR)
 
 
 def _stage_rows(
@@ -153,6 +159,84 @@ def measure(
     return result
 
 
+def measure_prior(
+    bundle_dir: Path, data_dir: str | None, grid: tuple[int, ...] = PRIOR_GRID
+) -> dict[str, Any] | None:
+    """The prior's candidates (`service.candidates.PriorStage`) for the users it serves: validation
+    new users, scored by the bundle's cold checkpoint with no history. For each number of rows,
+    as the service asks (`MAILREC_RETRIEVE_PRIOR` plus k): the share of the whole catalog's top 10
+    in the stage's top 10, identical lists, the recall of the top 100, the rows and the time per
+    call (the prior's search and one ranker call, one thread). None: the bundle has no cold
+    checkpoint or no prior table."""
+    bundle = load_bundle(bundle_dir)
+    cold_bundle = bundle.cold
+    if cold_bundle is None or cold_bundle.item_prior_path is None or cold_bundle.manifest.item_prior is None:
+        return None
+    split = json.loads((bundle.path / SPLIT_FILE).read_text())
+    raw = datasets.load(bundle.manifest.dataset, data_dir, seed=bundle.manifest.split_seed)
+    options = SessionOptions(device="cpu", intra_op_threads=1)
+    cold = Towers(cold_bundle, options)
+    at = RequestInputs(bundle, Towers(bundle, options), raw, split, cold)
+    n = len(bundle.catalog)
+    all_rows = np.arange(1, n + 1, dtype=np.int64)
+    table = np.load(cold_bundle.item_prior_path, allow_pickle=False)
+    blocks = cold_bundle.manifest.item_prior.blocks
+    calls = []
+    for user in sorted(split["validation_new_users"]):
+        towers, enc, virtual, gate = at(user, None)
+        assert towers is cold and enc.n_history == 0, f"{user}: not a cold checkpoint's user"
+        calls.append((enc, virtual, gate, cold.score(enc, virtual, gate, all_rows)))
+    result: dict[str, Any] = {"bundle": str(bundle_dir), "model": bundle.manifest.model, "users": len(calls)}
+    result["sizes"] = []
+    for size in grid:
+        stage = PriorStage(table, blocks, size)
+        per = []
+        for enc, virtual, gate, whole in calls:
+            rows = stage.search(enc.user_attrs, extra=K)
+            scores = cold.score(enc, virtual, gate, rows)
+            want10, want100 = _top(all_rows, whole, K), _top(all_rows, whole, TOP)
+            got10 = _top(rows, scores, K)
+            per.append(
+                [
+                    float(np.isin(got10, want10).mean()),
+                    float(np.array_equal(got10, want10)),
+                    float(np.isin(want100, rows).mean()),
+                    float(len(rows)),
+                ]
+            )
+        times = []
+        for _ in range(5):
+            for enc, virtual, gate, _whole in calls[:50]:
+                t = time.perf_counter()
+                cold.score(enc, virtual, gate, stage.search(enc.user_attrs, extra=K))
+                times.append(time.perf_counter() - t)
+        a = np.array(per)
+        result["sizes"].append(
+            {
+                "prior": size,
+                "top10_overlap": float(a[:, 0].mean()),
+                "top10_identical": float(a[:, 1].mean()),
+                "recall_of_top100": float(a[:, 2].mean()),
+                "rows_ranked": float(a[:, 3].mean()),
+                "stage_us_median": round(float(np.median(times)) * 1e6, 1),
+            }
+        )
+        print(f"  {bundle_dir.name} prior {size}: new top-10 overlap {a[:, 0].mean():.4f}", flush=True)
+    return result
+
+
+def choose_prior(results: list[dict[str, Any]]) -> int | None:
+    """The fewest prior rows whose mean top-10 overlap is >= AGREE in every bundle measured."""
+    if not results:
+        return None
+    fine = [
+        s["prior"]
+        for i, s in enumerate(results[0]["sizes"])
+        if all(r["sizes"][i]["top10_overlap"] >= AGREE for r in results)
+    ]
+    return min(fine) if fine else None
+
+
 def choose(results: list[dict[str, Any]], grid: list[tuple[int, int, int]] = GRID) -> dict[str, Any] | None:
     """The size with the fewest rows whose mean top-10 overlap is >= AGREE for new and for old
     users in every bundle."""
@@ -194,7 +278,33 @@ def markdown(out: dict[str, Any]) -> str:
                 f"| {r['whole_catalog_us_median']:.0f} |"
             )
     chosen = out["chosen"]
-    lines += ["", f"Chosen: {chosen}" if chosen else "Chosen: none of the grid meets the rule"]
+    if out["results"]:
+        lines += ["", f"Chosen: {chosen}" if chosen else "Chosen: none of the grid meets the rule"]
+    else:  # --prior-only: no search grid was measured
+        lines = lines[:4] + ["Only the prior's candidates were measured (`--prior-only`)."]
+    priors = out.get("priors") or []
+    if priors:
+        lines += [
+            "",
+            "## A cold user's candidates from the ranker's prior",
+            "",
+            "Validation new users scored by each bundle's cold checkpoint with no history, as the service "
+            "serves them (`service.candidates.PriorStage`): the prior's first rows plus k = 10, ranked by "
+            "the ranker in one call. Time: the prior's search and that call, one thread, median. Rule: "
+            f"the fewest rows with mean top-10 overlap >= {AGREE} in every bundle.",
+            "",
+            "| bundle | prior rows | rows ranked | top-10 overlap | identical | recall@100 | stage us |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in priors:
+            for s in r["sizes"]:
+                lines.append(
+                    f"| {Path(r['bundle']).name} ({r['users']} new) | {s['prior']} | {s['rows_ranked']:.0f} "
+                    f"| {s['top10_overlap']:.4f} | {s['top10_identical']:.3f} | {s['recall_of_top100']:.4f} "
+                    f"| {s['stage_us_median']:.0f} |"
+                )
+        chosen_prior = out.get("chosen_prior")
+        lines += ["", f"Chosen: {chosen_prior} prior rows" if chosen_prior else "Chosen: none meets the rule"]
     return "\n".join(lines) + "\n"
 
 
@@ -205,14 +315,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bundles", type=Path, nargs="+", required=True)
     parser.add_argument("--data-dir", default=os.environ.get("MAILREC_DATA_DIR"))
     parser.add_argument("--out", type=Path, default=RESULTS / "stage-size")
+    parser.add_argument("--prior-only", action="store_true", help="only the prior's candidates")
     args = parser.parse_args(argv)
-    results = [measure(b, args.data_dir) for b in args.bundles]
+    results = [] if args.prior_only else [measure(b, args.data_dir) for b in args.bundles]
+    priors = [p for b in args.bundles if (p := measure_prior(b, args.data_dir)) is not None]
     out = {
         "command": command_line("benchmarks.stage_size", argv),
         "date": time.strftime("%Y-%m-%d"),
         "machine": machine(),
         "results": results,
-        "chosen": choose(results),
+        "chosen": choose(results) if results else None,
+        "priors": priors,
+        "chosen_prior": choose_prior(priors),
     }
     args.out.with_suffix(".json").write_text(json.dumps(out, indent=1))
     text = markdown(out)

@@ -314,6 +314,12 @@ def _add_evaluate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument(
         "--popular", type=int, help="with --retrieve: the most popular rows kept (default: the service's)"
     )
+    p.add_argument(
+        "--prior",
+        type=int,
+        help="with --retrieve: a cold checkpoint's user with no history is ranked over the prior's "
+        "first PRIOR rows instead (0: the search; default: the service's)",
+    )
     p.add_argument("--json", type=Path, default=None, help="write the whole result to this file")
 
 
@@ -325,7 +331,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.retrieve is not None:
         probes = DEFAULTS.probes if args.probes is None else args.probes
         popular = DEFAULTS.popular if args.popular is None else args.popular
-        retrieve = RetrieveOptions(0, args.retrieve, probes, popular)
+        prior = DEFAULTS.prior if args.prior is None else args.prior
+        retrieve = RetrieveOptions(0, args.retrieve, probes, popular, prior)
     result = evaluate_bundle(
         args.bundle, args.data_dir, progress=not args.quiet, precision=args.precision, retrieve=retrieve
     )

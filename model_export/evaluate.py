@@ -20,7 +20,8 @@ from model_export import catalog as task
 from model_export import data as datasets
 from model_export import metrics
 from model_export.protocol import behavior_mask, chronological_order
-from service.candidates import CandidateStage, RetrieveOptions
+from service.bundles import prior_stage
+from service.candidates import CandidateStage, PriorStage, RetrieveOptions
 from service.contract import (
     SPLIT_FILE,
     Bundle,
@@ -146,8 +147,11 @@ def evaluate_bundle(
             stages = {
                 t: _stage(b, retrieve) for t, b in ((towers, bundle), (at.cold, bundle.cold)) if t and b
             }
+            # as the service: a cold checkpoint's user with no history takes its prior's first rows
+            prior = prior_stage(bundle.cold, retrieve) if bundle.cold is not None else None
+            priors = {at.cold: prior} if at.cold is not None and prior is not None else {}
             cases = split["ranking"]["cases"]
-            result["retrieval"] = retrieval_cases(cases, at, catalog, at.new_users, stages)
+            result["retrieval"] = retrieval_cases(cases, at, catalog, at.new_users, stages, priors)
             result["retrieve_options"] = asdict(retrieve)
     return result
 
@@ -202,10 +206,12 @@ def retrieval_cases(
     catalog: Any,
     new_users: set[str],
     stages: dict[Towers, CandidateStage],
+    priors: dict[Towers, PriorStage] | None = None,
     top: int = 100,
 ) -> dict[str, Any]:
-    """The candidate stage (`stages`: by the towers it serves, each bundle's own) against
-    whole-catalog scoring on the recorded cases: per group, its
+    """The candidate stage (`stages`: by the towers it serves, each bundle's own; `priors`: the
+    towers whose users with no history take their prior's first rows instead, as the service's
+    cold checkpoint does) against whole-catalog scoring on the recorded cases: per group, its
     recall of the whole catalog's top `top` (seen items excluded from both) and the ranking metrics
     when only the stage's candidates are ranked (the others score -inf), both by onnxruntime."""
     n = len(catalog)
@@ -218,11 +224,14 @@ def retrieval_cases(
         out = np.full((len(idx), n), -np.inf, np.float32)
         for b, i in enumerate(idx.tolist()):
             towers, enc, virtual, gate = at(cases[i]["user"], cases[i]["timestamp"])
-            stage = stages[towers]
+            stage, prior = stages[towers], (priors or {}).get(towers)
             whole = towers.score(enc, virtual, gate, all_rows)
             seen = ranking.exclude[i]
-            probe_scores = whole[stage.probes - 1]  # what the ranker gives the probes
-            rows = np.concatenate([stage.probes, stage.search(probe_scores, extra=len(seen))])
+            if prior is not None and enc.n_history == 0:
+                rows = prior.search(enc.user_attrs, extra=len(seen))
+            else:
+                probe_scores = whole[stage.probes - 1]  # what the ranker gives the probes
+                rows = np.concatenate([stage.probes, stage.search(probe_scores, extra=len(seen))])
             rows = rows[~np.isin(rows, seen)]
             out[b, rows - 1] = towers.score(enc, virtual, gate, rows)
             allowed = np.ones(n, bool)

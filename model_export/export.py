@@ -9,7 +9,8 @@ A second ranker graph, `ranker_batch.onnx`, scores several users in one call (us
 batch U, candidates (N,) and `owner` (N,), candidate n belonging to user owner[n]): the service's
 micro-batcher merges concurrent requests into it. Names, dtypes, shapes and dynamic axes of the
 three graphs come from `service.contract.signatures`. `item_vectors.npy` holds the ranker's own
-item side (`Ranker.item_vectors`), which the service's candidate stage searches.
+item side (`Ranker.item_vectors`), which the service's candidate stage searches; `item_prior.npy`
+the ranker's fixed prior (`ItemPrior`), from which it takes a cold user's candidates.
 
 Beside them, `ranker_int8.onnx` and `ranker_batch_int8.onnx`: the same graphs with int8 weights
 (`model_export.quantize`), compared with fp32 on the run's test rows (recorded in the manifest's
@@ -57,6 +58,7 @@ from model_export.quantize import (
 from service.contract import (
     CATALOG_FILE,
     FORMAT_VERSION,
+    ITEM_PRIOR_FILE,
     ITEM_VECTORS_FILE,
     MANIFEST,
     RANKER_BATCH_FILE,
@@ -70,6 +72,7 @@ from service.contract import (
     Fill,
     GoldenCase,
     Graph,
+    ItemPrior,
     Manifest,
     Parity,
     Precision,
@@ -234,6 +237,11 @@ def _write_bundle(
     # the candidate stage's item vectors: the served tower's own item side, row 0 PAD
     vectors = served.ranker.item_vectors().numpy().astype(np.float32)
     np.save(root / ITEM_VECTORS_FILE, vectors, allow_pickle=False)
+    prior = None
+    if served.ranker.item_log_prior is not None:  # the graph's prior as a table: cold users' candidates
+        table = served.ranker.item_log_prior.numpy().astype(np.float32)
+        np.save(root / ITEM_PRIOR_FILE, table, allow_pickle=False)
+        prior = ItemPrior(ITEM_PRIOR_FILE, tuple(served.ranker.prior_blocks))
     files = {p.name: sha256_file(p) for p in sorted(root.iterdir()) if p.is_file()}
     record = None
     if cold is not None:  # the sub-bundle's files (its manifest aside): this version covers them
@@ -258,6 +266,7 @@ def _write_bundle(
         precisions=precisions,
         default_precision=default_precision,
         cold_checkpoint=record,
+        item_prior=prior,
     )
     (root / MANIFEST).write_text(json.dumps(manifest.to_dict(), indent=2))
     _validate(root)

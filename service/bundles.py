@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from service.batching import MicroBatcher
-from service.candidates import CandidateStage, RetrieveOptions
+from service.candidates import CandidateStage, PriorStage, RetrieveOptions
 from service.coldscores import ColdScores
 from service.contract import Bundle, ContractError, FloatArray, IntArray, load_bundle
 from service.errors import BadBundle
@@ -65,6 +65,9 @@ class ServedModel:
     batcher: MicroBatcher | None = field(init=False)  # ranker calls merged across requests, if on
     popularity: FloatArray | None = field(init=False)  # (I + 1,) the scores a popularity variant serves
     candidates: CandidateStage | None = field(init=False)  # None: whole-catalog scoring
+    # a cold user's candidates from the ranker's prior (a cold checkpoint's, `prior_stage`); None:
+    # the candidate stage's search, or the whole catalog
+    prior_candidates: PriorStage | None = None
     cold: ColdScores | None = field(init=False)  # cold users' remembered scores (None: off)
 
     def __post_init__(self) -> None:
@@ -156,6 +159,10 @@ class ServedModel:
                 "clicks": man.cold_checkpoint.clicks,
                 "model_version": self.unseen.version,
                 "serves": _serves(man.cold_checkpoint.clicks),
+                # a user with no history: the candidates are the prior's first rows (+ k); None: off
+                "prior_candidates": None
+                if self.unseen.prior_candidates is None
+                else self.unseen.prior_candidates.rows,
             },
             "created_at": man.created_at,
             "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.loaded_at)),
@@ -163,6 +170,20 @@ class ServedModel:
             "offline_metrics": man.metrics,
             "offline_ranking": man.ranking_metrics,
         }
+
+
+def prior_stage(bundle: Bundle, options: RetrieveOptions) -> PriorStage | None:
+    """A cold checkpoint's candidates from its ranker's prior, where its catalog is larger than
+    `options.above`, the bundle carries the prior's table and `options.prior` is not 0."""
+    path, prior = bundle.item_prior_path, bundle.manifest.item_prior
+    if path is None or prior is None or options.prior <= 0 or len(bundle.catalog) <= options.above:
+        return None
+    table = np.load(path, allow_pickle=False)
+    if table.ndim != 2 or table.shape[1] != len(bundle.catalog) + 1:
+        raise BadBundle(f"{bundle.path}: item prior of shape {table.shape} for {len(bundle.catalog)} items")
+    if any(row < 0 or row >= len(table) for _, _, row in prior.blocks):
+        raise BadBundle(f"{bundle.path}: item prior blocks {prior.blocks} for {len(table)} rows")
+    return PriorStage(table, prior.blocks, options.prior)
 
 
 def candidate_stage(bundle: Bundle, options: RetrieveOptions) -> CandidateStage | None:
@@ -206,6 +227,8 @@ def load_model(
         if bundle.cold is not None and kind == "model":
             cold = _ready_towers(bundle.cold, options)
             unseen = ServedModel(variant, bundle.cold, cold, time.time(), executor, kind)
+            # its learned logit is scaled towards the prior: the prior's first items are the candidates
+            unseen.prior_candidates = prior_stage(bundle.cold, options.retrieve)
     except ContractError as exc:
         raise BadBundle(str(exc)) from exc
     log.info(

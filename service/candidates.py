@@ -13,6 +13,11 @@ each item before it meets the user), a request is served in three steps:
 3. rank: the ranker scores those candidates; they and the probes are ranked by the ranker's own
    scores, so the order of whatever is returned is exactly the ranker's.
 
+A cold user with no history, scored by a bundle's cold checkpoint, takes a shorter way where the
+bundle carries the ranker's prior (`item_prior.npy`): the `prior` items that prior ranks first
+for the user's attributes are the candidates, and the ranker scores them in one call
+(`PriorStage`).
+
 The linear model's features are the item vectors' first principal components, the log of the
 item's training popularity and a constant. Its weights for a user are one product with a matrix
 computed at load (ridge regression on the probes), so a request pays for two ranker calls of a
@@ -25,8 +30,10 @@ whatever the tower's architecture.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from service.contract import FloatArray, IntArray
 
@@ -41,11 +48,55 @@ class RetrieveOptions:
     candidates: int  # rows the search keeps
     probes: int  # rows the ranker scores to fit the user's linear model
     popular: int  # the most popular rows, always candidates
+    prior: int = 25  # a cold user's rows from the ranker's prior (`PriorStage`), plus k; 0: off
 
 
 # the service's defaults (MAILREC_RETRIEVE_*): the smallest stage of benchmarks/stage_size.py's grid
-# that keeps the whole catalog's top 10 on MovieLens 100K's validation users (no test data)
-DEFAULTS = RetrieveOptions(above=1000, candidates=100, probes=64, popular=50)
+# that keeps the whole catalog's top 10 on MovieLens 100K's validation users (no test data), and
+# likewise the fewest prior rows for its validation new users (benchmarks/results/stage-size-prior.md)
+DEFAULTS = RetrieveOptions(above=1000, candidates=100, probes=64, popular=50, prior=25)
+
+
+class PriorStage:
+    """A cold user's candidates from the ranker's own prior (`service.contract.ItemPrior`): the
+    `rows` items it ranks first for the user's attributes, one ranker call, no probes, no search.
+
+    Used for a user scored by a bundle's cold checkpoint with no history at all: there, the
+    ranker's logit is that prior plus its learned part scaled down (`ColdCheckpoint.scale`), so
+    the prior decides which few items can reach the top (benchmarks/results/stage-size.md
+    measures how many rows keep the whole catalog's top 10)."""
+
+    def __init__(
+        self, table: npt.NDArray[np.floating[Any]], blocks: tuple[tuple[int, int, int], ...], rows: int
+    ) -> None:
+        self.table = np.ascontiguousarray(np.asarray(table, np.float32)[:, 1:])  # (S, I), no PAD
+        self.blocks = blocks
+        self.rows = rows
+
+    def scores(self, user_attrs: IntArray) -> FloatArray:
+        """(I,) the prior of catalog rows 1..I for one encoded user ((A,) or (1, A)): the rows its
+        ids pick in each block, summed, as the graph adds them (`ItemPrior`)."""
+        ids = np.asarray(user_attrs).reshape(-1)
+        if not self.blocks:
+            first: FloatArray = self.table[0]
+            return first
+        out = np.zeros(self.table.shape[1], np.float32)
+        for start, stop, row in self.blocks:
+            if stop - start == 1:
+                out += self.table[row + int(ids[start])]
+                continue
+            values = ids[start:stop]
+            present = values[values > 0]  # no slots, or a bag with no value: the block's first row
+            out += self.table[row + present].mean(0) if len(present) else self.table[row]
+        return out
+
+    def search(self, user_attrs: IntArray, extra: int = 0) -> IntArray:
+        """The catalog rows the prior ranks first for this user, `rows + extra` of them (where the
+        catalog has them), in row order; `extra` makes room for k."""
+        prior = self.scores(user_attrs)
+        n = min(self.rows + extra, len(prior))
+        best = np.argpartition(prior, len(prior) - n)[len(prior) - n :]
+        return (np.sort(best) + 1).astype(np.int64)
 
 
 class CandidateStage:

@@ -154,6 +154,13 @@ class Settings(BaseSettings):
         ge=0,
         description="Candidate stage: the most popular items, always among the candidates.",
     )
+    retrieve_prior: int = Field(
+        RETRIEVE.prior,
+        ge=0,
+        description="Candidate stage: for a new user with no history, scored by the bundle's cold "
+        "checkpoint, this many items the ranker's prior ranks first, plus k, are the candidates "
+        "(bundles with item_prior.npy); 0: the search as for everyone.",
+    )
     cold_scores_mb: float = Field(
         COLD_SCORES.max_mb,
         ge=0,

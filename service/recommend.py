@@ -3,7 +3,8 @@
 recommend: ready? -> check limits -> assign variant -> encode -> one Redis round trip (cached vector +
 stored clicks) -> history -> virtual behavior if cold (cache, else zero_shot.onnx, computed once
 per key, written back off the response path) -> candidates (the given ones, the whole catalog, or
-above MAILREC_RETRIEVE_ABOVE items the candidate stage's: `service.candidates`) -> ranker.onnx (or,
+above MAILREC_RETRIEVE_ABOVE items the candidate stage's: `service.candidates`; for a cold user
+scored by the cold checkpoint, the items its prior ranks first) -> ranker.onnx (or,
 for a cold user whose encoded attributes and context were scored before, the model's remembered
 whole-catalog scores: `service.coldscores`) -> top-k -> impression record -> metrics and the
 request's log fields.
@@ -272,6 +273,9 @@ async def recommend(
     if remembered is not None:  # a cold user whose attributes and context were scored before
         rows = given if given is not None else model.all_rows
         scores = remembered.scores[rows]
+    elif given is None and scorer.prior_candidates is not None and enc.n_history == 0:
+        rows = scorer.prior_candidates.search(enc.user_attrs, extra=k)  # a cold user: the prior's first
+        scores = await score(state, scorer, enc, virtual, gate, rows)
     elif given is None and scorer.candidates is not None:
         rows, scores = await retrieve_and_score(state, scorer, enc, virtual, gate, history, k)
     else:

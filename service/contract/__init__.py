@@ -19,6 +19,7 @@ The names below are re-exported, so `from service.contract import X` works for e
 from service.contract.bundle import (
     CATALOG_FILE,
     FORMAT_VERSION,
+    ITEM_PRIOR_FILE,
     ITEM_VECTORS_FILE,
     MANIFEST,
     RANKER_BATCH_FILE,
@@ -58,6 +59,7 @@ from service.contract.manifest import (
     Fill,
     GoldenCase,
     Graph,
+    ItemPrior,
     Manifest,
     Parity,
     Precision,
@@ -83,6 +85,7 @@ from service.contract.transforms import AGE_EDGES, TRANSFORMS
 __all__ = [
     "AGE_EDGES",
     "CATALOG_FILE",
+    "ITEM_PRIOR_FILE",
     "ITEM_VECTORS_FILE",
     "FORMAT_VERSION",
     "FP32",
@@ -108,6 +111,7 @@ __all__ = [
     "BatchParity",
     "BehaviorSource",
     "ColdCheckpoint",
+    "ItemPrior",
     "Bundle",
     "BundleError",
     "Catalog",

@@ -22,7 +22,9 @@ the default. A bundle without `precisions` has fp32 alone, its default (`Bundle.
 listed file), so the format version did not change. The same holds for `item_vectors.npy`
 (manifest key "item_vectors"): what the ranking tower makes of each catalog item before it meets
 the user, (I+1, D) float32 in numpy's format, row 0 PAD, which the service's candidate stage
-searches when a catalog is too big to score whole (`service.candidates`).
+searches when a catalog is too big to score whole (`service.candidates`), and for
+`item_prior.npy` (manifest key "item_prior", `ItemPrior`): the ranker's fixed per-item prior as a
+table, with which the service picks a cold user's candidates (`service.candidates.PriorStage`).
 
 So is a cold checkpoint (manifest key "cold_checkpoint", `ColdCheckpoint`): a sub-directory that is
 itself a complete bundle of the same schema and catalog, whose weights score a user with an
@@ -65,6 +67,7 @@ RANKER_FILES = {
     "fp16": ("ranker_fp16.onnx", "ranker_batch_fp16.onnx"),
 }
 ITEM_VECTORS_FILE = "item_vectors.npy"
+ITEM_PRIOR_FILE = "item_prior.npy"
 
 
 def sha256_file(path: Path) -> str:
@@ -137,6 +140,11 @@ class Bundle:
         return self.path / ITEM_VECTORS_FILE if self.manifest.item_vectors is not None else None
 
     @property
+    def item_prior_path(self) -> Path | None:
+        """The optional table of the ranker's item prior (`ItemPrior`), if the bundle has it."""
+        return self.path / self.manifest.item_prior.file if self.manifest.item_prior is not None else None
+
+    @property
     def zero_shot_path(self) -> Path | None:
         return self.path / ZERO_SHOT_FILE if self.manifest.zero_shot is not None else None
 
@@ -174,6 +182,8 @@ def _check_files(root: Path, manifest: Manifest) -> None:
         required.add(RANKER_BATCH_FILE)
     if manifest.item_vectors is not None:
         required.add(ITEM_VECTORS_FILE)
+    if manifest.item_prior is not None:
+        required.add(manifest.item_prior.file)
     if missing := sorted(required - set(files)):
         raise BundleError(root, f"{MANIFEST} does not list {missing}")
     for name, listed in sorted(files.items()):

@@ -2,10 +2,10 @@
 (`Manifest.from_dict`).
 
 Keys written since format 1 began are required; those added later within format 1 (`task`,
-`ranking_metrics`, `ranker_batch`, the batch graph's parity, `precisions`, `default_precision`
-and `item_vectors`) read as their defaults from older bundles. `to_dict` writes the keys in the
-order export always wrote them, the later ones only when the bundle has them (an older manifest
-round-trips unchanged).
+`ranking_metrics`, `ranker_batch`, the batch graph's parity, `precisions`, `default_precision`,
+`item_vectors`, `cold_checkpoint` and `item_prior`) read as their defaults from older bundles.
+`to_dict` writes the keys in the order export always wrote them, the later ones only when the
+bundle has them (an older manifest round-trips unchanged).
 
 `precisions` names each precision's ranking graphs (`Precision`: files, checksums, agreement with
 fp32 measured at export) and `default_precision` the one the service serves unless told otherwise.
@@ -103,6 +103,28 @@ class ColdCheckpoint:
             float(d.get("scale", 1.0)),
             int(d.get("clicks", 1)),
         )
+
+
+@dataclass(frozen=True)
+class ItemPrior:
+    """The ranker's fixed per-item prior (`RankerConfig.item_prior`: the popular list of the user's
+    segment, plus a signup answer's lift) as a table a reader can use without the graph: `file`
+    holds (S, I+1) float32 rows, column 0 PAD; `blocks` says how a user's encoded attribute ids
+    pick rows, one block (first slot, end slot, first row) per attribute, their rows summed: one
+    slot, its id's row (first row + id); several slots (a bag of values), the mean of the rows of
+    its ids other than PAD, or the first row where all are PAD; no slots, the first row for
+    everyone. No blocks: row 0 for everyone. The graph adds exactly this to the ranker's logit."""
+
+    file: str
+    blocks: tuple[tuple[int, int, int], ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "blocks": [list(b) for b in self.blocks]}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ItemPrior:
+        blocks = tuple((int(a), int(b), int(c)) for a, b, c in d.get("blocks", []))
+        return cls(str(d["file"]), blocks)
 
 
 _Record = TypeVar("_Record")
@@ -278,6 +300,7 @@ class Manifest:
     default_precision: str = FP32
     item_vectors: str | None = None  # its file; None: no candidate stage (whole-catalog scoring)
     cold_checkpoint: ColdCheckpoint | None = None  # None: every user is scored with one checkpoint
+    item_prior: ItemPrior | None = None  # None: the ranker has no prior, or the bundle predates it
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -309,13 +332,15 @@ class Manifest:
             out["item_vectors"] = _file(self.item_vectors)
         if self.cold_checkpoint is not None:
             out["cold_checkpoint"] = asdict(self.cold_checkpoint)
+        if self.item_prior is not None:
+            out["item_prior"] = self.item_prior.to_dict()
         return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Manifest:
         """Raises KeyError, TypeError or ValueError on a malformed manifest."""
         zero_shot, ranker_batch = d["zero_shot"], d.get("ranker_batch")
-        item_vectors, cold = d.get("item_vectors"), d.get("cold_checkpoint")
+        item_vectors, cold, prior = d.get("item_vectors"), d.get("cold_checkpoint"), d.get("item_prior")
         return cls(
             format_version=d["format_version"],
             model_version=str(d["model_version"]),
@@ -341,6 +366,7 @@ class Manifest:
             default_precision=str(d.get("default_precision", FP32)),
             item_vectors=None if item_vectors is None else item_vectors["file"],
             cold_checkpoint=None if cold is None else ColdCheckpoint.from_dict(cold),
+            item_prior=None if prior is None else ItemPrior.from_dict(prior),
         )
 
 

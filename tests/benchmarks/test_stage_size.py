@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.stage_size import choose, measure
+from benchmarks.stage_size import choose, choose_prior, measure, measure_prior
 from service.contract import load_bundle
 
 
@@ -41,3 +41,25 @@ def test_the_rule_takes_the_fewest_rows_that_agree_for_new_and_old_users_in_ever
     b["sizes"][1] = _size(190, 0.99, 1.0)  # one bundle's new users disagree: the larger stage
     assert choose([a, b], grid) == {"probes": 3, "candidates": 3, "popular": 3}
     assert choose([{"sizes": [_size(1, 0.5, 0.5)]}], [(1, 1, 1)]) is None
+
+
+def test_the_prior_stage_covering_the_catalog_agrees_and_its_rule_takes_the_fewest_rows_that_agree(
+    tiny_bundle: Callable[..., Path],
+) -> None:
+    bundle = tiny_bundle("mail", "base")
+    n = len(load_bundle(bundle).catalog)
+    result = measure_prior(bundle, None, grid=(n, 2))
+    assert result is not None and result["users"] > 0
+    whole, small = result["sizes"]
+    assert whole["top10_overlap"] == whole["top10_identical"] == whole["recall_of_top100"] == 1.0
+    assert small["rows_ranked"] == 2 + 10 < whole["rows_ranked"] == n  # the rows plus k
+    assert small["recall_of_top100"] < 1.0
+
+    def sizes(*overlaps: float) -> dict[str, Any]:
+        return {
+            "sizes": [{"prior": p, "top10_overlap": o} for p, o in zip((200, 50, 10), overlaps, strict=True)]
+        }
+
+    assert choose_prior([sizes(1.0, 0.996, 0.9), sizes(1.0, 1.0, 1.0)]) == 50
+    assert choose_prior([sizes(1.0, 0.99, 0.9), sizes(1.0, 1.0, 1.0)]) == 200
+    assert choose_prior([sizes(0.9, 0.9, 0.9)]) is None and choose_prior([]) is None

@@ -20,6 +20,7 @@ from model_export.model import MailModel, ModelConfig, RankerConfig, UserInputs
 from model_export.parity import cpu_session
 from model_export.protocol import TRAIN, VAL, SplitConfig, make_split
 from model_export.train import resolve_prior
+from service.candidates import PriorStage
 from service.contract import ranker_batch_signature, ranker_signature
 
 BAG = "likes"
@@ -127,10 +128,12 @@ def test_a_segment_and_an_answer_add_up_in_the_ranker_as_in_their_list(
     users = [int(np.flatnonzero((bags > 0).sum(1) == k)[0]) for k in (0, 1, 2)]
     items = torch.arange(1, len(encoded.catalog) + 1)
     attrs = torch.from_numpy(encoded.user_attrs[users])
+    served = PriorStage(table, tuple(model.ranker.prior_blocks), 5)  # the service's reading of it
     for i, u in enumerate(users):
         got = model.ranker._bias(items, attrs[i : i + 1], None)
         assert isinstance(got, torch.Tensor)
         np.testing.assert_allclose(got.numpy(), lists.table[lists.segment_of[u]], atol=1e-5)
+        np.testing.assert_allclose(served.scores(encoded.user_attrs[u]), got.numpy(), atol=1e-5)
     answered = popular.prior_list(encoded, segment, 50.0)  # without the answer: its rows are lifts
     lift = lists.table[lists.segment_of[users[2]]] - answered.table[answered.segment_of[users[2]]]
     assert np.abs(lift).max() > 0.1

@@ -7,21 +7,23 @@ import asyncio
 import json
 import shutil
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+import torch
 
-from service.bundles import ModelRegistry, load_model
-from service.candidates import CandidateStage, RetrieveOptions
-from service.contract import ITEM_VECTORS_FILE, MANIFEST, content_version, encode, load_bundle
+from service.bundles import ModelRegistry, load_model, prior_stage
+from service.candidates import CandidateStage, PriorStage, RetrieveOptions
+from service.contract import ITEM_VECTORS_FILE, MANIFEST, blend_gate, content_version, encode, load_bundle
 from service.inference import SessionOptions
 from service.metrics import Metrics
 from tests.service.conftest import NEW_USER, Live, start_live
 
 CONTEXT = {"timestamp": 1_700_000_000}
-ON = RetrieveOptions(above=0, candidates=20, probes=16, popular=5)
+ON = RetrieveOptions(above=0, candidates=20, probes=16, popular=5, prior=10)  # as `retrieving` runs
 
 
 def _options(retrieve: RetrieveOptions = ON) -> SessionOptions:
@@ -103,6 +105,7 @@ def retrieving(tiny_bundle: Callable[..., Path], tmp_path_factory: pytest.TempPa
         MAILREC_RETRIEVE_CANDIDATES="20",
         MAILREC_RETRIEVE_PROBES="16",
         MAILREC_RETRIEVE_POPULAR="5",
+        MAILREC_RETRIEVE_PRIOR="10",
     )
     yield env
     env.close()
@@ -138,13 +141,25 @@ def test_recommend_through_the_stage_is_ranker_ordered_and_respects_k_and_histor
     virtual = served.towers.virtual_behavior(enc.user_attrs)
     ranker = served.towers.score(enc, virtual, 1.0, catalog.rows(ids))
     assert np.allclose(ranker, scores, atol=1e-6)
-    # what the stage ranked is what its search found for this user (the service asks for k more)
-    stage = served.candidates
+    # a cold user with no history: what was ranked is the prior's first 10 + k rows, the best of them
+    prior = served.prior_candidates
+    assert prior is not None and prior.rows == 10
+    rows = prior.search(enc.user_attrs, extra=30)
+    assert len(rows) == 40 < len(catalog)
+    assert set(catalog.rows(ids)) <= set(rows.tolist())
+    every = served.towers.score(enc, virtual, 1.0, rows)
+    assert sorted(scores, reverse=True) == pytest.approx(sorted(every, reverse=True)[:30], abs=1e-6)
+    # with history, the search: what was ranked is what it found (the service asks for k more)
+    enc2 = encode(model.bundle.schema, catalog, "old-1", NEW_USER, seen, CONTEXT)
+    served2 = model.for_user(enc2.user_attrs, enc2.n_history)
+    stage = served2.candidates
     assert stage is not None
-    found = stage.search(served.towers.score(enc, virtual, 1.0, stage.probes), extra=30)  # k, no history
-    assert set(catalog.rows(ids)) <= set(np.r_[stage.probes, found].tolist())
+    v2 = served2.towers.virtual_behavior(enc2.user_attrs) if served2.towers.zero_shot is not None else None
+    gate = blend_gate(enc2.n_history, served2.towers.fill_mode, served2.towers.blend_tau)
+    found = stage.search(served2.towers.score(enc2, v2, gate, stage.probes), extra=2 + 7)  # history, k
     got = [i["item_id"] for i in second.json()["items"]]
     assert len(got) == 7 and not set(got) & set(seen)
+    assert set(catalog.rows(got)) <= set(np.r_[stage.probes, found].tolist())
 
 
 def test_candidates_in_the_request_bypass_the_stage(retrieving: Live) -> None:
@@ -158,6 +173,56 @@ def test_candidates_in_the_request_bypass_the_stage(retrieving: Live) -> None:
         )
     assert r.status_code == 200, r.text
     assert sorted(i["item_id"] for i in r.json()["items"]) == sorted(given)
+
+
+def test_export_writes_the_rankers_prior_and_the_stage_reads_it_as_the_graph_adds_it(
+    tiny_run: Callable[..., Path], tiny_bundle: Callable[..., Path]
+) -> None:
+    from model_export.checkpoint import load_checkpoint
+
+    bundle = load_bundle(tiny_bundle("mail", "base"))
+    model, _ = load_checkpoint(tiny_run("mail", "base"))
+    ranker = model.ranker
+    assert ranker.item_log_prior is not None and ranker.prior_blocks  # the synthetic segment
+    for b in (bundle, bundle.cold):
+        assert b is not None and b.item_prior_path is not None and b.manifest.item_prior is not None
+        table = np.load(b.item_prior_path, allow_pickle=False)
+        np.testing.assert_array_equal(table, ranker.item_log_prior.numpy())
+        assert list(b.manifest.item_prior.blocks) == ranker.prior_blocks
+    assert bundle.manifest.item_prior is not None
+    stage = PriorStage(table, bundle.manifest.item_prior.blocks, 5)
+    items = torch.arange(1, len(bundle.catalog) + 1)
+    people = [NEW_USER, {**NEW_USER, "segment": "s3"}, {}]
+    attrs = np.stack(
+        [encode(bundle.schema, bundle.catalog, "u", a, (), CONTEXT).user_attrs[0] for a in people]
+    )
+    assert len({tuple(a) for a in attrs.tolist()}) == 3
+    with torch.no_grad():
+        for a in attrs:
+            want = ranker._bias(items, torch.from_numpy(a[None, :]), None)
+            assert isinstance(want, torch.Tensor)
+            np.testing.assert_allclose(stage.scores(a), want.numpy(), atol=1e-6)
+            # the 5 rows with the highest prior (ties either way)
+            got = want.numpy()[stage.search(a) - 1]
+            np.testing.assert_allclose(np.sort(got), np.sort(want.numpy())[-5:])
+    assert len(stage.search(attrs[0], extra=3)) == 8
+
+
+def test_the_prior_stage_is_a_cold_checkpoints_only_and_only_above_the_setting(
+    tiny_bundle: Callable[..., Path],
+) -> None:
+    path = tiny_bundle("mail", "base")
+    model = load_model("mail", path, _options())
+    assert model.prior_candidates is None  # everyone's weights: their learned part is not scaled down
+    assert model.unseen is not None and model.unseen.prior_candidates is not None
+    n = len(model.bundle.catalog)
+    for off in (RetrieveOptions(0, 20, 16, 5, prior=0), RetrieveOptions(n, 20, 16, 5)):
+        unseen = load_model("mail", path, _options(off)).unseen
+        assert unseen is not None and unseen.prior_candidates is None
+    cold = model.bundle.cold
+    assert cold is not None
+    older = replace(cold, manifest=replace(cold.manifest, item_prior=None))  # exported before the table
+    assert prior_stage(older, ON) is None and prior_stage(cold, ON) is not None
 
 
 def test_export_writes_the_rankers_item_side(tiny_bundle: Callable[..., Path]) -> None:
@@ -176,12 +241,13 @@ def test_evaluate_ranks_the_recorded_cases_through_the_stage(tiny_bundle: Callab
 
     bundle = tiny_bundle("mail", "base")
     n = len(json.loads((bundle / "catalog.json").read_text())["ids"])
-    everything = RetrieveOptions(0, n, 8, 4)  # the search keeps every item: nothing can be lost
+    everything = RetrieveOptions(0, n, 8, 4, prior=n)  # the search and prior keep every item: nothing lost
     result = evaluate_bundle(bundle, None, progress=False, retrieve=everything)
     for group in ("new", "old"):
         assert result["retrieval"][group]["recall_of_top100"] == 1.0
         assert result["retrieval"][group]["ndcg@10"] == pytest.approx(
             result["ranking"][group]["ndcg@10"], abs=1e-9
         )
-    small = evaluate_bundle(bundle, None, progress=False, retrieve=RetrieveOptions(0, 2, 4, 1))
+    small = evaluate_bundle(bundle, None, progress=False, retrieve=RetrieveOptions(0, 2, 4, 1, prior=3))
     assert small["retrieval"]["all"]["candidates"] < n
+    assert small["retrieval"]["new"]["candidates"] == 3  # new users: the cold checkpoint's prior rows
