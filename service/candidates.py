@@ -63,7 +63,7 @@ class PriorStage:
 
     Used for a user scored by a bundle's cold checkpoint with no history at all: there, the
     ranker's logit is that prior plus its learned part scaled down (`ColdCheckpoint.scale`), so
-    the prior decides which few items can reach the top (benchmarks/results/stage-size.md
+    the prior decides which few items can reach the top (benchmarks/results/stage-size-prior.md
     measures how many rows keep the whole catalog's top 10)."""
 
     def __init__(
