@@ -148,7 +148,7 @@ def evaluate_bundle(
                 t: _stage(b, retrieve) for t, b in ((towers, bundle), (at.cold, bundle.cold)) if t and b
             }
             # as the service: a cold checkpoint's user with no history takes its prior's first rows
-            prior = prior_stage(bundle.cold, retrieve) if bundle.cold is not None else None
+            prior = prior_stage(bundle, retrieve)
             priors = {at.cold: prior} if at.cold is not None and prior is not None else {}
             cases = split["ranking"]["cases"]
             result["retrieval"] = retrieval_cases(cases, at, catalog, at.new_users, stages, priors)

@@ -172,9 +172,14 @@ class ServedModel:
         }
 
 
-def prior_stage(bundle: Bundle, options: RetrieveOptions) -> PriorStage | None:
-    """A cold checkpoint's candidates from its ranker's prior, where its catalog is larger than
-    `options.above`, the bundle carries the prior's table and `options.prior` is not 0."""
+def prior_stage(parent: Bundle, options: RetrieveOptions) -> PriorStage | None:
+    """The candidates of `parent`'s cold checkpoint from its ranker's prior, where it has one whose
+    learned part is scaled down (`ColdCheckpoint.scale` < 1: the prior decides its top; measured
+    at the default 0.25, benchmarks/results/stage-size-prior.md), its catalog is larger than
+    `options.above`, it carries the prior's table and `options.prior` is not 0."""
+    bundle, pin = parent.cold, parent.manifest.cold_checkpoint
+    if bundle is None or pin is None or pin.scale >= 1:
+        return None
     path, prior = bundle.item_prior_path, bundle.manifest.item_prior
     if path is None or prior is None or options.prior <= 0 or len(bundle.catalog) <= options.above:
         return None
@@ -228,7 +233,7 @@ def load_model(
             cold = _ready_towers(bundle.cold, options)
             unseen = ServedModel(variant, bundle.cold, cold, time.time(), executor, kind)
             # its learned logit is scaled towards the prior: the prior's first items are the candidates
-            unseen.prior_candidates = prior_stage(bundle.cold, options.retrieve)
+            unseen.prior_candidates = prior_stage(bundle, options.retrieve)
     except ContractError as exc:
         raise BadBundle(str(exc)) from exc
     log.info(

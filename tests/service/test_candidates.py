@@ -219,10 +219,14 @@ def test_the_prior_stage_is_a_cold_checkpoints_only_and_only_above_the_setting(
     for off in (RetrieveOptions(0, 20, 16, 5, prior=0), RetrieveOptions(n, 20, 16, 5)):
         unseen = load_model("mail", path, _options(off)).unseen
         assert unseen is not None and unseen.prior_candidates is None
-    cold = model.bundle.cold
-    assert cold is not None
-    older = replace(cold, manifest=replace(cold.manifest, item_prior=None))  # exported before the table
-    assert prior_stage(older, ON) is None and prior_stage(cold, ON) is not None
+    parent, cold, pin = model.bundle, model.bundle.cold, model.bundle.manifest.cold_checkpoint
+    assert cold is not None and pin is not None and pin.scale < 1
+    assert prior_stage(parent, ON) is not None
+    older = replace(parent, cold=replace(cold, manifest=replace(cold.manifest, item_prior=None)))
+    assert prior_stage(older, ON) is None  # exported before the table
+    # a cold checkpoint whose learned part is not scaled down: the prior does not decide its top
+    unscaled = replace(parent, manifest=replace(parent.manifest, cold_checkpoint=replace(pin, scale=1.0)))
+    assert prior_stage(unscaled, ON) is None
 
 
 def test_export_writes_the_rankers_item_side(tiny_bundle: Callable[..., Path]) -> None:
