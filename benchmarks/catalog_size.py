@@ -179,7 +179,7 @@ def measure(bundle_dir: Path, calls: int, options: Any) -> dict[str, Any]:
 
 
 def _stage_build_s(model: Any, options: Any) -> float:
-    from service.bundles import candidate_stage
+    from service.candidates import candidate_stage
 
     started = time.perf_counter()
     candidate_stage(model.bundle, options.retrieve)

@@ -20,8 +20,7 @@ from model_export import catalog as task
 from model_export import data as datasets
 from model_export import metrics
 from model_export.protocol import behavior_mask, chronological_order
-from service.bundles import prior_stage
-from service.candidates import CandidateStage, PriorStage, RetrieveOptions
+from service.candidates import CandidateStage, PriorStage, RetrieveOptions, prior_stage
 from service.contract import (
     SPLIT_FILE,
     Bundle,

@@ -29,13 +29,18 @@ whatever the tower's architecture.
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from service.contract import FloatArray, IntArray
+from service.contract import Bundle, FloatArray, IntArray
+from service.errors import BadBundle
+
+log = logging.getLogger(__name__)
 
 RANK = 32  # principal components of the item vectors the search uses
 RIDGE = 1e-3  # ridge penalty, relative to the mean feature variance on the probes
@@ -151,3 +156,43 @@ class CandidateStage:
         best = np.argpartition(approx, len(approx) - n)[len(approx) - n :] + 1 if n > 0 else self.popular[:0]
         rows = np.union1d(best, self.popular)
         return rows[~self._is_probe[rows]]
+
+
+def prior_stage(parent: Bundle, options: RetrieveOptions) -> PriorStage | None:
+    """The candidates of `parent`'s cold checkpoint from its ranker's prior, where it has one whose
+    learned part is scaled down (`ColdCheckpoint.scale` < 1: the prior decides its top; measured
+    at the default 0.25, benchmarks/results/stage-size-prior.md), its catalog is larger than
+    `options.above`, it carries the prior's table and `options.prior` is not 0."""
+    bundle, pin = parent.cold, parent.manifest.cold_checkpoint
+    if bundle is None or pin is None or pin.scale >= 1:
+        return None
+    path, prior = bundle.item_prior_path, bundle.manifest.item_prior
+    if path is None or prior is None or options.prior <= 0 or len(bundle.catalog) <= options.above:
+        return None
+    table = np.load(path, allow_pickle=False)
+    if table.ndim != 2 or table.shape[1] != len(bundle.catalog) + 1:
+        raise BadBundle(f"{bundle.path}: item prior of shape {table.shape} for {len(bundle.catalog)} items")
+    if any(row < 0 or row >= len(table) for _, _, row in prior.blocks):
+        raise BadBundle(f"{bundle.path}: item prior blocks {prior.blocks} for {len(table)} rows")
+    return PriorStage(table, prior.blocks, options.prior)
+
+
+def candidate_stage(bundle: Bundle, options: RetrieveOptions) -> CandidateStage | None:
+    """The bundle's candidate stage if its catalog is larger than `options.above` and it carries
+    item vectors, else None (requests without candidates score the whole catalog)."""
+    path = bundle.item_vectors_path
+    catalog = bundle.catalog
+    if path is None or len(catalog) <= options.above:
+        return None
+    started = time.perf_counter()
+    vectors = np.load(path, allow_pickle=False)
+    if vectors.ndim != 2 or vectors.shape[0] != len(catalog) + 1:
+        raise BadBundle(f"{bundle.path}: item vectors of shape {vectors.shape} for {len(catalog)} items")
+    stage = CandidateStage(vectors, catalog.popularity, options)
+    log.info(
+        "%s: candidate stage over %d items built in %.2f s",
+        bundle.path,
+        len(catalog),
+        time.perf_counter() - started,
+    )
+    return stage

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from service.bundles import ModelRegistry, load_model, prior_stage
-from service.candidates import CandidateStage, PriorStage, RetrieveOptions
+from service.bundles import ModelRegistry, load_model
+from service.candidates import CandidateStage, PriorStage, RetrieveOptions, prior_stage
 from service.contract import ITEM_VECTORS_FILE, MANIFEST, blend_gate, content_version, encode, load_bundle
 from service.inference import SessionOptions
 from service.metrics import Metrics
