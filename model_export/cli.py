@@ -15,7 +15,13 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p = sub.add_parser("train", help="co-train the towers on a dataset and write RUN_DIR")
     p.add_argument("--dataset", default="ml-100k", choices=["ml-100k", "book-crossing", "synthetic"])
     p.add_argument("--data-dir", default=None, help="folder with the dataset (or MAILREC_DATA_DIR)")
-    p.add_argument("--protocol", default="mail", choices=["mail", "strict"])
+    p.add_argument(
+        "--protocol",
+        default="strict",
+        choices=["strict", "mail"],
+        help="strict: new users never trained on, unknown ids as online (the default, the product's) "
+        "| mail: the paper's (new users trained on, their behavior deleted)",
+    )
     p.add_argument("--model", default="mail", choices=["mail", "control", "oracle"])
     p.add_argument("--ranker", default="base", choices=["base", "din"])
     p.add_argument("--seed", type=int, default=0)
