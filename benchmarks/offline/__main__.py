@@ -88,8 +88,8 @@ CATALOG_RANKER = RankerConfig(item_prior=True, prior_segment="auto")
 
 def catalog_plan(seeds: tuple[int, ...] = (0, 1, 2, 3, 4), few: tuple[int, ...] = (0, 1, 2)) -> Plan:
     """The catalog task, blocks in priority order (run them with --blocks as time allows): the
-    main comparison and the onboarding sweep at 5 seeds (the issue's targets), the other
-    baselines, the paper's protocol, Book-Crossing and the DIN tower at 3."""
+    main comparison, the onboarding sweep and the paper's protocol at 5 seeds (the issue's
+    targets), the other baselines, Book-Crossing and the DIN tower at 3."""
     ml = Setting("ml-100k", "strict")
     return Plan(
         [
@@ -115,7 +115,7 @@ def catalog_plan(seeds: tuple[int, ...] = (0, 1, 2, 3, 4), few: tuple[int, ...] 
                 seeds,
             ),
             Block("baselines", "the other cold-start methods", (ml,), CATALOG_BASELINES, few),
-            Block("protocol", "the paper's protocol", (Setting("ml-100k", "mail"),), CATALOG_CORE, few),
+            Block("protocol", "the paper's protocol", (Setting("ml-100k", "mail"),), CATALOG_CORE, seeds),
             Block(
                 "book-crossing",
                 "the second dataset, both protocols",
