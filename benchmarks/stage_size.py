@@ -15,7 +15,9 @@ here can then be checked on test (`benchmarks.candidate_quality`) without having
 Then, for bundles with a cold checkpoint and the ranker's prior table, the shorter way the service
 takes for a user with no history (`service.candidates.PriorStage`): the validation new users,
 scored by the cold checkpoint over the whole catalog and over the prior's first rows plus k, for
-each number of rows of `PRIOR_GRID` (`measure_prior`; `--prior-only` skips the search's grid).
+each number of rows of `PRIOR_GRID` (`measure_prior`; `--prior-only` skips the search's grid), and
+with `--prior-clicks 1 3 5` the same for new users with their first clicks known, whom the cold
+checkpoint still scores but the service sends through the search.
 
     python -m benchmarks.stage_size --data-dir ../shared/data --bundles B1 B2 ...
 
@@ -38,7 +40,7 @@ from benchmarks.serving.run import machine
 from model_export import data as datasets
 from model_export.evaluate import RequestInputs
 from service.candidates import CandidateStage, PriorStage, RetrieveOptions
-from service.contract import SPLIT_FILE, load_bundle
+from service.contract import SPLIT_FILE, blend_gate, encode, load_bundle
 from service.inference import SessionOptions, Towers
 
 REPO = Path(__file__).resolve().parents[1]
@@ -160,14 +162,19 @@ def measure(
 
 
 def measure_prior(
-    bundle_dir: Path, data_dir: str | None, grid: tuple[int, ...] = PRIOR_GRID
+    bundle_dir: Path, data_dir: str | None, grid: tuple[int, ...] = PRIOR_GRID, clicks: int = 0
 ) -> dict[str, Any] | None:
     """The prior's candidates (`service.candidates.PriorStage`) for the users it serves: validation
     new users, scored by the bundle's cold checkpoint with no history. For each number of rows,
     as the service asks (`MAILREC_RETRIEVE_PRIOR` plus k): the share of the whole catalog's top 10
     in the stage's top 10, identical lists, the recall of the top 100, the rows and the time per
     call (the prior's search and one ranker call, one thread). None: the bundle has no cold
-    checkpoint or no prior table."""
+    checkpoint or no prior table.
+
+    `clicks` > 0: the same for validation new users with their first `clicks` interactions known
+    (as behavior, excluded from both rankings; users with no further interaction left out), where
+    the cold checkpoint still scores them (fewer than its `clicks`): the users the service sends
+    through the search today, measured for whether the prior's rows would do for them too."""
     bundle = load_bundle(bundle_dir)
     cold_bundle = bundle.cold
     if cold_bundle is None or cold_bundle.item_prior_path is None or cold_bundle.manifest.item_prior is None:
@@ -183,18 +190,42 @@ def measure_prior(
     blocks = cold_bundle.manifest.item_prior.blocks
     calls = []
     for user in sorted(split["validation_new_users"]):
-        towers, enc, virtual, gate = at(user, None)
-        assert towers is cold and enc.n_history == 0, f"{user}: not a cold checkpoint's user"
-        calls.append((enc, virtual, gate, cold.score(enc, virtual, gate, all_rows)))
-    result: dict[str, Any] = {"bundle": str(bundle_dir), "model": bundle.manifest.model, "users": len(calls)}
+        if clicks == 0:
+            towers, enc, virtual, gate = at(user, None)
+            seen = np.zeros(0, np.int64)
+        else:
+            items = at.histories.get(user, ([], []))[0]
+            if len(items) <= clicks:
+                continue
+            attributes = {
+                **raw.users.get(user, {}),
+                **{k: v[user] for k, v in at.derived.items() if user in v},
+            }
+            enc = encode(bundle.schema, bundle.catalog, user, attributes, list(items[:clicks]), {})
+            towers = cold if bundle.scored_cold(enc.user_attrs, enc.n_history) else at.towers
+            gate = blend_gate(enc.n_history, towers.fill_mode, towers.blend_tau)
+            virtual = towers.virtual_behavior(enc.user_attrs) if gate > 0 else None
+            seen = bundle.catalog.rows(list(items[:clicks]))
+        if towers is not cold:
+            return None  # the checkpoint stops at fewer clicks: the prior is not what scores them
+        assert enc.n_history == clicks, f"{user}: {enc.n_history} clicks, not {clicks}"
+        rows = all_rows[~np.isin(all_rows, seen)]
+        calls.append((enc, virtual, gate, rows, cold.score(enc, virtual, gate, rows), seen))
+    result: dict[str, Any] = {
+        "bundle": str(bundle_dir),
+        "model": bundle.manifest.model,
+        "users": len(calls),
+        "clicks": clicks,
+    }
     result["sizes"] = []
     for size in grid:
         stage = PriorStage(table, blocks, size)
         per = []
-        for enc, virtual, gate, whole in calls:
-            rows = stage.search(enc.user_attrs, extra=K)
+        for enc, virtual, gate, candidates, whole, seen in calls:
+            rows = stage.search(enc.user_attrs, extra=K + len(seen))  # as the service: k, and the clicks
+            rows = rows[~np.isin(rows, seen)]
             scores = cold.score(enc, virtual, gate, rows)
-            want10, want100 = _top(all_rows, whole, K), _top(all_rows, whole, TOP)
+            want10, want100 = _top(candidates, whole, K), _top(candidates, whole, TOP)
             got10 = _top(rows, scores, K)
             per.append(
                 [
@@ -206,9 +237,9 @@ def measure_prior(
             )
         times = []
         for _ in range(5):
-            for enc, virtual, gate, _whole in calls[:50]:
+            for enc, virtual, gate, _rows, _whole, seen in calls[:50]:
                 t = time.perf_counter()
-                cold.score(enc, virtual, gate, stage.search(enc.user_attrs, extra=K))
+                cold.score(enc, virtual, gate, stage.search(enc.user_attrs, extra=K + len(seen)))
                 times.append(time.perf_counter() - t)
         a = np.array(per)
         result["sizes"].append(
@@ -221,7 +252,10 @@ def measure_prior(
                 "stage_us_median": round(float(np.median(times)) * 1e6, 1),
             }
         )
-        print(f"  {bundle_dir.name} prior {size}: new top-10 overlap {a[:, 0].mean():.4f}", flush=True)
+        print(
+            f"  {bundle_dir.name} prior {size}, {clicks} clicks: new top-10 overlap {a[:, 0].mean():.4f}",
+            flush=True,
+        )
     return result
 
 
@@ -305,6 +339,31 @@ def markdown(out: dict[str, Any]) -> str:
                 )
         chosen_prior = out.get("chosen_prior")
         lines += ["", f"Chosen: {chosen_prior} prior rows" if chosen_prior else "Chosen: none meets the rule"]
+    clicked = out.get("prior_clicks") or []
+    if clicked:
+        lines += [
+            "",
+            "## New users with their first clicks, still scored by the cold checkpoint",
+            "",
+            "Validation new users with their first n interactions known (as behavior, excluded from both "
+            "rankings; users with no further interaction left out) and fewer than the cold checkpoint's "
+            "`clicks`, so its weights score them. The service sends them through the search today; "
+            "this asks whether the prior's first rows, plus k and the clicks, would keep the whole "
+            f"catalog's top 10 for them too. Rule as above (>= {AGREE} in every bundle and every n).",
+            "",
+            "| bundle | clicks | prior rows | rows ranked | top-10 overlap | identical | recall@100 "
+            "| stage us |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in clicked:
+            for s in r["sizes"]:
+                lines.append(
+                    f"| {Path(r['bundle']).name} ({r['users']} new) | {r['clicks']} | {s['prior']} "
+                    f"| {s['rows_ranked']:.0f} | {s['top10_overlap']:.4f} | {s['top10_identical']:.3f} "
+                    f"| {s['recall_of_top100']:.4f} | {s['stage_us_median']:.0f} |"
+                )
+        rows = out.get("chosen_prior_clicks")
+        lines += ["", f"Chosen: {rows} prior rows" if rows else "Chosen: none meets the rule"]
     return "\n".join(lines) + "\n"
 
 
@@ -316,9 +375,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=os.environ.get("MAILREC_DATA_DIR"))
     parser.add_argument("--out", type=Path, default=RESULTS / "stage-size")
     parser.add_argument("--prior-only", action="store_true", help="only the prior's candidates")
+    parser.add_argument(
+        "--prior-clicks",
+        type=int,
+        nargs="*",
+        default=[],
+        metavar="N",
+        help="also the prior's candidates for new users with their first N clicks known (e.g. 1 3 5)",
+    )
     args = parser.parse_args(argv)
     results = [] if args.prior_only else [measure(b, args.data_dir) for b in args.bundles]
     priors = [p for b in args.bundles if (p := measure_prior(b, args.data_dir)) is not None]
+    clicked = [
+        p
+        for n in args.prior_clicks
+        for b in args.bundles
+        if (p := measure_prior(b, args.data_dir, clicks=n)) is not None
+    ]
     out = {
         "command": command_line("benchmarks.stage_size", argv),
         "date": time.strftime("%Y-%m-%d"),
@@ -327,6 +400,8 @@ def main(argv: list[str] | None = None) -> int:
         "chosen": choose(results) if results else None,
         "priors": priors,
         "chosen_prior": choose_prior(priors),
+        "prior_clicks": clicked,
+        "chosen_prior_clicks": choose_prior(clicked),
     }
     args.out.with_suffix(".json").write_text(json.dumps(out, indent=1))
     text = markdown(out)

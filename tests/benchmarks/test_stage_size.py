@@ -63,3 +63,22 @@ def test_the_prior_stage_covering_the_catalog_agrees_and_its_rule_takes_the_fewe
     assert choose_prior([sizes(1.0, 0.996, 0.9), sizes(1.0, 1.0, 1.0)]) == 50
     assert choose_prior([sizes(1.0, 0.99, 0.9), sizes(1.0, 1.0, 1.0)]) == 200
     assert choose_prior([sizes(0.9, 0.9, 0.9)]) is None and choose_prior([]) is None
+
+
+def test_the_prior_stage_for_new_users_with_clicks_leaves_the_clicks_out_and_covers_the_rest(
+    tiny_bundle: Callable[..., Path],
+) -> None:
+    bundle = tiny_bundle("mail", "base")
+    loaded = load_bundle(bundle)
+    n = len(loaded.catalog)
+    assert loaded.manifest.cold_checkpoint is not None and loaded.manifest.cold_checkpoint.clicks > 2
+    result = measure_prior(bundle, None, grid=(n, 2), clicks=2)
+    assert result is not None and result["users"] > 0 and result["clicks"] == 2
+    whole, small = result["sizes"]
+    # every row but the two clicked ones: the whole catalog's ranking, exactly
+    assert whole["rows_ranked"] == n - 2
+    assert whole["top10_overlap"] == whole["top10_identical"] == whole["recall_of_top100"] == 1.0
+    # 2 rows plus k and the clicks, the clicks (where the prior ranked them) left out
+    assert 2 + 10 <= small["rows_ranked"] <= 2 + 10 + 2 and small["recall_of_top100"] < 1.0
+    clicks = loaded.manifest.cold_checkpoint.clicks
+    assert measure_prior(bundle, None, grid=(n,), clicks=clicks) is None  # everyone's weights score them
