@@ -209,8 +209,8 @@ def retrieval_cases(
     top: int = 100,
 ) -> dict[str, Any]:
     """The candidate stage (`stages`: by the towers it serves, each bundle's own; `priors`: the
-    towers whose users with no history take their prior's first rows instead, as the service's
-    cold checkpoint does) against whole-catalog scoring on the recorded cases: per group, its
+    towers whose users take their prior's first rows instead, as the service's cold
+    checkpoint does) against whole-catalog scoring on the recorded cases: per group, its
     recall of the whole catalog's top `top` (seen items excluded from both) and the ranking metrics
     when only the stage's candidates are ranked (the others score -inf), both by onnxruntime."""
     n = len(catalog)
@@ -226,8 +226,8 @@ def retrieval_cases(
             stage, prior = stages[towers], (priors or {}).get(towers)
             whole = towers.score(enc, virtual, gate, all_rows)
             seen = ranking.exclude[i]
-            if prior is not None and enc.n_history == 0:
-                rows = prior.search(enc.user_attrs, extra=len(seen))
+            if prior is not None and prior.rows_for(enc.n_history):
+                rows = prior.search(enc.user_attrs, extra=len(seen), n_history=enc.n_history)
             else:
                 probe_scores = whole[stage.probes - 1]  # what the ranker gives the probes
                 rows = np.concatenate([stage.probes, stage.search(probe_scores, extra=len(seen))])

@@ -159,10 +159,14 @@ class ServedModel:
                 "clicks": man.cold_checkpoint.clicks,
                 "model_version": self.unseen.version,
                 "serves": _serves(man.cold_checkpoint.clicks),
-                # a user with no history: the candidates are the prior's first rows (+ k); None: off
+                # the candidates are the prior's first rows (+ k, and the clicks): with no history,
+                # and with clicks; None or 0: off (the search)
                 "prior_candidates": None
                 if self.unseen.prior_candidates is None
                 else self.unseen.prior_candidates.rows,
+                "prior_candidates_clicked": None
+                if self.unseen.prior_candidates is None
+                else self.unseen.prior_candidates.clicked,
             },
             "created_at": man.created_at,
             "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.loaded_at)),

@@ -54,29 +54,44 @@ class RetrieveOptions:
     probes: int  # rows the ranker scores to fit the user's linear model
     popular: int  # the most popular rows, always candidates
     prior: int = 25  # a cold user's rows from the ranker's prior (`PriorStage`), plus k; 0: off
+    # the same for a cold checkpoint's user with clicks (fewer than its `clicks`), plus k and the
+    # clicks; 0: they go through the search
+    prior_clicked: int = 50
 
 
 # the service's defaults (MAILREC_RETRIEVE_*): the smallest stage of benchmarks/stage_size.py's grid
 # that keeps the whole catalog's top 10 on MovieLens 100K's validation users (no test data), and
 # likewise the fewest prior rows for its validation new users (benchmarks/results/stage-size-prior.md)
-DEFAULTS = RetrieveOptions(above=1000, candidates=100, probes=64, popular=50, prior=25)
+# (benchmarks/results/stage-size-prior.md), and for its new users with 1, 3 or 5 clicks
+# (benchmarks/results/stage-size-prior-clicks.md)
+DEFAULTS = RetrieveOptions(above=1000, candidates=100, probes=64, popular=50, prior=25, prior_clicked=50)
 
 
 class PriorStage:
     """A cold user's candidates from the ranker's own prior (`service.contract.ItemPrior`): the
     `rows` items it ranks first for the user's attributes, one ranker call, no probes, no search.
 
-    Used for a user scored by a bundle's cold checkpoint with no history at all: there, the
-    ranker's logit is that prior plus its learned part scaled down (`ColdCheckpoint.scale`), so
-    the prior decides which few items can reach the top (benchmarks/results/stage-size-prior.md
-    measures how many rows keep the whole catalog's top 10)."""
+    Used for a user scored by a bundle's cold checkpoint: there, the ranker's logit is that prior
+    plus its learned part scaled down (`ColdCheckpoint.scale`), so the prior decides which few
+    items can reach the top (benchmarks/results/stage-size-prior.md measures how many rows keep
+    the whole catalog's top 10 for a user with no history; stage-size-prior-clicks.md, for one
+    with their first clicks, who needs more: `clicked` rows)."""
 
     def __init__(
-        self, table: npt.NDArray[np.floating[Any]], blocks: tuple[tuple[int, int, int], ...], rows: int
+        self,
+        table: npt.NDArray[np.floating[Any]],
+        blocks: tuple[tuple[int, int, int], ...],
+        rows: int,
+        clicked: int = 0,
     ) -> None:
         self.table = np.ascontiguousarray(np.asarray(table, np.float32)[:, 1:])  # (S, I), no PAD
         self.blocks = blocks
         self.rows = rows
+        self.clicked = clicked
+
+    def rows_for(self, n_history: int) -> int:
+        """The prior's rows for a user with this many clicks; 0: not this stage's user."""
+        return self.rows if n_history == 0 else self.clicked
 
     def scores(self, user_attrs: IntArray) -> FloatArray:
         """(I,) the prior of catalog rows 1..I for one encoded user ((A,) or (1, A)): the rows its
@@ -95,11 +110,11 @@ class PriorStage:
             out += self.table[row + present].mean(0) if len(present) else self.table[row]
         return out
 
-    def search(self, user_attrs: IntArray, extra: int = 0) -> IntArray:
-        """The catalog rows the prior ranks first for this user, `rows + extra` of them (where the
-        catalog has them), in row order; `extra` makes room for k."""
+    def search(self, user_attrs: IntArray, extra: int = 0, n_history: int = 0) -> IntArray:
+        """The catalog rows the prior ranks first for this user, `rows_for(n_history) + extra` of
+        them (where the catalog has them), in row order; `extra` makes room for k and the clicks."""
         prior = self.scores(user_attrs)
-        n = min(self.rows + extra, len(prior))
+        n = min(self.rows_for(n_history) + extra, len(prior))
         best = np.argpartition(prior, len(prior) - n)[len(prior) - n :]
         return (np.sort(best) + 1).astype(np.int64)
 
@@ -162,19 +177,21 @@ def prior_stage(parent: Bundle, options: RetrieveOptions) -> PriorStage | None:
     """The candidates of `parent`'s cold checkpoint from its ranker's prior, where it has one whose
     learned part is scaled down (`ColdCheckpoint.scale` < 1: the prior decides its top; measured
     at the default 0.25, benchmarks/results/stage-size-prior.md), its catalog is larger than
-    `options.above`, it carries the prior's table and `options.prior` is not 0."""
+    `options.above`, it carries the prior's table and `options.prior` or `options.prior_clicked`
+    is not 0."""
     bundle, pin = parent.cold, parent.manifest.cold_checkpoint
     if bundle is None or pin is None or pin.scale >= 1:
         return None
     path, prior = bundle.item_prior_path, bundle.manifest.item_prior
-    if path is None or prior is None or options.prior <= 0 or len(bundle.catalog) <= options.above:
+    off = options.prior <= 0 and options.prior_clicked <= 0
+    if path is None or prior is None or off or len(bundle.catalog) <= options.above:
         return None
     table = np.load(path, allow_pickle=False)
     if table.ndim != 2 or table.shape[1] != len(bundle.catalog) + 1:
         raise BadBundle(f"{bundle.path}: item prior of shape {table.shape} for {len(bundle.catalog)} items")
     if any(row < 0 or row >= len(table) for _, _, row in prior.blocks):
         raise BadBundle(f"{bundle.path}: item prior blocks {prior.blocks} for {len(table)} rows")
-    return PriorStage(table, prior.blocks, options.prior)
+    return PriorStage(table, prior.blocks, options.prior, options.prior_clicked)
 
 
 def candidate_stage(bundle: Bundle, options: RetrieveOptions) -> CandidateStage | None:

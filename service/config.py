@@ -161,6 +161,12 @@ class Settings(BaseSettings):
         "checkpoint, this many items the ranker's prior ranks first, plus k, are the candidates "
         "(bundles with item_prior.npy); 0: the search as for everyone.",
     )
+    retrieve_prior_clicked: int = Field(
+        RETRIEVE.prior_clicked,
+        ge=0,
+        description="Candidate stage: the same for a new user with clicks whom the cold checkpoint still "
+        "scores (fewer than its clicks): this many prior items, plus k and the clicks; 0: the search.",
+    )
     cold_scores_mb: float = Field(
         COLD_SCORES.max_mb,
         ge=0,

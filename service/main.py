@@ -87,6 +87,7 @@ def _build_state(settings: Settings, metrics: Metrics) -> AppState:
             settings.retrieve_probes,
             settings.retrieve_popular,
             settings.retrieve_prior,
+            settings.retrieve_prior_clicked,
         ),
         cold_scores=replace(
             COLD_SCORES, max_mb=settings.cold_scores_mb, max_items=settings.cold_scores_max_items

@@ -4,7 +4,7 @@ recommend: ready? -> check limits -> assign variant -> encode -> one Redis round
 stored clicks) -> history -> virtual behavior if cold (cache, else zero_shot.onnx, computed once
 per key, written back off the response path) -> candidates (the given ones, the whole catalog, or
 above MAILREC_RETRIEVE_ABOVE items the candidate stage's: `service.candidates`; for a cold user
-scored by the cold checkpoint, the items its prior ranks first) -> ranker.onnx (or,
+scored by the cold checkpoint, the items its prior ranks first, minus its clicks) -> ranker.onnx (or,
 for a cold user whose encoded attributes and context were scored before, the model's remembered
 whole-catalog scores: `service.coldscores`) -> top-k -> impression record -> metrics and the
 request's log fields.
@@ -273,8 +273,11 @@ async def recommend(
     if remembered is not None:  # a cold user whose attributes and context were scored before
         rows = given if given is not None else model.all_rows
         scores = remembered.scores[rows]
-    elif given is None and scorer.prior_candidates is not None and enc.n_history == 0:
-        rows = scorer.prior_candidates.search(enc.user_attrs, extra=k)  # a cold user: the prior's first
+    elif given is None and (prior := scorer.prior_candidates) is not None and prior.rows_for(enc.n_history):
+        # the cold checkpoint's user: the prior's first rows, room for k and the clicks, minus them
+        rows = prior.search(enc.user_attrs, extra=k + len(history), n_history=enc.n_history)
+        if len(history):
+            rows = rows[~np.isin(rows, history)]
         scores = await score(state, scorer, enc, virtual, gate, rows)
     elif given is None and scorer.candidates is not None:
         rows, scores = await retrieve_and_score(state, scorer, enc, virtual, gate, history, k)

@@ -37,7 +37,8 @@ KNEE_P99 = 5  # the knee: p99 above this many times its lowest-load value
 # --no-memo: again with the cold-score memo off (MAILREC_COLD_SCORES_MB=0), every request scored
 INT8_SCENARIOS = ("cold_cached_100", "cold_catalog")
 # --search: the whole-catalog scenarios again with a cold user's candidates from the search, not
-# the prior (MAILREC_RETRIEVE_PRIOR=0), the cold-score memo off (compare with the +no-memo rows)
+# the prior (MAILREC_RETRIEVE_PRIOR=0 and _CLICKED=0), the cold-score memo off (compare with the
+# +no-memo rows)
 SEARCH_SCENARIOS = ("cold_catalog", "cold_people_catalog")
 NO_MEMO_SCENARIOS = (
     "cold_cached_100",
@@ -388,7 +389,8 @@ def main(argv: list[str] | None = None) -> int:
         "--search",
         action="store_true",
         help=f"also run {', '.join(SEARCH_SCENARIOS)} with a cold user's candidates from the search, not "
-        "the ranker's prior (MAILREC_RETRIEVE_PRIOR=0), the cold-score memo off, same run",
+        "the ranker's prior (MAILREC_RETRIEVE_PRIOR=0, MAILREC_RETRIEVE_PRIOR_CLICKED=0), the cold-score "
+        "memo off, same run",
     )
     args = parser.parse_args(argv)
     # the service inherits this environment: its MAILREC_* settings are part of the command
@@ -422,7 +424,11 @@ def main(argv: list[str] | None = None) -> int:
             off = ("no-memo", "cold-score memo off", {"MAILREC_COLD_SCORES_MB": "0"})
             rows += run_scenarios(args, work, bundles, redis_server.url, people, off, NO_MEMO_SCENARIOS)
         if args.search:
-            env = {"MAILREC_RETRIEVE_PRIOR": "0", "MAILREC_COLD_SCORES_MB": "0"}
+            env = {
+                "MAILREC_RETRIEVE_PRIOR": "0",
+                "MAILREC_RETRIEVE_PRIOR_CLICKED": "0",
+                "MAILREC_COLD_SCORES_MB": "0",
+            }
             search = ("search", "candidates from the search, not the prior; cold-score memo off", env)
             rows += run_scenarios(args, work, bundles, redis_server.url, people, search, SEARCH_SCENARIOS)
         scaling = None if args.no_scaling else run_scaling(args, work, bundles, redis_server.url)

@@ -23,7 +23,8 @@ from service.metrics import Metrics
 from tests.service.conftest import NEW_USER, Live, start_live
 
 CONTEXT = {"timestamp": 1_700_000_000}
-ON = RetrieveOptions(above=0, candidates=20, probes=16, popular=5, prior=10)  # as `retrieving` runs
+# as `retrieving` runs
+ON = RetrieveOptions(above=0, candidates=20, probes=16, popular=5, prior=10, prior_clicked=12)
 
 
 def _options(retrieve: RetrieveOptions = ON) -> SessionOptions:
@@ -106,6 +107,7 @@ def retrieving(tiny_bundle: Callable[..., Path], tmp_path_factory: pytest.TempPa
         MAILREC_RETRIEVE_PROBES="16",
         MAILREC_RETRIEVE_POPULAR="5",
         MAILREC_RETRIEVE_PRIOR="10",
+        MAILREC_RETRIEVE_PRIOR_CLICKED="12",
     )
     yield env
     env.close()
@@ -126,9 +128,15 @@ def test_recommend_through_the_stage_is_ranker_ordered_and_respects_k_and_histor
         assert first.status_code == 200, first.text
         items = first.json()["items"]
         seen = [items[0]["item_id"], items[3]["item_id"]]
-        body = {"user_id": "old-1", "attributes": NEW_USER, "context": CONTEXT, "history": seen, "k": 7}
+        body = {"user_id": "new-3", "attributes": NEW_USER, "context": CONTEXT, "history": seen, "k": 7}
         second = client.post("/recommend", json=body, headers={"X-Variant": "mail"})
         assert second.status_code == 200, second.text
+        pin = model.bundle.manifest.cold_checkpoint
+        assert pin is not None and 2 < pin.clicks <= 30
+        many = [i["item_id"] for i in items[: pin.clicks]]  # clicked enough to leave the cold checkpoint
+        body = {"user_id": "new-4", "attributes": NEW_USER, "context": CONTEXT, "history": many, "k": 7}
+        third = client.post("/recommend", json=body, headers={"X-Variant": "mail"})
+        assert third.status_code == 200, third.text
     assert len(items) == 30 and second.json()["variant"] == "mail"
     ids = [i["item_id"] for i in items]
     assert len(set(ids)) == 30 and all(i in catalog.index for i in ids)
@@ -149,16 +157,30 @@ def test_recommend_through_the_stage_is_ranker_ordered_and_respects_k_and_histor
     assert set(catalog.rows(ids)) <= set(rows.tolist())
     every = served.towers.score(enc, virtual, 1.0, rows)
     assert sorted(scores, reverse=True) == pytest.approx(sorted(every, reverse=True)[:30], abs=1e-6)
-    # with history, the search: what was ranked is what it found (the service asks for k more)
-    enc2 = encode(model.bundle.schema, catalog, "old-1", NEW_USER, seen, CONTEXT)
-    served2 = model.for_user(enc2.user_attrs, enc2.n_history)
-    stage = served2.candidates
+    # a new user with 2 clicks, still the cold checkpoint's: the prior's first 12 rows, plus k and
+    # the clicks, the clicks left out, ranked by the cold checkpoint
+    enc2 = encode(model.bundle.schema, catalog, "new-3", NEW_USER, seen, CONTEXT)
+    assert model.for_user(enc2.user_attrs, enc2.n_history) is served and prior.clicked == 12
+    rows2 = prior.search(enc2.user_attrs, extra=7 + 2, n_history=2)
+    assert len(rows2) == 21 < len(catalog)
+    rows2 = rows2[~np.isin(rows2, catalog.rows(seen))]
+    gate2 = blend_gate(enc2.n_history, served.towers.fill_mode, served.towers.blend_tau)
+    v2 = served.towers.virtual_behavior(enc2.user_attrs) if gate2 > 0 else None
+    best2 = rows2[np.argsort(-served.towers.score(enc2, v2, gate2, rows2), kind="stable")[:7]]
+    got2 = second.json()["items"]
+    assert len(got2) == 7 and not {i["item_id"] for i in got2} & set(seen)
+    assert sorted(catalog.rows([i["item_id"] for i in got2]).tolist()) == sorted(best2.tolist())
+    # clicked enough to leave it: the search (what was ranked is what it found; k more asked)
+    enc3 = encode(model.bundle.schema, catalog, "new-4", NEW_USER, many, CONTEXT)
+    served3 = model.for_user(enc3.user_attrs, enc3.n_history)
+    assert served3 is model and served3.prior_candidates is None
+    stage = served3.candidates
     assert stage is not None
-    v2 = served2.towers.virtual_behavior(enc2.user_attrs) if served2.towers.zero_shot is not None else None
-    gate = blend_gate(enc2.n_history, served2.towers.fill_mode, served2.towers.blend_tau)
-    found = stage.search(served2.towers.score(enc2, v2, gate, stage.probes), extra=2 + 7)  # history, k
-    got = [i["item_id"] for i in second.json()["items"]]
-    assert len(got) == 7 and not set(got) & set(seen)
+    v3 = served3.towers.virtual_behavior(enc3.user_attrs) if served3.towers.zero_shot is not None else None
+    gate = blend_gate(enc3.n_history, served3.towers.fill_mode, served3.towers.blend_tau)
+    found = stage.search(served3.towers.score(enc3, v3, gate, stage.probes), extra=len(many) + 7)
+    got = [i["item_id"] for i in third.json()["items"]]
+    assert len(got) == 7 and not set(got) & set(many)
     assert set(catalog.rows(got)) <= set(np.r_[stage.probes, found].tolist())
 
 
@@ -216,9 +238,14 @@ def test_the_prior_stage_is_a_cold_checkpoints_only_and_only_above_the_setting(
     assert model.prior_candidates is None  # everyone's weights: their learned part is not scaled down
     assert model.unseen is not None and model.unseen.prior_candidates is not None
     n = len(model.bundle.catalog)
-    for off in (RetrieveOptions(0, 20, 16, 5, prior=0), RetrieveOptions(n, 20, 16, 5)):
+    for off in (RetrieveOptions(0, 20, 16, 5, prior=0, prior_clicked=0), RetrieveOptions(n, 20, 16, 5)):
         unseen = load_model("mail", path, _options(off)).unseen
         assert unseen is not None and unseen.prior_candidates is None
+    # each half on its own: a user it does not serve gets 0 rows (the service takes the search)
+    for no_history, clicked in ((0, 7), (9, 0)):
+        unseen = load_model("mail", path, _options(RetrieveOptions(0, 20, 16, 5, no_history, clicked))).unseen
+        assert unseen is not None and unseen.prior_candidates is not None
+        assert [unseen.prior_candidates.rows_for(h) for h in (0, 1, 5)] == [no_history, clicked, clicked]
     parent, cold, pin = model.bundle, model.bundle.cold, model.bundle.manifest.cold_checkpoint
     assert cold is not None and pin is not None and pin.scale < 1
     assert prior_stage(parent, ON) is not None
