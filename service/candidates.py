@@ -62,8 +62,7 @@ class RetrieveOptions:
 # the service's defaults (MAILREC_RETRIEVE_*): the smallest stage of benchmarks/stage_size.py's grid
 # that keeps the whole catalog's top 10 on MovieLens 100K's validation users (no test data), and
 # likewise the fewest prior rows for its validation new users (benchmarks/results/stage-size-prior.md)
-# (benchmarks/results/stage-size-prior.md), and for its new users with 1, 3 or 5 clicks
-# (benchmarks/results/stage-size-prior-clicks.md)
+# and for those with 1, 3 or 5 clicks (benchmarks/results/stage-size-prior-clicks.md)
 DEFAULTS = RetrieveOptions(above=1000, candidates=100, probes=64, popular=50, prior=25, prior_clicked=50)
 
 
