@@ -31,7 +31,7 @@ from typing import Any
 
 from benchmarks.offline.onboarding_answer import ANSWER
 from benchmarks.offline.report import paired_p
-from benchmarks.offline.resumable import earlier, header, resume, write
+from benchmarks.offline.resumable import earlier, header, preamble, resume, write
 from benchmarks.offline.resumable import parser as screen_parser
 from benchmarks.offline.task_choice import BUDGET, DEFAULT, SOFTMAX_POP, screen_spec
 
@@ -170,12 +170,11 @@ def markdown(result: dict[str, Any]) -> str:
 
     rows, chosen = result["rows"], result["chosen"]
     lines = [
-        "# New users' share of the learned logit (`TrainConfig.cold_scale`), chosen on validation",
-        "",
-        *(f"`{c}`" for c in result["commands"]),
-        "",
-        f"Machine: {result['machine']['cores']} cores, torch {result['machine']['torch']}. "
-        + (__doc__ or "").split("\n\n")[2].replace("\n", " "),
+        *preamble(
+            "New users' share of the learned logit (`TrainConfig.cold_scale`), chosen on validation",
+            result,
+            __doc__,
+        ),
         "",
         "Each model trains once per seed; every row below scores that run's validation and test new "
         "users (strict protocol: never trained on) over the whole catalog. `main` = the weights "

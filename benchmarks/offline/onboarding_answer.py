@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.offline.report import paired_p
-from benchmarks.offline.resumable import header, resume, write
+from benchmarks.offline.resumable import header, preamble, resume, write
 from benchmarks.offline.resumable import parser as screen_parser
 from benchmarks.offline.task_choice import BUDGET, screen_spec
 
@@ -131,12 +131,9 @@ def markdown(result: dict[str, Any]) -> str:
 
     gap = np.mean(values("oracle", "ndcg")) - np.mean(values("control", "ndcg")) if seeds else float("nan")
     lines = [
-        "# MAIL where the signup answer says something: declared genres ranked by lift",
-        "",
-        *(f"`{c}`" for c in result["commands"]),
-        "",
-        f"Machine: {result['machine']['cores']} cores, torch {result['machine']['torch']}. "
-        + " ".join((__doc__ or "").split("\n\n")[2].split()),
+        *preamble(
+            "MAIL where the signup answer says something: declared genres ranked by lift", result, __doc__
+        ),
         "",
         f"Seeds {', '.join(map(str, seeds))}; new users' test figures over the whole catalog "
         "(strict protocol: never trained on); vs = paired relative lift on the same seed, p = paired "

@@ -81,6 +81,19 @@ def header(out: Path, command: str, computed: int, started: float) -> Row:
     }
 
 
+def preamble(title: str, result: Row, doc: str | None) -> list[str]:
+    """A report's first lines: its title, the commands that computed its rows, the machine, and
+    the screen's method (the third paragraph of its module docstring, `doc`) on one line."""
+    method = " ".join((doc or "").split("\n\n")[2].split())
+    return [
+        f"# {title}",
+        "",
+        *(f"`{c}`" for c in result["commands"]),
+        "",
+        f"Machine: {result['machine']['cores']} cores, torch {result['machine']['torch']}. {method}",
+    ]
+
+
 def write(out: Path, result: Row, text: str) -> None:
     """OUT.json (the result) and OUT.md (its report, `text`)."""
     path(out, ".json").write_text(json.dumps(result, indent=1))

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.offline.report import paired_p
-from benchmarks.offline.resumable import header, resume, write
+from benchmarks.offline.resumable import header, preamble, resume, write
 from benchmarks.offline.resumable import parser as screen_parser
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
@@ -181,12 +181,7 @@ def markdown(result: dict[str, Any], lists_rows: Path) -> str:
 
     control = vals("control", SHIPPED)
     lines = [
-        "# Virtual clicks: a new user's behavior from their signup answer's lists",
-        "",
-        *(f"`{c}`" for c in result["commands"]),
-        "",
-        f"Machine: {result['machine']['cores']} cores, torch {result['machine']['torch']}. "
-        + " ".join((__doc__ or "").split("\n\n")[2].split()),
+        *preamble("Virtual clicks: a new user's behavior from their signup answer's lists", result, __doc__),
         "",
         f"Seeds {', '.join(map(str, seeds))}; new users' test figures over the whole catalog (strict "
         "protocol); vs = paired relative lift on the same seed, p = paired t-test over seeds; control = "
