@@ -17,7 +17,7 @@ takes for a user with no history (`service.candidates.PriorStage`): the validati
 scored by the cold checkpoint over the whole catalog and over the prior's first rows plus k, for
 each number of rows of `PRIOR_GRID` (`measure_prior`; `--prior-only` skips the search's grid), and
 with `--prior-clicks 1 3 5` the same for new users with their first clicks known, whom the cold
-checkpoint still scores but the service sends through the search.
+checkpoint still scores (their rows: `MAILREC_RETRIEVE_PRIOR_CLICKED`).
 
     python -m benchmarks.stage_size --data-dir ../shared/data --bundles B1 B2 ...
 
@@ -173,8 +173,8 @@ def measure_prior(
 
     `clicks` > 0: the same for validation new users with their first `clicks` interactions known
     (as behavior, excluded from both rankings; users with no further interaction left out), where
-    the cold checkpoint still scores them (fewer than its `clicks`): the users the service sends
-    through the search today, measured for whether the prior's rows would do for them too."""
+    the cold checkpoint still scores them (fewer than its `clicks`): the users whose candidates
+    `MAILREC_RETRIEVE_PRIOR_CLICKED` rows of the prior are."""
     bundle = load_bundle(bundle_dir)
     cold_bundle = bundle.cold
     if cold_bundle is None or cold_bundle.item_prior_path is None or cold_bundle.manifest.item_prior is None:
@@ -285,6 +285,21 @@ def choose(results: list[dict[str, Any]], grid: list[tuple[int, int, int]] = GRI
     return {"probes": probes, "candidates": candidates, "popular": popular}
 
 
+def _prior_table(results: list[dict[str, Any]], chosen: int | None, clicks: bool) -> list[str]:
+    """The prior's rows by bundle (and clicks known, `clicks`): a markdown table and the choice."""
+    head = "| bundle |" + (" clicks |" if clicks else "") + " prior rows | rows ranked | top-10 overlap "
+    lines = ["", head + "| identical | recall@100 | stage us |", "|---|" + "---:|" * (7 if clicks else 6)]
+    for r in results:
+        for s in r["sizes"]:
+            lines.append(
+                f"| {Path(r['bundle']).name} ({r['users']} new) |"
+                + (f" {r['clicks']} |" if clicks else "")
+                + f" {s['prior']} | {s['rows_ranked']:.0f} | {s['top10_overlap']:.4f} "
+                f"| {s['top10_identical']:.3f} | {s['recall_of_top100']:.4f} | {s['stage_us_median']:.0f} |"
+            )
+    return [*lines, "", f"Chosen: {chosen} prior rows" if chosen else "Chosen: none meets the rule"]
+
+
 def markdown(out: dict[str, Any]) -> str:
     lines = [
         "# How small can the candidate stage be? (validation users, no labels)",
@@ -326,19 +341,8 @@ def markdown(out: dict[str, Any]) -> str:
             "serves them (`service.candidates.PriorStage`): the prior's first rows plus k = 10, ranked by "
             "the ranker in one call. Time: the prior's search and that call, one thread, median. Rule: "
             f"the fewest rows with mean top-10 overlap >= {AGREE} in every bundle.",
-            "",
-            "| bundle | prior rows | rows ranked | top-10 overlap | identical | recall@100 | stage us |",
-            "|---|---:|---:|---:|---:|---:|---:|",
+            *_prior_table(priors, out.get("chosen_prior"), clicks=False),
         ]
-        for r in priors:
-            for s in r["sizes"]:
-                lines.append(
-                    f"| {Path(r['bundle']).name} ({r['users']} new) | {s['prior']} | {s['rows_ranked']:.0f} "
-                    f"| {s['top10_overlap']:.4f} | {s['top10_identical']:.3f} | {s['recall_of_top100']:.4f} "
-                    f"| {s['stage_us_median']:.0f} |"
-                )
-        chosen_prior = out.get("chosen_prior")
-        lines += ["", f"Chosen: {chosen_prior} prior rows" if chosen_prior else "Chosen: none meets the rule"]
     clicked = out.get("prior_clicks") or []
     if clicked:
         lines += [
@@ -347,23 +351,12 @@ def markdown(out: dict[str, Any]) -> str:
             "",
             "Validation new users with their first n interactions known (as behavior, excluded from both "
             "rankings; users with no further interaction left out) and fewer than the cold checkpoint's "
-            "`clicks`, so its weights score them. The service sends them through the search today; "
-            "this asks whether the prior's first rows, plus k and the clicks, would keep the whole "
-            f"catalog's top 10 for them too. Rule as above (>= {AGREE} in every bundle and every n).",
-            "",
-            "| bundle | clicks | prior rows | rows ranked | top-10 overlap | identical | recall@100 "
-            "| stage us |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|",
+            "`clicks`, so its weights score them (the service takes their candidates from the prior too, "
+            "`MAILREC_RETRIEVE_PRIOR_CLICKED` rows: this chose them): would the prior's first rows, plus k "
+            "and the clicks, keep the whole catalog's top 10 for them? Rule as above (>= "
+            f"{AGREE} in every bundle and every n).",
+            *_prior_table(clicked, out.get("chosen_prior_clicks"), clicks=True),
         ]
-        for r in clicked:
-            for s in r["sizes"]:
-                lines.append(
-                    f"| {Path(r['bundle']).name} ({r['users']} new) | {r['clicks']} | {s['prior']} "
-                    f"| {s['rows_ranked']:.0f} | {s['top10_overlap']:.4f} | {s['top10_identical']:.3f} "
-                    f"| {s['recall_of_top100']:.4f} | {s['stage_us_median']:.0f} |"
-                )
-        rows = out.get("chosen_prior_clicks")
-        lines += ["", f"Chosen: {rows} prior rows" if rows else "Chosen: none meets the rule"]
     return "\n".join(lines) + "\n"
 
 
