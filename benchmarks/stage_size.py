@@ -40,7 +40,7 @@ from benchmarks.serving.run import machine
 from model_export import data as datasets
 from model_export.evaluate import RequestInputs
 from service.candidates import CandidateStage, PriorStage, RetrieveOptions
-from service.contract import SPLIT_FILE, blend_gate, encode, load_bundle
+from service.contract import SPLIT_FILE, load_bundle
 from service.inference import SessionOptions, Towers
 
 REPO = Path(__file__).resolve().parents[1]
@@ -190,22 +190,11 @@ def measure_prior(
     blocks = cold_bundle.manifest.item_prior.blocks
     calls = []
     for user in sorted(split["validation_new_users"]):
-        if clicks == 0:
-            towers, enc, virtual, gate = at(user, None)
-            seen = np.zeros(0, np.int64)
-        else:
-            items = at.histories.get(user, ([], []))[0]
-            if len(items) <= clicks:
-                continue
-            attributes = {
-                **raw.users.get(user, {}),
-                **{k: v[user] for k, v in at.derived.items() if user in v},
-            }
-            enc = encode(bundle.schema, bundle.catalog, user, attributes, list(items[:clicks]), {})
-            towers = cold if bundle.scored_cold(enc.user_attrs, enc.n_history) else at.towers
-            gate = blend_gate(enc.n_history, towers.fill_mode, towers.blend_tau)
-            virtual = towers.virtual_behavior(enc.user_attrs) if gate > 0 else None
-            seen = bundle.catalog.rows(list(items[:clicks]))
+        first = list(at.histories.get(user, ([], []))[0][: clicks + 1])
+        if clicks and len(first) <= clicks:
+            continue  # no interaction left after the clicks
+        towers, enc, virtual, gate = at(user, None, history=first[:clicks] if clicks else None)
+        seen = bundle.catalog.rows(first[:clicks])
         if towers is not cold:
             return None  # the checkpoint stops at fewer clicks: the prior is not what scores them
         assert enc.n_history == clicks, f"{user}: {enc.n_history} clicks, not {clicks}"

@@ -71,18 +71,23 @@ class RequestInputs:
         self.new_users = set(split["new_users"])
         self.oracle = man.model == "oracle"
 
-    def __call__(self, user: str, ts: int | None) -> tuple[Towers, Encoded, FloatArray | None, float]:
+    def __call__(
+        self, user: str, ts: int | None, history: list[str] | None = None
+    ) -> tuple[Towers, Encoded, FloatArray | None, float]:
+        """`history`: these items as the user's behavior instead of what the split gives (a new
+        user's first clicks, say)."""
         attributes = {
             **self.raw.users.get(user, {}),
             **{k: v[user] for k, v in self.derived.items() if user in v},
         }
         items, times = self.histories.get(user, ([], []))
-        if user in self.new_users and not self.oracle:
-            history: list[str] = []
-        elif ts is None:
-            history = items
-        else:
-            history = items[: int(np.searchsorted(times, ts, side="left"))]
+        if history is None:
+            if user in self.new_users and not self.oracle:
+                history = []
+            elif ts is None:
+                history = items
+            else:
+                history = items[: int(np.searchsorted(times, ts, side="left"))]
         context = {"timestamp": ts} if ts is not None else {}
         enc = encode(self.bundle.schema, self.bundle.catalog, user, attributes, history, context)
         towers = self.towers
