@@ -104,12 +104,18 @@ def evaluate_bundle(
     progress: bool = True,
     precision: str = "auto",
     retrieve: RetrieveOptions | None = None,
+    reveal: int = 0,
 ) -> dict[str, Any]:
     """The run's test metrics again, through onnxruntime alone: the task's AUC, GAUC and log loss
     (rated test samples, or each liked test sample against its recorded sampled negatives) and
     the whole-catalog ranking of every recorded case, with the ranker in `precision` (auto: the
     bundle's default); with `retrieve`, the same cases ranked through the service's candidate
-    stage with these options (`retrieval_cases`)."""
+    stage with these options (`retrieval_cases`).
+
+    `reveal` > 0: test new users with their first `reveal` interactions known, as behavior
+    (`first_interactions`; the offline benchmark's few-shot regime, `model_export.fewshot`), in
+    the AUC and the ranking; the ranking keeps new users only. The run recorded no such
+    metrics: `expected` and `expected_ranking` are None."""
     from tqdm import tqdm
 
     bundle: Bundle = load_bundle(bundle_dir)
@@ -127,11 +133,12 @@ def evaluate_bundle(
     labels: list[int] = []
     scores: list[float] = []
     negatives = iter(sampled["items"]) if sampled else None
+    known = first_interactions(split, at, reveal) if reveal else {}
     rows = zip(test["user"], test["item"], test["label"], stamps, strict=True)
     for user, item, label, ts in tqdm(rows, total=len(stamps), desc="evaluate", disable=not progress):
         if negatives is not None and not label:
             continue  # the catalog task scores liked samples against their sampled negatives
-        served, enc, virtual, gate = at(user, ts)
+        served, enc, virtual, gate = at(user, ts, known.get(user))
         items = [item, *next(negatives)] if negatives is not None else [item]
         s = served.score(enc, virtual, gate, catalog.rows(items))
         users += [user] * len(items)
@@ -140,24 +147,64 @@ def evaluate_bundle(
     is_new = np.array([u in at.new_users for u in users])
     result: dict[str, Any] = {
         "test": metrics.by_group(np.array(users), np.array(labels), np.array(scores), is_new),
-        "expected": man.metrics,
+        "expected": None if reveal else man.metrics,
         "bundle": str(bundle.path),
         "precision": towers.precision,
+        "revealed": reveal,
     }
     if split.get("ranking"):
-        result["ranking"] = rank_cases(split["ranking"]["cases"], at, catalog, at.new_users)
-        result["expected_ranking"] = man.ranking_metrics
+        cases = split["ranking"]["cases"]
+        if reveal:
+            cases = revealed_cases(cases, known)
+        result["ranking"] = rank_cases(cases, at, catalog, at.new_users)
+        result["expected_ranking"] = None if reveal else man.ranking_metrics
         if retrieve is not None:
             stages = {
                 t: _stage(b, retrieve) for t, b in ((towers, bundle), (at.cold, bundle.cold)) if t and b
             }
-            # as the service: a cold checkpoint's user with no history takes its prior's first rows
+            # as the service: a cold checkpoint's user takes its prior's first rows (more with clicks)
             prior = prior_stage(bundle, retrieve)
             priors = {at.cold: prior} if at.cold is not None and prior is not None else {}
-            cases = split["ranking"]["cases"]
             result["retrieval"] = retrieval_cases(cases, at, catalog, at.new_users, stages, priors)
             result["retrieve_options"] = asdict(retrieve)
     return result
+
+
+def first_interactions(split: dict[str, Any], at: RequestInputs, n: int) -> dict[str, list[str]]:
+    """Each test new user's first `n` interactions that behavior may use, oldest first, among those
+    strictly before the user's first test sample: `model_export.fewshot.reveal`'s rule, on the
+    recorded split (so never a test sample). Only the strict protocol's split records every held
+    sample of a test new user (they are all test; `mail`'s also validate, unrecorded)."""
+    if split.get("protocol") != "strict":
+        protocol = split.get("protocol")
+        raise ValueError(f"revealing first interactions needs the strict protocol's split, not {protocol!r}")
+    test = split["test"]
+    if test["timestamp"] is None:
+        raise ValueError(f"{split.get('dataset')} has no time: 'first n interactions' is undefined")
+    first: dict[str, int] = {}
+    for user, ts in zip(test["user"], test["timestamp"], strict=True):
+        if user in at.new_users:
+            first[user] = min(first.get(user, ts), ts)
+    out = {}
+    for user, cutoff in first.items():
+        items, times = at.histories.get(user, ([], []))
+        out[user] = items[: min(n, int(np.searchsorted(times, cutoff, side="left")))]
+    return out
+
+
+def revealed_cases(cases: list[dict[str, Any]], known: dict[str, list[str]]) -> list[dict[str, Any]]:
+    """The new users' recorded cases with their `known` items as history: not ranked, no longer
+    positives (`model_export.fewshot.revealed_cases`); cases with no positive left are dropped."""
+    out = []
+    for case in cases:
+        seen = known.get(case["user"])
+        if seen is None:
+            continue
+        positives = [i for i in case["positives"] if i not in seen]
+        if positives:
+            exclude = [*case["exclude"], *(i for i in seen if i not in case["exclude"])]
+            out.append({**case, "positives": positives, "exclude": exclude, "history": seen})
+    return out
 
 
 def _ranking_set(cases: list[dict[str, Any]], catalog: Any, new_users: set[str]) -> task.RankingSet:
@@ -197,7 +244,7 @@ def rank_cases(
     def score(idx: IntArray) -> FloatArray:
         out = np.empty((len(idx), n), np.float32)
         for b, i in enumerate(idx.tolist()):
-            towers, enc, virtual, gate = at(cases[i]["user"], cases[i]["timestamp"])
+            towers, enc, virtual, gate = at(cases[i]["user"], cases[i]["timestamp"], cases[i].get("history"))
             out[b] = towers.score(enc, virtual, gate, all_rows)
         return out
 
@@ -227,7 +274,7 @@ def retrieval_cases(
     def score(idx: IntArray) -> FloatArray:
         out = np.full((len(idx), n), -np.inf, np.float32)
         for b, i in enumerate(idx.tolist()):
-            towers, enc, virtual, gate = at(cases[i]["user"], cases[i]["timestamp"])
+            towers, enc, virtual, gate = at(cases[i]["user"], cases[i]["timestamp"], cases[i].get("history"))
             stage, prior = stages[towers], (priors or {}).get(towers)
             whole = towers.score(enc, virtual, gate, all_rows)
             seen = ranking.exclude[i]
@@ -247,6 +294,9 @@ def retrieval_cases(
 
     result: dict[str, Any] = task.ranking_metrics(ranking, score, n, _tie_rank(catalog))
     for group, mask in (("new", ranking.is_new), ("old", ~ranking.is_new), ("all", slice(None))):
+        if len(recall[mask]) == 0:  # no such user (revealed cases hold new users only)
+            result[group].update({f"recall_of_top{top}": math.nan, "candidates": math.nan})
+            continue
         result[group][f"recall_of_top{top}"] = float(recall[mask].mean())
         result[group]["candidates"] = float(sizes[mask].mean())
     return result

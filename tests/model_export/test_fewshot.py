@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +13,13 @@ import torch
 from model_export import data as datasets
 from model_export.batches import Batches
 from model_export.checkpoint import cold_checkpoint, load_checkpoint
+from model_export.evaluate import RANKING_ATOL, RequestInputs, evaluate_bundle, first_interactions
 from model_export.evaluation import evaluate_rows, rank_part
 from model_export.features import encode_data
 from model_export.fewshot import evaluate_revealed, reveal, revealed_behavior, revealed_cases
 from model_export.protocol import TEST, VAL, SplitConfig, make_split
+from service.contract import SPLIT_FILE, load_bundle
+from service.inference import SessionOptions, Towers
 from tests.conftest import TinyRun
 
 
@@ -115,3 +119,53 @@ def test_rating_task_few_shot_with_nothing_revealed(tiny_run: TinyRun) -> None:
     warm = evaluate_revealed(model, encoded, revealed_behavior(raw, encoded, reveal(raw, split, 5)), rows)
     assert warm["old"]["auc"] == pytest.approx(cold["old"]["auc"], abs=1e-9)
     assert warm["new"]["auc"] != pytest.approx(cold["new"]["auc"], abs=1e-6)
+
+
+def test_a_bundle_reveals_and_ranks_as_training_does(
+    tiny_run: TinyRun, tiny_bundle: Callable[..., Path]
+) -> None:
+    """`evaluate --reveal n` (ONNX Runtime, the recorded split alone) picks each test new user's
+    first n interactions as `reveal` does and ranks the whole catalog as the offline few-shot
+    (torch) does: below the cold checkpoint's clicks (it scores them) and at them (the weights kept
+    for everyone do)."""
+    run_dir = tiny_run("mail", "base")
+    bundle_dir = tiny_bundle("mail", "base")
+    model, ckpt = load_checkpoint(run_dir)
+    cold_weights = cold_checkpoint(model, ckpt)
+    assert cold_weights is not None
+    raw = datasets.make_synthetic(seed=0)
+    split = make_split(raw, SplitConfig(protocol="strict", seed=0))
+    encoded = encode_data(raw, split, behavior_len=8, d_embed=8)
+    record = json.loads((bundle_dir / SPLIT_FILE).read_text())
+    bundle = load_bundle(bundle_dir)
+    at = RequestInputs(bundle, Towers(bundle, SessionOptions(device="cpu")), raw, record)
+    test_new = set(raw.user[split.part == TEST].tolist()) & split.new_users
+    assert bundle.manifest.cold_checkpoint is not None
+    clicks = bundle.manifest.cold_checkpoint.clicks
+    everything = reveal(raw, split, 10**6)  # all a user did before their first test sample
+    assert first_interactions(record, at, 10**6) == {u: raw.item[everything[u]].tolist() for u in test_new}
+    for n in sorted({1, clicks - 1, clicks} - {0}):
+        revealed = reveal(raw, split, n)
+        known = first_interactions(record, at, n)
+        assert known.keys() == test_new
+        assert {u: raw.item[revealed[u]].tolist() for u in test_new} == known
+        batches = Batches(encoded, fill_new_users=False)
+        batches.behavior = torch.from_numpy(revealed_behavior(raw, encoded, revealed))
+        cases = revealed_cases(encoded.ranking[TEST], encoded, raw, revealed)
+        want = rank_part(model, batches, TEST, cases, cold=cold_weights)["new"]
+        got = evaluate_bundle(bundle_dir, None, progress=False, reveal=n)
+        assert got["revealed"] == n and got["expected_ranking"] is None
+        assert got["ranking"]["new"]["users"] == want["users"] > 0
+        assert got["ranking"]["old"]["users"] == 0
+        for name in ("hr@10", "precision@10", "ndcg@10", "recall@50"):
+            assert got["ranking"]["new"][name] == pytest.approx(want[name], abs=RANKING_ATOL), (n, name)
+
+
+def test_revealing_needs_the_strict_protocol(tiny_bundle: Callable[..., Path]) -> None:
+    bundle = load_bundle(tiny_bundle("mail", "base"))
+    record = json.loads((bundle.path / SPLIT_FILE).read_text())
+    at = RequestInputs(
+        bundle, Towers(bundle, SessionOptions(device="cpu")), datasets.make_synthetic(0), record
+    )
+    with pytest.raises(ValueError, match="strict protocol"):
+        first_interactions({**record, "protocol": "mail"}, at, 3)
