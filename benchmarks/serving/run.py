@@ -39,7 +39,7 @@ INT8_SCENARIOS = ("cold_cached_100", "cold_catalog")
 # --search: the whole-catalog scenarios again with a cold user's candidates from the search, not
 # the prior (MAILREC_RETRIEVE_PRIOR=0 and _CLICKED=0), the cold-score memo off (compare with the
 # +no-memo rows)
-SEARCH_SCENARIOS = ("cold_catalog", "cold_people_catalog")
+SEARCH_SCENARIOS = ("cold_catalog", "cold_people_catalog", "cold_people_clicked_catalog")
 NO_MEMO_SCENARIOS = (
     "cold_cached_100",
     "cold_uncached_100",

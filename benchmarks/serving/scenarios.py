@@ -48,20 +48,30 @@ end
 """
 
 
-def people_lua(people: list[dict[str, object]], tail: str) -> str:
+def people_lua(people: list[dict[str, object]], tail: str, clicks: list[str] | None = None) -> str:
     """request(): a new user id (never seen: out of vocabulary) with the attributes of a real user
     drawn at random each time, so the attribute mix, and with it how often the cold-score memo
-    (`service.coldscores`) has seen a new user's attributes before, is the population's."""
+    (`service.coldscores`) has seen a new user's attributes before, is the population's. With
+    `clicks`, a history of two different items drawn from them each time."""
     rows = "{" + ",".join(lua_long_string(json.dumps(p, separators=(",", ":"))) for p in people) + "}"
+    pool = "{" + ",".join(lua_long_string(json.dumps(c)) for c in clicks or []) + "}"
     return f"""
 math.randomseed(os.time() + math.floor(os.clock() * 1e6))
 local people = {rows}
+local clicks = {pool}
 local tail = {lua_long_string(tail)}
 local n = 0
 request = function()
   n = n + 1
+  local history = ''
+  if #clicks > 1 then
+    local a = math.random(#clicks)
+    local b = math.random(#clicks - 1)
+    if b >= a then b = b + 1 end
+    history = '"history":[' .. clicks[a] .. ',' .. clicks[b] .. '],'
+  end
   local body = '{{"user_id":"people-' .. math.random(1e9) .. '-' .. n .. '","attributes":' ..
-    people[math.random(#people)] .. ',' .. tail
+    people[math.random(#people)] .. ',' .. history .. tail
   return wrk.format(nil, nil, nil, body)
 end
 """
@@ -117,6 +127,7 @@ def build(bundle: Path, k: int = 10, people: list[dict[str, object]] | None = No
     ]
     if people:
         tails = {"100": _body(candidates=candidates, k=k)[1:], "catalog": _body(k=k)[1:]}
+        popular = _most_popular(catalog, CLICK_POOL)
         out += [
             Scenario(
                 "cold_people_100",
@@ -130,8 +141,27 @@ def build(bundle: Path, k: int = 10, people: list[dict[str, object]] | None = No
                 f"the whole catalog ({len(ids)} items)",
                 Load(HEADERS, lua=people_lua(people, tails["catalog"])),
             ),
+            Scenario(
+                "cold_people_clicked_catalog",
+                f"a new user with the attributes of one of {len(people)} real users and 2 clicks on two "
+                f"of the {len(popular)} most popular items, drawn at random, the whole catalog",
+                Load(HEADERS, lua=people_lua(people, tails["catalog"], popular)),
+            ),
         ]
     return out
+
+
+CLICK_POOL = 100  # a clicked new user's two clicks: among this many most popular items
+
+
+def _most_popular(catalog: dict[str, object], n: int) -> list[str]:
+    """The catalog's `n` most popular item ids (training counts; the first ids without them)."""
+    ids = list(catalog["ids"])  # type: ignore[call-overload]
+    counts = catalog.get("popularity")
+    if not counts:
+        return ids[:n]
+    order = np.argsort(-np.asarray(counts, np.int64), kind="stable")[:n]
+    return [ids[i] for i in order.tolist()]
 
 
 def sample_body(scenario: Scenario, bundle: Path) -> str:
@@ -139,9 +169,11 @@ def sample_body(scenario: Scenario, bundle: Path) -> str:
     a new user with the fixed attributes)."""
     if scenario.load.body is not None:
         return scenario.load.body
+    catalog = json.loads((bundle / "catalog.json").read_text())
     if scenario.name.split("+")[0] == "cold_people_catalog":  # also its +no-memo rerun
         return _body(user_id="people-1", attributes=ATTRS, k=10)
-    catalog = json.loads((bundle / "catalog.json").read_text())
+    if scenario.name.split("+")[0] == "cold_people_clicked_catalog":
+        return _body(user_id="people-1", attributes=ATTRS, history=_most_popular(catalog, 2), k=10)
     rng = np.random.default_rng(0)
     candidates = [catalog["ids"][i] for i in rng.permutation(len(catalog["ids"]))[:100]]
     return _body(user_id="1", attributes={**ATTRS, "age": 40}, candidates=candidates, k=10)

@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from benchmarks.serving import scenarios
+from benchmarks.serving.loadgen import lua_long_string
 from benchmarks.serving.procs import cpu_seconds
 from benchmarks.serving.report import markdown
 from benchmarks.serving.run import knee
@@ -109,7 +110,18 @@ def test_people_scenarios_send_real_users_attributes(
         assert '{"age":24,"gender":"M","occupation":"technician","zip":"85711"}' in lua
         assert ('"candidates"' in lua) is candidates
         assert '"user_id":"people-' in lua  # a new id each request: never a training user
+    assert "local clicks = {}\n" in (built["cold_people_catalog"].load.lua or "")  # no history sent
+    # the clicked one: two different items, drawn from the most popular, as its history
+    catalog = json.loads((bundle / "catalog.json").read_text())
+    by_count = sorted(zip(catalog["popularity"], catalog["ids"], strict=True), key=lambda c: -c[0])
+    pool = [i for _, i in by_count[: scenarios.CLICK_POOL]]
+    lua = built["cold_people_clicked_catalog"].load.lua
+    assert lua is not None and '"history":[' in lua and '"candidates"' not in lua
+    assert "local clicks = {" + ",".join(lua_long_string(json.dumps(i)) for i in pool) + "}" in lua
     # the floor's sample answer has the scenario's shape, for its reruns too
     rerun = replace(built["cold_people_catalog"], name="cold_people_catalog+no-memo")
     assert '"candidates"' not in scenarios.sample_body(rerun, bundle)
     assert '"candidates"' in scenarios.sample_body(built["cold_people_100"], bundle)
+    rerun = replace(built["cold_people_clicked_catalog"], name="cold_people_clicked_catalog+search")
+    clicked = json.loads(scenarios.sample_body(rerun, bundle))
+    assert clicked["history"] == pool[:2] and "candidates" not in clicked
