@@ -116,6 +116,23 @@ def catalog_plan(seeds: tuple[int, ...] = (0, 1, 2, 3, 4), few: tuple[int, ...] 
             ),
             Block("baselines", "the other cold-start methods", (ml,), CATALOG_BASELINES, few),
             Block("protocol", "the paper's protocol", (Setting("ml-100k", "mail"),), CATALOG_CORE, seeds),
+            # the ranker without virtual behavior in its training rows (the official code's
+            # reading): why MAIL's old users fall behind control's on the paper's protocol, and
+            # what it does for the online case
+            Block(
+                "main-fill",
+                "new users never seen in training, MAIL's virtual behavior at inference only",
+                (ml,),
+                ("mail-infer-only",),
+                seeds,
+            ),
+            Block(
+                "protocol-fill",
+                "the paper's protocol, MAIL's virtual behavior (or old users' mean) at inference only",
+                (Setting("ml-100k", "mail"),),
+                ("mail-infer-only", "mean-fill-infer-only"),
+                seeds,
+            ),
             Block(
                 "book-crossing",
                 "the second dataset, both protocols",

@@ -48,6 +48,12 @@ def test_every_method_builds_on_both_towers(kind: str) -> None:
     assert dual is not None and (dual.w_a, dual.w_v, dual.w_d) == (1.0, 1.0, 0.0)
     assert isinstance(METHODS["llae"].build(RankerConfig(), zst, 3e-3, 0).hooks, baselines.GeneratorHooks)
     assert METHODS["mail-blend"].build(RankerConfig(), zst, None, 0).model.fill == "blend"
+    # virtual behavior (or old users' mean) at inference only: never in a training row
+    for name in ("mail-infer-only", "mean-fill-infer-only"):
+        built = METHODS[name].build(RankerConfig(), zst, METHODS[name].values[0], 0)
+        assert not built.model.fill_train and built.model.fill == "hard", name
+    assert METHODS["mail"].build(RankerConfig(), zst, None, 0).model.fill_train
+    assert METHODS["mean-fill"].build(RankerConfig(), zst, True, 0).model.fill_train
 
 
 def _cfg(kind: str):  # type: ignore[no-untyped-def]
