@@ -355,15 +355,20 @@ def _evaluate(args: argparse.Namespace) -> int:
         clicked = DEFAULTS.prior_clicked if args.prior_clicked is None else args.prior_clicked
         retrieve = RetrieveOptions(0, args.retrieve, probes, popular, prior, clicked)
     if args.reveal < 0:
-        raise SystemExit("--reveal: a number of interactions, 0 or more")
-    result = evaluate_bundle(
-        args.bundle,
-        args.data_dir,
-        progress=not args.quiet,
-        precision=args.precision,
-        retrieve=retrieve,
-        reveal=args.reveal,
-    )
+        print("error: --reveal: a number of interactions, 0 or more", file=sys.stderr)
+        return 2
+    try:
+        result = evaluate_bundle(
+            args.bundle,
+            args.data_dir,
+            progress=not args.quiet,
+            precision=args.precision,
+            retrieve=retrieve,
+            reveal=args.reveal,
+        )
+    except ValueError as exc:  # a bundle or split this evaluation cannot run on: say why, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=2))
     print(f"ranker precision: {result['precision']}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ import torch
 from model_export import data as datasets
 from model_export.batches import Batches
 from model_export.checkpoint import cold_checkpoint, load_checkpoint
+from model_export.cli import main as cli_main
 from model_export.evaluate import RANKING_ATOL, RequestInputs, evaluate_bundle, first_interactions
 from model_export.evaluation import evaluate_rows, rank_part
 from model_export.features import encode_data
@@ -169,3 +171,18 @@ def test_revealing_needs_the_strict_protocol(tiny_bundle: Callable[..., Path]) -
     )
     with pytest.raises(ValueError, match="strict protocol"):
         first_interactions({**record, "protocol": "mail"}, at, 3)
+
+
+def test_the_cli_says_why_it_cannot_reveal(
+    tiny_bundle: Callable[..., Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bundle = str(tiny_bundle("mail", "base"))
+    assert cli_main(["evaluate", "--bundle", bundle, "--reveal", "-1", "--quiet"]) == 2
+    assert "error: --reveal: a number of interactions" in capsys.readouterr().err
+
+    def refuse(split: dict[str, Any], at: RequestInputs, n: int) -> dict[str, list[str]]:
+        raise ValueError("revealing first interactions needs the strict protocol's split, not 'mail'")
+
+    monkeypatch.setattr("model_export.evaluate.first_interactions", refuse)
+    assert cli_main(["evaluate", "--bundle", bundle, "--reveal", "3", "--quiet"]) == 2
+    assert "error: revealing first interactions needs the strict" in capsys.readouterr().err
