@@ -115,7 +115,9 @@ async def main_async(args: argparse.Namespace) -> None:
             log_level="WARNING",
         )
         app = create_app(settings)
-        sc = next(s for s in scenarios.build(bundles["mail"]) if s.name == args.scenario)
+        # the people scenarios too: their sample body (one fixed new user) is what is sent here
+        built = scenarios.build(bundles["mail"], people=[scenarios.ATTRS])
+        sc = next(s for s in built if s.name == args.scenario)
         body = scenarios.sample_body(sc, bundles["mail"]).encode()
         async with app.router.lifespan_context(app):
             await drive(app, body, sc.load.headers, args.requests // 4, args.concurrency)  # warm-up
