@@ -107,8 +107,9 @@ def top_k(scores: FloatArray, rows: IntArray, k: int, tie_rank: IntArray) -> Int
 
 
 def cache_outcome(key: str | None, cached: FloatArray | None, redis_ok: bool) -> str:
-    """The virtual-behavior cache lookup, for the request's log line: off (the variant has no
-    zero-shot tower), unavailable (Redis did not answer), hit or miss."""
+    """The virtual-behavior cache lookup, for the request's log line: off (no vector wanted: the
+    variant has no zero-shot tower, or the request's history switches it off), unavailable (Redis
+    did not answer), hit or miss."""
     if key is None:
         return "off"
     if not redis_ok:
@@ -241,7 +242,11 @@ async def recommend(
     # under its own cache key), unless the clicks read with the vector take them past that
     scorer = model.for_user(enc.user_attrs, len(request_rows))
     use_zst = scorer.towers.zero_shot is not None and model.popularity is None
-    key = vector_key(store.prefix, scorer.version, enc.user_attrs) if use_zst else None
+    # a history in the request that already switches the virtual behavior off (stored clicks can
+    # only lengthen it): no vector to read, and no cache lookup to count
+    towers = scorer.towers
+    wanted = use_zst and blend_gate(len(request_rows), towers.fill_mode, towers.blend_tau) > 0
+    key = vector_key(store.prefix, scorer.version, enc.user_attrs) if wanted else None
     cached, clicks, redis_ok = await store.read_user(key, req.user_id, budget)
     index = model.bundle.catalog.index
     click_rows = np.fromiter((index[c] for c in clicks if c in index), np.int64)

@@ -172,6 +172,14 @@ def test_virtual_behavior_is_cached_with_the_model_version(client: httpx.Client,
     client.post(
         "/recommend", json={"user_id": "cache-me", "attributes": attrs}, headers={"X-Variant": "mail"}
     )
+    # a history in the request switches the virtual behavior off: no vector read, no lookup counted
+    history = [body["items"][0]["item_id"]]
+    warm = client.post(
+        "/recommend",
+        json={"user_id": "cache-me-warm", "attributes": attrs, "history": history},
+        headers={"X-Variant": "mail"},
+    ).json()
+    assert warm["virtual_weight"] == 0.0 and warm["cold_start"] is False
     text = metrics(client)
     assert metric_value(text, "mailrec_cache_requests_total", result="miss") == misses + 1
     assert metric_value(text, "mailrec_cache_requests_total", result="hit") == hits + 1
