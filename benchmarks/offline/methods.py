@@ -116,7 +116,8 @@ METHODS: dict[str, Method] = {
         Method("mail-blend", "MAIL with the count-based blend gate tau / (tau + n), tau = 3", None,
                (None,), _mail(fill="blend"), tuned_as="mail"),
         Method("mail-infer-only", "MAIL with virtual behavior at inference only (the official code): "
-               "the ranker never trains on it (the paper's protocol; strict trains no new user)",
+               "no training row with empty behavior gets it (new users' rows on the paper's protocol; "
+               "the cold rows and first picks on both)",
                None, (None,), _mail(fill_train=False), tuned_as="mail"),
     )
 }  # fmt: skip
