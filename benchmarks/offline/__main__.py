@@ -41,6 +41,7 @@ from benchmarks.offline.suite import (
     fewshot_rows_catalog,
 )
 from model_export.model import RankerConfig, ZeroShotConfig
+from model_export.protocol import PROTOCOLS
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 ORDER = tuple(METHODS)
@@ -162,6 +163,12 @@ def quick_plan() -> Plan:
     return Plan(blocks, Scale(train={"task": "rating", "epochs": 1, "threads": 1}), tune=False)
 
 
+def only_protocols(blocks: list[Block], keep: set[str]) -> list[Block]:
+    """The blocks' settings of these protocols only; blocks left with none are dropped."""
+    kept = [replace(b, settings=tuple(s for s in b.settings if s.protocol in keep)) for b in blocks]
+    return [b for b in kept if b.settings]
+
+
 def smoke_plan(catalog: bool = False) -> Plan:
     """Every code path (tuning, few-shot, two towers, resuming, plots) on synthetic data, in seconds."""
     syn = Setting("synthetic", "strict")
@@ -228,6 +235,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="run only the first SEEDS seeds of every block (a time budget)",
     )
     parser.add_argument(
+        "--protocols",
+        default=None,
+        help="comma-separated protocols to run within the blocks (default: all; a time budget, e.g. "
+        "strict alone of Book-Crossing's two)",
+    )
+    parser.add_argument(
         "--behavior",
         choices=list(BEHAVIOR),
         default="clicks",
@@ -256,6 +269,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         plan.blocks = [b for b in plan.blocks if b.name in wanted]
     if args.seeds is not None:
         plan.blocks = [replace(b, seeds=b.seeds[: args.seeds]) for b in plan.blocks]
+    if args.protocols:
+        keep = set(args.protocols.split(","))
+        if unknown := keep - set(PROTOCOLS):
+            parser.error(f"unknown protocols {sorted(unknown)}; choose from {list(PROTOCOLS)}")
+        plan.blocks = only_protocols(plan.blocks, keep)
+        if not plan.blocks:
+            parser.error(f"no block left has a setting of protocol {sorted(keep)}")
     plan.scale = replace(plan.scale, behavior=args.behavior)
     name = "offline-catalog" if catalog else "offline"
     name += "-smoke" if args.smoke else "-quick" if args.quick else ""

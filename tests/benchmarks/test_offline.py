@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks.offline.__main__ import main
+from benchmarks.offline.__main__ import catalog_plan, main, only_protocols
 from benchmarks.offline.methods import METHODS
 from model_export import baselines
 from model_export.model import RANKERS, MailModel, RankerConfig, ZeroShotConfig, ZeroShotTower
@@ -170,3 +170,17 @@ def test_a_list_cell_prepares_the_data_its_settings_tower_reads() -> None:
         ranker = RankerConfig(kind=kind, hidden=(16, 8), d_attention=8)
         suite.run_job(suite.Job(cell, None, ranker, scale, None, fewshot=False, keep_batches=False))
         assert suite._CACHE["prepared"].encoded.schema.virtual_slots == RANKERS[kind].default_slots
+
+
+def test_protocols_keep_only_those_settings(tmp_path: Path) -> None:
+    """--protocols: a time budget within blocks (Book-Crossing's strict setting without its paper
+    protocol, say); a block left with no setting is dropped, and nothing left is an error."""
+    blocks = only_protocols(catalog_plan().blocks, {"strict"})
+    by = {b.name: b for b in blocks}
+    assert [s.protocol for s in by["book-crossing"].settings] == ["strict"]
+    assert "protocol" not in by and "protocol-fill" not in by and "main" in by
+    assert only_protocols(catalog_plan().blocks, {"days"}) == []
+    for bad in ("nope", "mail"):  # unknown; known, but the smoke plan has none
+        with pytest.raises(SystemExit):
+            main(["--smoke", "--protocols", bad, "--out", str(tmp_path / "x"), "--jobs", "1"])
+    assert not list(tmp_path.iterdir())
