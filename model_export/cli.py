@@ -11,6 +11,17 @@ from pathlib import Path
 log = logging.getLogger("model_export")
 
 
+def _widths(text: str) -> tuple[int, ...]:
+    """`--hidden 256,128` -> (256, 128): positive widths, at least one."""
+    try:
+        widths = tuple(int(w) for w in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"widths are integers separated by commas: {text!r}") from None
+    if not widths or min(widths) < 1:
+        raise argparse.ArgumentTypeError(f"widths are positive integers: {text!r}")
+    return widths
+
+
 def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("train", help="co-train the towers on a dataset and write RUN_DIR")
     p.add_argument("--dataset", default="ml-100k", choices=["ml-100k", "book-crossing", "synthetic"])
@@ -24,6 +35,14 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("--model", default="mail", choices=["mail", "control", "oracle"])
     p.add_argument("--ranker", default="base", choices=["base", "din"])
+    p.add_argument(
+        "--hidden",
+        type=_widths,
+        default=None,
+        metavar="W[,W...]",
+        help="the ranking tower's hidden layers, widest first (default 256,128; narrower towers were "
+        "screened on validation and not adopted: benchmarks/results/catalog-task.md)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True, help="run directory to write")
     p.add_argument("--epochs", type=int, default=None)
@@ -189,6 +208,8 @@ def _train(args: argparse.Namespace) -> int:
     model_cfg.model = args.model
     model_cfg.ranker = model_cfg.ranker or RankerConfig()
     model_cfg.ranker.kind = args.ranker
+    if args.hidden is not None:
+        model_cfg.ranker.hidden = args.hidden
     prior = args.item_prior
     if prior is None and "item_prior" not in overrides.get("model", {}).get("ranker", {}):
         prior = "auto" if args.task == "catalog" else "off"

@@ -89,3 +89,14 @@ def test_catalog_flags_with_the_rating_task_are_refused_before_any_work(tmp_path
     assert not (tmp_path / "r").exists()
     with pytest.raises(SystemExit, match="loss softmax: at least one sampled negative"):
         main(["train", "--dataset", "synthetic", "--negatives", "0", "--out", str(tmp_path / "c")])
+
+
+@pytest.mark.parametrize("widths", ["", "128,", "0", "-4,2", "wide"])
+def test_bad_hidden_widths_are_refused_before_any_work(
+    widths: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--dataset", "synthetic", "--hidden", widths, "--out", str(tmp_path / "r")])
+    assert exc.value.code == 2
+    assert "--hidden" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

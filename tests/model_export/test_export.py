@@ -46,6 +46,30 @@ def test_export_parity(tiny_bundle: BundleFactory, model: str, ranker: str) -> N
     towers.check_golden()
 
 
+def test_a_one_layer_ranker_trains_from_the_cli_and_exports_with_parity(tmp_path: Path) -> None:
+    """`--hidden` sets the ranking tower's widths (the narrower towers of the width screen,
+    catalog-task.md); one hidden layer leaves no MLP between the first layer and the logit, and that
+    graph exports with the usual parity. Without the flag the tower keeps `RankerConfig`'s widths."""
+    from model_export.cli import main
+    from model_export.model import RankerConfig
+
+    def trained(*extra: str) -> tuple[list[int], Path]:
+        out = tmp_path / f"run{len(list(tmp_path.iterdir()))}"
+        args = ["train", "--dataset", "synthetic", "--model", "mail", "--epochs", "1", "--quiet"]
+        assert main([*args, *extra, "--out", str(out)]) == 0
+        return json.loads((out / "config.json").read_text())["model"]["ranker"]["hidden"], out
+
+    widths, run_dir = trained("--hidden", "16")
+    assert widths == [16]
+    assert trained()[0] == list(RankerConfig.hidden) == [256, 128]
+    bundle_dir = tmp_path / "bundle"
+    assert main(["export", "--run", str(run_dir), "--out", str(bundle_dir)]) == 0
+    bundle = load_bundle(bundle_dir)
+    assert bundle.manifest.parity.scores_max_abs_diff <= 1e-5
+    assert bundle.manifest.parity.virtual_max_abs_diff <= 1e-4
+    Towers(bundle, SessionOptions(device="cpu")).check_golden()
+
+
 def test_ranker_scores_the_whole_catalog_and_more_in_one_call(tiny_bundle: BundleFactory) -> None:
     bundle = load_bundle(tiny_bundle("mail", "din"))
     towers = Towers(bundle)

@@ -1,0 +1,157 @@
+"""What the ranking tower's width costs per call (issue 16): the ranker call in-process.
+
+    python -m benchmarks.ranker_width --data-dir DIR [--widths 256,128 256 128 128,64] [--rounds 15]
+
+For each width (`model_export train --hidden`), trains `mail` for one epoch on MovieLens 100K with
+the product's other settings (the graph's cost does not depend on how well it is trained), exports
+it, and times the service's ranker call (`Towers.score`) for 100 random candidates and for the
+whole catalog in one process, on one ONNX Runtime thread, the widths alternating round by round.
+Per call: the median over rounds of each round's mean, and its ratio to the first width's (the
+shipped tower's), measured in the same run. Which width serves is decided on validation
+(`benchmarks.offline.task_choice`, catalog-task.md), not here. Runs and bundles go to
+`.cache/ranker-width` (reused when there); writes benchmarks/results/ranker-width.md and .json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.harness.command import command_line
+from benchmarks.offline.runner import machine
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = ROOT / ".cache" / "ranker-width"
+RESULTS = ROOT / "benchmarks" / "results"
+WIDTHS = ("256,128", "256", "128", "128,64")
+
+
+def build(width: str, data_dir: str | None) -> Path:
+    """Train (one epoch) and export the tower of this width; the bundle's directory."""
+    run_dir, bundle = CACHE / "runs" / width, CACHE / "bundles" / width
+    if (bundle / "manifest.json").exists():
+        return bundle
+    py = sys.executable
+    train = [py, "-m", "model_export", "train", "--model", "mail", "--behavior", "clicks"]
+    train += ["--epochs", "1", "--hidden", width]
+    train += ["--out", str(run_dir), "--quiet", *(["--data-dir", data_dir] if data_dir else [])]
+    log.info("training width %s (one epoch)", width)
+    subprocess.run(train, check=True, cwd=ROOT)
+    export = [py, "-m", "model_export", "export", "--run", str(run_dir), "--out", str(bundle)]
+    subprocess.run(export, check=True, cwd=ROOT)
+    return bundle
+
+
+def speed(bundles: dict[str, Path], rounds: int) -> list[dict[str, Any]]:
+    """Per width and candidate count: microseconds per ranker call, median over rounds."""
+    import numpy as np
+
+    from service.contract import load_bundle
+    from service.inference import SessionOptions, Towers
+
+    loaded = {w: load_bundle(b) for w, b in bundles.items()}
+    towers = {w: Towers(b, SessionOptions(device="cpu", microbatch="off")) for w, b in loaded.items()}
+    first = next(iter(loaded.values()))
+    case = first.manifest.golden[0]  # a real test user's inputs, the same for every width
+    n = len(first.catalog)
+    rng = np.random.default_rng(0)
+    cases = []
+    for size, calls in ((100, 400), (n, 40)):
+        cands = rng.choice(np.arange(1, n + 1), size, replace=False) if size < n else np.arange(1, n + 1)
+        cands = cands.astype(np.int64)
+        wall: dict[str, list[float]] = {w: [] for w in towers}
+        cpu: dict[str, list[float]] = {w: [] for w in towers}
+        for _ in range(rounds):
+            for width, t in towers.items():
+                virtual = t.virtual_behavior(case.encoded.user_attrs)
+                t.score(case.encoded, virtual, case.gate, cands)  # warm for this size
+                began, began_cpu = time.perf_counter(), time.process_time()
+                for _ in range(calls):
+                    t.score(case.encoded, virtual, case.gate, cands)
+                wall[width].append((time.perf_counter() - began) / calls * 1e6)
+                cpu[width].append((time.process_time() - began_cpu) / calls * 1e6)
+        us = {w: float(np.median(r)) for w, r in wall.items()}
+        cpu_us = {w: float(np.median(r)) for w, r in cpu.items()}
+        ref, ref_cpu = us[next(iter(us))], cpu_us[next(iter(us))]
+        cases.append(
+            {
+                "candidates": int(size),
+                "calls_per_round": calls,
+                "us": us,
+                "ratio_to_first": {w: u / ref for w, u in us.items()},
+                "cpu_us": cpu_us,
+                "cpu_ratio_to_first": {w: u / ref_cpu for w, u in cpu_us.items()},
+                "rounds_us": wall,
+                "rounds_cpu_us": cpu,
+            }
+        )
+        log.info("%d candidates: %s", size, ", ".join(f"{w}: {u:.1f} us" for w, u in cpu_us.items()))
+    return cases
+
+
+def markdown(result: dict[str, Any]) -> str:
+    widths = list(result["widths"])
+    lines = [
+        "# The ranking tower's width: cost of the ranker call",
+        "",
+        f"`{result['command']}` on {result['date']} ({result['machine']['cores']} cores; load average "
+        f"{result['loadavg_at_start']} at the start, {result['loadavg_at_end']} at the end). The "
+        "service's ranker call (`Towers.score`, one ONNX Runtime thread, fp32) of a one-epoch `mail` "
+        f"tower of each width, the widths alternating, {result['rounds']} rounds; per call, the median "
+        "of the rounds' means, CPU time of the process (wall time in brackets: on a loaded host it "
+        "counts the time the process waited for a core); x = against the first width in the same "
+        "run. Which width the product trains is chosen on validation (catalog-task.md), not here.",
+        "",
+        "| candidates | " + " | ".join(f"hidden {w}" for w in widths) + " |",
+        "|---|" + "---:|" * len(widths),
+    ]
+    for case in result["cases"]:
+        cells = [
+            f"{case['cpu_us'][w]:.1f} us (x{case['cpu_ratio_to_first'][w]:.2f}) [{case['us'][w]:.0f}]"
+            for w in widths
+        ]
+        lines.append(f"| {case['candidates']:,} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data-dir", default=os.environ.get("MAILREC_DATA_DIR"))
+    parser.add_argument("--widths", nargs="+", default=list(WIDTHS), help="the first is the reference")
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--out", type=Path, default=RESULTS / "ranker-width")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    bundles = {w: build(w, args.data_dir) for w in args.widths}
+    started = [round(x, 2) for x in os.getloadavg()]
+    result = {
+        "command": command_line("benchmarks.ranker_width", argv),
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine(),
+        "widths": args.widths,
+        "rounds": args.rounds,
+        "loadavg_at_start": started,
+        "cases": speed(bundles, args.rounds),
+        "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    text = markdown(result)
+    args.out.with_suffix(".md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,32 @@
+"""benchmarks/ranker_width.py: the ranker call timed per width, against the first, in one process."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from benchmarks.ranker_width import markdown, speed
+
+
+def test_speed_times_every_width_against_the_first(tiny_bundle: Callable[..., Path]) -> None:
+    control, mail = tiny_bundle("control", "base"), tiny_bundle("mail", "base")
+    cases = speed({"a": mail, "b": control}, rounds=2)
+    assert [c["candidates"] for c in cases][0] == 100 and cases[1]["candidates"] > 100
+    for case in cases:
+        assert set(case["us"]) == set(case["cpu_us"]) == {"a", "b"}
+        assert case["ratio_to_first"]["a"] == case["cpu_ratio_to_first"]["a"] == 1.0
+        assert all(len(r) == 2 and min(r) > 0 for r in case["rounds_cpu_us"].values())
+        assert case["cpu_ratio_to_first"]["b"] == case["cpu_us"]["b"] / case["cpu_us"]["a"]
+    result = {
+        "command": "python -m benchmarks.ranker_width",
+        "date": "2026-12-02",
+        "machine": {"cores": 2},
+        "widths": ["a", "b"],
+        "rounds": 2,
+        "loadavg_at_start": [0.1],
+        "loadavg_at_end": [0.2],
+        "cases": cases,
+    }
+    text = markdown(result)
+    assert "| candidates | hidden a | hidden b |" in text
+    assert f"{cases[0]['cpu_us']['b']:.1f} us (x{cases[0]['cpu_ratio_to_first']['b']:.2f})" in text
