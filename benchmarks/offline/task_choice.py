@@ -362,8 +362,8 @@ def markdown(result: dict[str, Any]) -> str:
         "`cold-scale.md`). Chosen on validation over 5 seeds of control and MAIL: new users' own "
         "checkpoint with a = 0.25, now the default; the rows here keep a = 1.",
         "",
-        "2026-12-02: the ranker's width (issue 16: the 256 -> 128 layer, run per candidate, is most of "
-        "the ranker call's cost). On the task as shipped (the cold checkpoint scaled by 0.25 and "
+        "2026-12-02: the ranker's width (issue 16: the 256 -> 128 layer, run per candidate, is about half "
+        "of the ranker call's cost). On the task as shipped (the cold checkpoint scaled by 0.25 and "
         "scoring new users until their sixth click; 'as shipped' is the (256, 128) tower), BaseDNN "
         "with one hidden layer of 256, one of 128, and two of 128 and 64 (`train --hidden`). The "
         "rule, written down before any row was read: the cheapest width (128 < 256 < 128,64 < "
