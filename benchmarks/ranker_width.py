@@ -15,7 +15,6 @@ shipped tower's), measured in the same run. Which width serves is decided on val
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import subprocess
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.harness.command import command_line
+from benchmarks.offline.resumable import write
 from benchmarks.offline.runner import machine
 
 log = logging.getLogger(__name__)
@@ -146,9 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=1))
     text = markdown(result)
-    args.out.with_suffix(".md").write_text(text)
+    write(args.out, result, text)
     print(text)
     return 0
 

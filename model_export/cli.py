@@ -17,7 +17,7 @@ def _widths(text: str) -> tuple[int, ...]:
         widths = tuple(int(w) for w in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"widths are integers separated by commas: {text!r}") from None
-    if not widths or min(widths) < 1:
+    if min(widths) < 1:
         raise argparse.ArgumentTypeError(f"widths are positive integers: {text!r}")
     return widths
 

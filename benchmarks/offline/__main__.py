@@ -142,7 +142,7 @@ def catalog_plan(seeds: tuple[int, ...] = (0, 1, 2, 3, 4), few: tuple[int, ...] 
                 few,
             ),
             # planned at 5 seeds since 2026-12-02 (old users' MAIL-control gap was within noise at 3);
-            # a DIN run takes 13-15 min on this machine, so `--seeds` says how many a session runs
+            # a DIN run takes 13-23 min on this machine, so `--seeds` says how many a session runs
             Block("din", "MAIL on the DIN-style tower", (replace(ml, ranker="din"),), CATALOG_CORE, seeds),
         ],
         Scale(train=CATALOG_TRAIN, ranker=CATALOG_RANKER),
