@@ -288,6 +288,11 @@ def train(
 ) -> tuple[MailModel, History]:
     torch.manual_seed(tcfg.seed)
     torch.set_num_threads(tcfg.threads)
+    # With two threads, the backward of a gather by a tensor of indices (`u[owner]`: one user's row
+    # to each of its items) adds into the gradient with atomic float adds in whatever order the
+    # threads reach them, so two runs of one seed part by an ulp and then drift apart (seen in CI).
+    # Deterministic mode takes the serial path there; it changes nothing else this CPU code runs.
+    torch.use_deterministic_algorithms(True)
     rng = np.random.default_rng(tcfg.seed)
     hooks = hooks or TrainHooks()
     cfg = resolve_prior(data, cfg)
