@@ -10,6 +10,12 @@ Per call: the median over rounds of each round's mean, and its ratio to the firs
 shipped tower's), measured in the same run. Which width serves is decided on validation
 (`benchmarks.offline.task_choice`, catalog-task.md), not here. Runs and bundles go to
 `.cache/ranker-width` (reused when there); writes benchmarks/results/ranker-width.md and .json.
+
+    python -m benchmarks.ranker_width --data-dir DIR --no-history [--rounds 15]
+
+times instead the first width's two graphs for a user with no behavior (that golden user with its
+behavior emptied): `ranker.onnx` against `ranker_no_history.onnx`, each through `Towers.score` as
+the service calls it (`SessionOptions.no_history_graph` off and on); writes ranker-no-history.md.
 """
 
 from __future__ import annotations
@@ -21,11 +27,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from benchmarks.harness.command import command_line
 from benchmarks.offline.resumable import write
 from benchmarks.offline.runner import machine
+
+if TYPE_CHECKING:
+    from service.contract import Encoded
+    from service.inference import Towers
 
 log = logging.getLogger(__name__)
 
@@ -53,16 +63,43 @@ def build(width: str, data_dir: str | None) -> Path:
 
 def speed(bundles: dict[str, Path], rounds: int) -> list[dict[str, Any]]:
     """Per width and candidate count: microseconds per ranker call, median over rounds."""
-    import numpy as np
-
     from service.contract import load_bundle
     from service.inference import SessionOptions, Towers
 
     loaded = {w: load_bundle(b) for w, b in bundles.items()}
     towers = {w: Towers(b, SessionOptions(device="cpu", microbatch="off")) for w, b in loaded.items()}
-    first = next(iter(loaded.values()))
-    case = first.manifest.golden[0]  # a real test user's inputs, the same for every width
-    n = len(first.catalog)
+    case = next(iter(loaded.values())).manifest.golden[0]  # a real test user, the same for every width
+    return time_calls(towers, case.encoded, case.gate, rounds)
+
+
+def no_history_speed(bundle_dir: Path, rounds: int) -> list[dict[str, Any]]:
+    """A user with no behavior through ranker.onnx, then ranker_no_history.onnx: `speed`'s table."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from service.contract import load_bundle
+    from service.inference import SessionOptions, Towers
+
+    bundle = load_bundle(bundle_dir)
+    if bundle.ranker_no_history_path is None:
+        raise SystemExit(f"{bundle_dir} has no ranker_no_history.onnx (a DIN tower, or exported before it)")
+    towers = {
+        graph: Towers(bundle, SessionOptions(device="cpu", microbatch="off", no_history_graph=on))
+        for graph, on in (("ranker.onnx", False), ("ranker_no_history.onnx", True))
+    }
+    case = bundle.manifest.golden[0]
+    cold = replace(case.encoded, behavior=np.zeros_like(case.encoded.behavior), n_history=0)
+    return time_calls(towers, cold, case.gate, rounds)
+
+
+def time_calls(towers: dict[str, Towers], encoded: Encoded, gate: float, rounds: int) -> list[dict[str, Any]]:
+    """`Towers.score` of each of `towers` for one user, 100 random candidates and the whole
+    catalog, alternating round by round: per candidate count, microseconds per call (wall and CPU),
+    the median over rounds, and the ratio to the first of `towers`."""
+    import numpy as np
+
+    n = len(next(iter(towers.values())).bundle.catalog)
     rng = np.random.default_rng(0)
     cases = []
     for size, calls in ((100, 400), (n, 40)):
@@ -72,11 +109,11 @@ def speed(bundles: dict[str, Path], rounds: int) -> list[dict[str, Any]]:
         cpu: dict[str, list[float]] = {w: [] for w in towers}
         for _ in range(rounds):
             for width, t in towers.items():
-                virtual = t.virtual_behavior(case.encoded.user_attrs)
-                t.score(case.encoded, virtual, case.gate, cands)  # warm for this size
+                virtual = t.virtual_behavior(encoded.user_attrs)
+                t.score(encoded, virtual, gate, cands)  # warm for this size
                 began, began_cpu = time.perf_counter(), time.process_time()
                 for _ in range(calls):
-                    t.score(case.encoded, virtual, case.gate, cands)
+                    t.score(encoded, virtual, gate, cands)
                 wall[width].append((time.perf_counter() - began) / calls * 1e6)
                 cpu[width].append((time.process_time() - began_cpu) / calls * 1e6)
         us = {w: float(np.median(r)) for w, r in wall.items()}
@@ -100,24 +137,44 @@ def speed(bundles: dict[str, Path], rounds: int) -> list[dict[str, Any]]:
 
 def markdown(result: dict[str, Any]) -> str:
     widths = list(result["widths"])
+    timing = (
+        f"{result['rounds']} rounds; per call, the median of the rounds' means, CPU time of the "
+        "process (wall time in brackets: on a loaded host it counts the time the process waited for "
+        "a core); x = against the first column in the same run."
+    )
+    if result.get("graphs"):
+        title = "# A user with no behavior: ranker.onnx against ranker_no_history.onnx"
+        what = (
+            "The service's ranker call (`Towers.score`, one ONNX Runtime thread, fp32) of the first "
+            f"width's one-epoch `mail` tower ({widths[0]}) for a golden user with its behavior emptied, "
+            "through each graph (`SessionOptions.no_history_graph` off, on), alternating, "
+        )
+        header = [f"`{g}`" for g in result["graphs"]]
+        columns = list(result["graphs"])
+    else:
+        title = "# The ranking tower's width: cost of the ranker call"
+        what = (
+            "The service's ranker call (`Towers.score`, one ONNX Runtime thread, fp32) of a one-epoch "
+            "`mail` tower of each width, the widths alternating, "
+        )
+        timing += " Which width the product trains is chosen on validation (catalog-task.md), not here."
+        header = [f"hidden {w}" for w in widths]
+        columns = widths
     lines = [
-        "# The ranking tower's width: cost of the ranker call",
+        title,
         "",
         f"`{result['command']}` on {result['date']} ({result['machine']['cores']} cores; load average "
-        f"{result['loadavg_at_start']} at the start, {result['loadavg_at_end']} at the end). The "
-        "service's ranker call (`Towers.score`, one ONNX Runtime thread, fp32) of a one-epoch `mail` "
-        f"tower of each width, the widths alternating, {result['rounds']} rounds; per call, the median "
-        "of the rounds' means, CPU time of the process (wall time in brackets: on a loaded host it "
-        "counts the time the process waited for a core); x = against the first width in the same "
-        "run. Which width the product trains is chosen on validation (catalog-task.md), not here.",
+        f"{result['loadavg_at_start']} at the start, {result['loadavg_at_end']} at the end). "
+        + what
+        + timing,
         "",
-        "| candidates | " + " | ".join(f"hidden {w}" for w in widths) + " |",
-        "|---|" + "---:|" * len(widths),
+        "| candidates | " + " | ".join(header) + " |",
+        "|---|" + "---:|" * len(columns),
     ]
     for case in result["cases"]:
         cells = [
-            f"{case['cpu_us'][w]:.1f} us (x{case['cpu_ratio_to_first'][w]:.2f}) [{case['us'][w]:.0f}]"
-            for w in widths
+            f"{case['cpu_us'][c]:.1f} us (x{case['cpu_ratio_to_first'][c]:.2f}) [{case['us'][c]:.0f}]"
+            for c in columns
         ]
         lines.append(f"| {case['candidates']:,} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -130,21 +187,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=os.environ.get("MAILREC_DATA_DIR"))
     parser.add_argument("--widths", nargs="+", default=list(WIDTHS), help="the first is the reference")
     parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--out", type=Path, default=RESULTS / "ranker-width")
+    parser.add_argument(
+        "--no-history",
+        action="store_true",
+        help="time the first width's ranker.onnx against ranker_no_history.onnx for a user with no "
+        "behavior, instead of the widths",
+    )
+    parser.add_argument("--out", type=Path, default=None, help="default: results/ranker-width(-no-history)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    bundles = {w: build(w, args.data_dir) for w in args.widths}
+    widths = args.widths[:1] if args.no_history else args.widths
+    bundles = {w: build(w, args.data_dir) for w in widths}
     started = [round(x, 2) for x in os.getloadavg()]
+    if args.no_history:
+        cases = no_history_speed(bundles[widths[0]], args.rounds)
+    else:
+        cases = speed(bundles, args.rounds)
     result = {
         "command": command_line("benchmarks.ranker_width", argv),
         "date": time.strftime("%Y-%m-%d"),
         "machine": machine(),
-        "widths": args.widths,
+        "widths": widths,
+        "graphs": list(cases[0]["us"]) if args.no_history else None,
         "rounds": args.rounds,
         "loadavg_at_start": started,
-        "cases": speed(bundles, args.rounds),
+        "cases": cases,
         "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
     }
+    if args.out is None:
+        args.out = RESULTS / ("ranker-no-history" if args.no_history else "ranker-width")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     text = markdown(result)
     write(args.out, result, text)

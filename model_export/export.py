@@ -8,9 +8,11 @@ catalog rows only.
 A second ranker graph, `ranker_batch.onnx`, scores several users in one call (user tensors with
 batch U, candidates (N,) and `owner` (N,), candidate n belonging to user owner[n]): the service's
 micro-batcher merges concurrent requests into it. Names, dtypes, shapes and dynamic axes of the
-three graphs come from `service.contract.signatures`. `item_vectors.npy` holds the ranker's own
+four graphs come from `service.contract.signatures`. `item_vectors.npy` holds the ranker's own
 item side (`Ranker.item_vectors`), which the service's candidate stage searches; `item_prior.npy`
 the ranker's fixed prior (`ItemPrior`), from which it takes a cold user's candidates.
+`ranker_no_history.onnx` (a BaseDNN tower's) is `ranker.onnx` for a user with no behavior, without
+the pooling over it; the service's golden check holds it to `ranker.onnx`'s scores.
 
 Beside them, `ranker_int8.onnx` and `ranker_batch_int8.onnx`: the same graphs with int8 weights
 (`model_export.quantize`), compared with fp32 on the run's test rows (recorded in the manifest's
@@ -64,6 +66,7 @@ from service.contract import (
     RANKER_BATCH_FILE,
     RANKER_FILE,
     RANKER_FILES,
+    RANKER_NO_HISTORY_FILE,
     SCHEMA_FILE,
     SPLIT_FILE,
     ZERO_SHOT_FILE,
@@ -82,6 +85,7 @@ from service.contract import (
     content_version,
     load_bundle,
     ranker_batch_signature,
+    ranker_no_history_signature,
     ranker_signature,
     sha256_file,
     zero_shot_signature,
@@ -114,6 +118,27 @@ class RankerGraph(nn.Module):
     ) -> Tensor:
         user = UserInputs(user_attrs, context, behavior, virtual_behavior, virtual_gate)
         return torch.sigmoid(self.ranker(user, candidates, owner))
+
+
+class NoHistoryGraph(nn.Module):
+    """`RankerGraph` for one user with no behavior: no `behavior` input, and none of the operators
+    that pool it (for 100 candidates about a quarter of the call). The same scores."""
+
+    def __init__(self, model: MailModel) -> None:
+        super().__init__()
+        self.ranker = model.ranker
+
+    def forward(
+        self,
+        user_attrs: Tensor,
+        context: Tensor,
+        virtual_behavior: Tensor,
+        virtual_gate: Tensor,
+        candidates: Tensor,
+    ) -> Tensor:
+        empty = torch.zeros((1, 0), dtype=torch.long)  # not read: no behavior
+        user = UserInputs(user_attrs, context, empty, virtual_behavior, virtual_gate)
+        return torch.sigmoid(self.ranker.forward_no_history(user, candidates))
 
 
 class ZeroShotGraph(nn.Module):
@@ -214,6 +239,11 @@ def _write_bundle(
         root / RANKER_BATCH_FILE,
         ranker_batch_signature(schema),
     )
+    has_no_history = served.ranker.has_no_history
+    if has_no_history:  # the example user without its behavior
+        no_history = (*example[:2], *example[3:])
+        signature = ranker_no_history_signature(schema)
+        _export(NoHistoryGraph(served), no_history, root / RANKER_NO_HISTORY_FILE, signature)
     has_zst = model.zst is not None
     if has_zst:
         _export(ZeroShotGraph(served), (example[0],), root / ZERO_SHOT_FILE, zero_shot_signature(schema))
@@ -267,6 +297,7 @@ def _write_bundle(
         default_precision=default_precision,
         cold_checkpoint=record,
         item_prior=prior,
+        ranker_no_history=RANKER_NO_HISTORY_FILE if has_no_history else None,
     )
     (root / MANIFEST).write_text(json.dumps(manifest.to_dict(), indent=2))
     _validate(root)
@@ -342,6 +373,8 @@ def _manifest(
     metrics_path = run_dir / METRICS
     report = json.loads(metrics_path.read_text()) if metrics_path.exists() else {"test": ckpt["metrics"]}
     signatures = {"ranker": ranker_signature(schema), "ranker_batch": ranker_batch_signature(schema)}
+    if RANKER_NO_HISTORY_FILE in files:
+        signatures["ranker_no_history"] = ranker_no_history_signature(schema)
     if has_zst:
         signatures["zero_shot"] = zero_shot_signature(schema)
     return Manifest(

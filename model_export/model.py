@@ -366,6 +366,16 @@ class Ranker(nn.Module):
         """
         raise NotImplementedError
 
+    def forward_no_history(self, user: UserInputs, items: Tensor) -> Tensor:
+        """`forward` for one user with no behavior (`user.behavior` is not read): the same logits
+        in a smaller graph, where a tower has one (`has_no_history`)."""
+        raise NotImplementedError
+
+    @property
+    def has_no_history(self) -> bool:
+        """Whether this tower has `forward_no_history` (export writes ranker_no_history.onnx)."""
+        return type(self).forward_no_history is not Ranker.forward_no_history
+
     def freeze_for_serving(self) -> None:
         """For export, in eval mode, on a copy: the item side of the tower as lookup tables over
         the catalog, so a request gathers rows instead of recomputing every candidate's item
@@ -435,7 +445,17 @@ class BaseDNN(Ranker):
         z_a, z_c = self._groups(user)
         real, _ = self.behavior_target(user.behavior)
         z_v = (1 - user.gate) * real[:, 0] + user.gate * user.virtual[:, 0]  # (U, d)
-        u = self.user_proj(self.drop(torch.cat([z_a, z_v, z_c], -1)))  # (U, H0)
+        return self._head(user, torch.cat([z_a, z_v, z_c], -1), items, owner)
+
+    def forward_no_history(self, user: UserInputs, items: Tensor) -> Tensor:
+        z_a, z_c = self._groups(user)
+        # no behavior pools to zeros (every slot masked), so z_v is the gated virtual behavior
+        z_v = user.gate * user.virtual[:, 0]  # (U, d)
+        return self._head(user, torch.cat([z_a, z_v, z_c], -1), items, None)
+
+    def _head(self, user: UserInputs, z: Tensor, items: Tensor, owner: Tensor | None) -> Tensor:
+        """Logits (N,) from the user's pooled groups `z` (U, 3d), as `forward` says."""
+        u = self.user_proj(self.drop(z))  # (U, H0)
         if owner is not None:
             u = u[owner]  # (N, H0)
         h = F.leaky_relu(self.bn(u + self._item_hidden(items)))  # (N, H0)

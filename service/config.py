@@ -82,6 +82,12 @@ class Settings(BaseSettings):
         "(manifest `default_precision`; fp32 for bundles without precisions); a bundle without the "
         "precision asked for refuses to load. fp16 is for CUDA only.",
     )
+    no_history_graph: bool = Field(
+        True,
+        description="Score a user with no behavior with the bundle's ranker_no_history.onnx, where "
+        "it has one and the ranker served is fp32: the same scores as ranker.onnx's without the "
+        "behavior pooling's operators (README, 'Serving performance').",
+    )
     cuda_mem_limit_mb: int | None = Field(
         None,
         ge=1,

@@ -21,6 +21,10 @@ Precision: a bundle may hold its ranker in several precisions (fp32, int8; `Bund
 one (an error if the bundle lacks it, or if it is a CUDA-only precision and the session is not on
 CUDA). The golden scores are fp32's: a reduced precision is held to its own recorded tolerance.
 
+A user with no behavior goes through the bundle's `ranker_no_history.onnx` where it has one and
+the ranker served is fp32 (`SessionOptions.no_history_graph`): the same scores as `ranker.onnx`'s
+(the golden check compares the two) without the operators that pool an empty sequence.
+
 No I/O binding: every input is a few kilobytes of ids (the item tables live inside the graphs), so
 binding them would only move the same copies out of `run`; it pays for large resident inputs or
 CUDA graphs, neither of which this service has.
@@ -32,7 +36,7 @@ import json
 import logging
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 from typing import Any
@@ -62,6 +66,8 @@ from service.contract import (
     check_session,
     ranker_batch_signature,
     ranker_feeds,
+    ranker_no_history_feeds,
+    ranker_no_history_signature,
     ranker_signature,
     zero_shot_signature,
 )
@@ -129,6 +135,9 @@ class SessionOptions:
     cuda_arena_extend: str = "kSameAsRequested"
     cuda_tf32: bool = False  # not a service setting: benchmarks.gpu_check measures what TF32 costs
     ranker_precision: str = "auto"  # auto: the bundle's default precision; else fp32, int8 or fp16
+    # a user with no behavior scored by the bundle's ranker_no_history.onnx (same scores, fewer
+    # operators), where it has one and the ranker served is fp32
+    no_history_graph: bool = True
     # the candidate stage of catalogs too big to score whole (service.candidates), built with the model
     retrieve: RetrieveOptions = RETRIEVE
     # cold users' whole-catalog scores remembered per model (service.coldscores)
@@ -269,6 +278,11 @@ class Towers:
                 batch_path = bundle.path / chosen.ranker_batch
                 self.ranker_batch = create_session(batch_path, self.options, profile_dir=profiles)
                 check_session(self.ranker_batch, batch_path, ranker_batch_signature(schema))
+            self.ranker_no_history: ort.InferenceSession | None = None
+            no_history_path = bundle.ranker_no_history_path
+            if no_history_path is not None and self.options.no_history_graph and self.precision == FP32:
+                self.ranker_no_history = create_session(no_history_path, self.options, profile_dir=profiles)
+                check_session(self.ranker_no_history, no_history_path, ranker_no_history_signature(schema))
             self.virtual_shape = (1, schema.virtual_slots, schema.d_embed)
             self.virtual_size = schema.virtual_slots * schema.d_embed
             self._no_virtual = np.zeros(self.virtual_shape, np.float32)
@@ -321,8 +335,13 @@ class Towers:
         return max(GOLDEN_ATOL, self.bundle.precisions[self.precision].golden_atol)
 
     def sessions(self) -> dict[str, ort.InferenceSession]:
-        """The open sessions by graph name (zero_shot, ranker, ranker_batch)."""
-        named = {"zero_shot": self.zero_shot, "ranker": self.ranker, "ranker_batch": self.ranker_batch}
+        """The open sessions by graph name (zero_shot, ranker, ranker_batch, ranker_no_history)."""
+        named = {
+            "zero_shot": self.zero_shot,
+            "ranker": self.ranker,
+            "ranker_batch": self.ranker_batch,
+            "ranker_no_history": self.ranker_no_history,
+        }
         return {name: s for name, s in named.items() if s is not None}
 
     def provider_options(self) -> dict[str, dict[str, str]]:
@@ -367,12 +386,18 @@ class Towers:
     def score(
         self, encoded: Encoded, virtual: FloatArray | None, gate: float, candidates: IntArray
     ) -> FloatArray:
-        """Click probabilities of one user for candidate catalog rows (N,)."""
+        """Click probabilities of one user for candidate catalog rows (N,); a user with no behavior
+        through `ranker_no_history.onnx` where it is open (the same scores)."""
         gates = self._gates.get(gate)
         if gates is None:
             gates = np.full((1, 1), gate, np.float32)
         virtual = self._no_virtual if virtual is None else virtual
-        out: FloatArray = self.ranker.run(None, ranker_feeds((encoded,), virtual, gates, candidates))[0]
+        out: FloatArray
+        if self.ranker_no_history is not None and encoded.n_history == 0:
+            feeds = ranker_no_history_feeds(encoded, virtual, gates, candidates)
+            out = self.ranker_no_history.run(None, feeds)[0]
+        else:
+            out = self.ranker.run(None, ranker_feeds((encoded,), virtual, gates, candidates))[0]
         return out
 
     def score_many(self, calls: list[tuple[Encoded, FloatArray | None, float, IntArray]]) -> list[FloatArray]:
@@ -404,6 +429,8 @@ class Towers:
         virtual = self.virtual_behavior(user)
         for n in (1, min(len(self.bundle.catalog), 256)):
             self.score(encoded, virtual, 1.0, np.arange(1, n + 1, dtype=np.int64))
+            if self.ranker_no_history is not None:  # that call took it; ranker.onnx too
+                self.score(encoded.with_history(np.ones(1, np.int64)), virtual, 1.0, np.arange(1, n + 1))
             if self.ranker_batch is not None:
                 self.score_many([(encoded, virtual, 1.0, np.arange(1, n + 1, dtype=np.int64))] * 2)
 
@@ -421,3 +448,11 @@ class Towers:
                 diff = float(np.max(np.abs(scores - case.scores)))
                 if diff > atol:
                     raise BundleError(self.bundle.path, f"golden scores differ by {diff:.2e} (> {atol})")
+            if self.ranker_no_history is not None:  # the same user without behavior, both graphs
+                cold = replace(case.encoded, behavior=np.zeros_like(case.encoded.behavior), n_history=0)
+                gates = np.full((1, 1), case.gate, np.float32)
+                full = self.ranker.run(None, ranker_feeds((cold,), virtual, gates, case.candidates))[0]
+                diff = float(np.max(np.abs(self.score(cold, *call[1:]) - full)))
+                if diff > GOLDEN_ATOL:
+                    problem = f"ranker_no_history differs from ranker by {diff:.2e} (> {GOLDEN_ATOL})"
+                    raise BundleError(self.bundle.path, problem)

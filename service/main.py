@@ -81,6 +81,7 @@ def _build_state(settings: Settings, metrics: Metrics) -> AppState:
         settings.cuda_mem_limit_mb,
         settings.cuda_arena_extend,
         ranker_precision=settings.ranker_precision,
+        no_history_graph=settings.no_history_graph,
         retrieve=RetrieveOptions(
             settings.retrieve_above,
             settings.retrieve_candidates,

@@ -40,6 +40,10 @@ INT8_SCENARIOS = ("cold_cached_100", "cold_catalog")
 # the prior (MAILREC_RETRIEVE_PRIOR=0 and _CLICKED=0), the cold-score memo off (compare with the
 # +no-memo rows)
 SEARCH_SCENARIOS = ("cold_catalog", "cold_people_catalog", "cold_people_clicked_catalog")
+# --full-ranker: the cold scenarios again with every user through ranker.onnx, not a no-behavior
+# user through ranker_no_history.onnx (MAILREC_NO_HISTORY_GRAPH=0), the cold-score memo off
+# (compare with the +no-memo rows)
+FULL_RANKER_SCENARIOS = ("cold_cached_100", "cold_uncached_100", "cold_catalog")
 NO_MEMO_SCENARIOS = (
     "cold_cached_100",
     "cold_uncached_100",
@@ -392,6 +396,13 @@ def main(argv: list[str] | None = None) -> int:
         "the ranker's prior (MAILREC_RETRIEVE_PRIOR=0, MAILREC_RETRIEVE_PRIOR_CLICKED=0), the cold-score "
         "memo off, same run",
     )
+    parser.add_argument(
+        "--full-ranker",
+        action="store_true",
+        help=f"also run {', '.join(FULL_RANKER_SCENARIOS)} with a user without behavior scored by "
+        "ranker.onnx, not ranker_no_history.onnx (MAILREC_NO_HISTORY_GRAPH=0), the cold-score memo off, "
+        "same run",
+    )
     args = parser.parse_args(argv)
     # the service inherits this environment: its MAILREC_* settings are part of the command
     settings = [f"{k}={shlex.quote(v)}" for k, v in sorted(os.environ.items()) if k.startswith("MAILREC_")]
@@ -423,6 +434,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.no_memo:
             off = ("no-memo", "cold-score memo off", {"MAILREC_COLD_SCORES_MB": "0"})
             rows += run_scenarios(args, work, bundles, redis_server.url, people, off, NO_MEMO_SCENARIOS)
+        if args.full_ranker:
+            env = {"MAILREC_NO_HISTORY_GRAPH": "0", "MAILREC_COLD_SCORES_MB": "0"}
+            full = ("full-ranker", "no-history users through ranker.onnx; cold-score memo off", env)
+            rows += run_scenarios(args, work, bundles, redis_server.url, people, full, FULL_RANKER_SCENARIOS)
         if args.search:
             env = {
                 "MAILREC_RETRIEVE_PRIOR": "0",

@@ -26,6 +26,11 @@ searches when a catalog is too big to score whole (`service.candidates`), and fo
 `item_prior.npy` (manifest key "item_prior", `ItemPrior`): the ranker's fixed per-item prior as a
 table, with which the service picks a cold user's candidates (`service.candidates.PriorStage`).
 
+So is `ranker_no_history.onnx` (manifest key "ranker_no_history"): `ranker.onnx` for a user with
+no behavior, without the `behavior` input and the pooling over it (fp32; the same scores, held to
+`ranker.onnx`'s by the golden check), which the service serves such a user where the ranker is
+fp32. A ranker whose no-history graph would be no smaller (DIN) has none.
+
 So is a cold checkpoint (manifest key "cold_checkpoint", `ColdCheckpoint`): a sub-directory that is
 itself a complete bundle of the same schema and catalog, whose weights score a user with an
 unknown id and fewer clicks than the manifest's `clicks` (1: no history; the epoch where new
@@ -49,7 +54,12 @@ import numpy as np
 from service.contract.errors import BundleError, ContractError
 from service.contract.features import Catalog, IntArray, Schema
 from service.contract.manifest import FP32, PRECISIONS, Manifest, Precision
-from service.contract.signatures import ranker_batch_signature, ranker_signature, zero_shot_signature
+from service.contract.signatures import (
+    ranker_batch_signature,
+    ranker_no_history_signature,
+    ranker_signature,
+    zero_shot_signature,
+)
 
 FORMAT_VERSION = 1
 
@@ -59,6 +69,7 @@ CATALOG_FILE = "catalog.json"
 SPLIT_FILE = "split.json"
 RANKER_FILE = "ranker.onnx"
 RANKER_BATCH_FILE = "ranker_batch.onnx"
+RANKER_NO_HISTORY_FILE = "ranker_no_history.onnx"
 ZERO_SHOT_FILE = "zero_shot.onnx"
 # each precision's (ranker, ranker_batch) files as export names them
 RANKER_FILES = {
@@ -148,6 +159,11 @@ class Bundle:
     def zero_shot_path(self) -> Path | None:
         return self.path / ZERO_SHOT_FILE if self.manifest.zero_shot is not None else None
 
+    @property
+    def ranker_no_history_path(self) -> Path | None:
+        """The optional fp32 ranker for users with no behavior, if the bundle has it."""
+        return self.path / RANKER_NO_HISTORY_FILE if self.manifest.ranker_no_history is not None else None
+
 
 def _read_json(root: Path, name: str) -> Any:
     path = root / name
@@ -180,6 +196,8 @@ def _check_files(root: Path, manifest: Manifest) -> None:
         required.add(ZERO_SHOT_FILE)
     if manifest.ranker_batch is not None:
         required.add(RANKER_BATCH_FILE)
+    if manifest.ranker_no_history is not None:
+        required.add(RANKER_NO_HISTORY_FILE)
     if manifest.item_vectors is not None:
         required.add(ITEM_VECTORS_FILE)
     if manifest.item_prior is not None:
@@ -244,6 +262,8 @@ def _check_declared_signatures(root: Path, manifest: Manifest, schema: Schema) -
         towers["zero_shot"] = zero_shot_signature(schema)
     if manifest.ranker_batch is not None:
         towers["ranker_batch"] = ranker_batch_signature(schema)
+    if manifest.ranker_no_history is not None:
+        towers["ranker_no_history"] = ranker_no_history_signature(schema)
     for tower, expected in towers.items():
         declared = manifest.onnx.get(tower)
         if declared is None or declared.signature != expected:

@@ -3,7 +3,8 @@
 
 Keys written since format 1 began are required; those added later within format 1 (`task`,
 `ranking_metrics`, `ranker_batch`, the batch graph's parity, `precisions`, `default_precision`,
-`item_vectors`, `cold_checkpoint` and `item_prior`) read as their defaults from older bundles.
+`item_vectors`, `cold_checkpoint`, `item_prior` and `ranker_no_history`) read as their defaults
+from older bundles.
 `to_dict` writes the keys in the order export always wrote them, the later ones only when the
 bundle has them (an older manifest round-trips unchanged).
 
@@ -288,7 +289,7 @@ class Manifest:
     zero_shot: str | None  # its file; None: a model without the zero-shot tower
     ranker_batch: str | None  # its file; None in bundles from before ranker_batch.onnx
     zero_shot_absent_reason: str | None
-    onnx: dict[str, Graph]  # by tower: "ranker", "ranker_batch", "zero_shot"
+    onnx: dict[str, Graph]  # by tower: "ranker", "ranker_batch", "zero_shot", "ranker_no_history"
     task: dict[str, Any]  # the training task, as the run recorded it
     metrics: dict[str, Any]  # the run's test metrics
     ranking_metrics: dict[str, Any] | None
@@ -301,6 +302,8 @@ class Manifest:
     item_vectors: str | None = None  # its file; None: no candidate stage (whole-catalog scoring)
     cold_checkpoint: ColdCheckpoint | None = None  # None: every user is scored with one checkpoint
     item_prior: ItemPrior | None = None  # None: the ranker has no prior, or the bundle predates it
+    # its file (fp32); None: the ranker has none (DIN) or the bundle predates it
+    ranker_no_history: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -334,6 +337,8 @@ class Manifest:
             out["cold_checkpoint"] = asdict(self.cold_checkpoint)
         if self.item_prior is not None:
             out["item_prior"] = self.item_prior.to_dict()
+        if self.ranker_no_history is not None:
+            out["ranker_no_history"] = _file(self.ranker_no_history)
         return out
 
     @classmethod
@@ -341,6 +346,7 @@ class Manifest:
         """Raises KeyError, TypeError or ValueError on a malformed manifest."""
         zero_shot, ranker_batch = d["zero_shot"], d.get("ranker_batch")
         item_vectors, cold, prior = d.get("item_vectors"), d.get("cold_checkpoint"), d.get("item_prior")
+        no_history = d.get("ranker_no_history")
         return cls(
             format_version=d["format_version"],
             model_version=str(d["model_version"]),
@@ -367,6 +373,7 @@ class Manifest:
             item_vectors=None if item_vectors is None else item_vectors["file"],
             cold_checkpoint=None if cold is None else ColdCheckpoint.from_dict(cold),
             item_prior=None if prior is None else ItemPrior.from_dict(prior),
+            ranker_no_history=None if no_history is None else no_history["file"],
         )
 
 

@@ -1,12 +1,15 @@
 """The ONNX graphs' signatures: tensor names, dtypes and shapes, their input dicts, and the check of
 a live session against them.
 
-Three graphs, one table of tensors (`tensor_spec`):
+Four graphs, one table of tensors (`tensor_spec`):
 
 * `zero_shot.onnx`: `user_attrs` (b, A) -> `virtual_behavior` (b, K, d),
 * `ranker.onnx`: one user (user-side batch 1) against N candidates -> `scores` (n,),
 * `ranker_batch.onnx`: several users (user-side batch u) and `owner` (n,), candidate i belonging to
-  user owner[i] -> `scores` (n,).
+  user owner[i] -> `scores` (n,),
+* `ranker_no_history.onnx`: `ranker.onnx` for a user with no behavior (no `behavior` input): the
+  same scores without the behavior pooling's operators, which for 100 candidates are about a
+  quarter of the call.
 
 Symbolic dims: "n" = number of candidates, "b" and "u" = batch of users. A graph on disk is
 checked on the session ONNX Runtime builds from it (`check_session`): names, dtypes and ranks.
@@ -37,6 +40,7 @@ RANKER_INPUTS = (
 )
 RANKER_OUTPUTS = ("scores",)
 RANKER_BATCH_INPUTS = (*RANKER_INPUTS, "owner")
+RANKER_NO_HISTORY_INPUTS = tuple(name for name in RANKER_INPUTS if name != "behavior")
 
 # ONNX Runtime's type strings (NodeArg.type) for the dtypes a signature names
 ORT_DTYPES = {
@@ -110,6 +114,11 @@ def ranker_batch_signature(schema: Schema) -> Signature:
     return _signature(schema, RANKER_BATCH_INPUTS, RANKER_OUTPUTS, "u")
 
 
+def ranker_no_history_signature(schema: Schema) -> Signature:
+    """One user with no behavior (batch 1) against N candidates."""
+    return _signature(schema, RANKER_NO_HISTORY_INPUTS, RANKER_OUTPUTS, 1)
+
+
 def zero_shot_signature(schema: Schema) -> Signature:
     return _signature(schema, ZST_INPUTS, ZST_OUTPUTS, "b")
 
@@ -135,6 +144,19 @@ def ranker_feeds(
     if owner is not None:
         feeds["owner"] = owner
     return feeds
+
+
+def ranker_no_history_feeds(
+    user: Encoded, virtual: FloatArray, gates: FloatArray, candidates: IntArray
+) -> Feeds:
+    """`ranker_no_history.onnx`'s input dict: `ranker_feeds` for one user, without its behavior."""
+    return {
+        "user_attrs": user.user_attrs,
+        "context": user.context,
+        "virtual_behavior": virtual,
+        "virtual_gate": gates,
+        "candidates": candidates,
+    }
 
 
 class NodeArg(Protocol):

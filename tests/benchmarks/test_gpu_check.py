@@ -44,7 +44,7 @@ def test_cpu_dry_run_reports_every_part(
     result = json.loads(out.with_suffix(".json").read_text())
     setup = result["setup"]
     assert setup["device"] == "cpu" and setup["wheels"] == ["onnxruntime"]
-    assert set(setup["placement"]) == {"zero_shot", "ranker", "ranker_batch"}
+    assert set(setup["placement"]) == {"zero_shot", "ranker", "ranker_batch", "ranker_no_history"}
     for graph, placed in setup["placement"].items():
         assert setup["sessions"][graph] == ["CPUExecutionProvider"]
         assert placed["nodes"] > 0 and placed["not_on_provider"] == []

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks.ranker_width import markdown, speed
+import pytest
+
+from benchmarks.ranker_width import markdown, no_history_speed, speed
 
 
 def test_speed_times_every_width_against_the_first(tiny_bundle: Callable[..., Path]) -> None:
@@ -30,3 +32,26 @@ def test_speed_times_every_width_against_the_first(tiny_bundle: Callable[..., Pa
     text = markdown(result)
     assert "| candidates | hidden a | hidden b |" in text
     assert f"{cases[0]['cpu_us']['b']:.1f} us (x{cases[0]['cpu_ratio_to_first']['b']:.2f})" in text
+
+
+def test_no_history_times_both_graphs_for_a_user_without_behavior(tiny_bundle: Callable[..., Path]) -> None:
+    cases = no_history_speed(tiny_bundle("mail", "base"), rounds=2)
+    graphs = ["ranker.onnx", "ranker_no_history.onnx"]
+    for case in cases:
+        assert list(case["cpu_us"]) == graphs and case["cpu_ratio_to_first"]["ranker.onnx"] == 1.0
+        assert all(len(r) == 2 and min(r) > 0 for r in case["rounds_cpu_us"].values())
+    result = {
+        "command": "python -m benchmarks.ranker_width --no-history",
+        "date": "2026-12-02",
+        "machine": {"cores": 2},
+        "widths": ["256,128"],
+        "graphs": graphs,
+        "rounds": 2,
+        "loadavg_at_start": [0.1],
+        "loadavg_at_end": [0.2],
+        "cases": cases,
+    }
+    text = markdown(result)
+    assert "| candidates | `ranker.onnx` | `ranker_no_history.onnx` |" in text and "(256,128)" in text
+    with pytest.raises(SystemExit, match="no ranker_no_history.onnx"):
+        no_history_speed(tiny_bundle("mail", "din"), rounds=1)

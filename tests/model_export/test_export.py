@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +16,15 @@ from model_export.evaluate import compare, evaluate_bundle
 from service.contract import (
     MANIFEST,
     RANKER_FILE,
+    RANKER_NO_HISTORY_FILE,
     ZERO_SHOT_FILE,
+    Bundle,
     BundleError,
     ColdCheckpoint,
+    Encoded,
     content_version,
     load_bundle,
+    ranker_feeds,
     sha256_file,
 )
 from service.inference import SessionOptions, Towers
@@ -276,3 +281,52 @@ def test_a_cold_checkpoint_changed_or_swapped_is_refused(tiny_bundle: BundleFact
     rewrite_manifest(other, lambda m: m["cold_checkpoint"].update(dir="../elsewhere"))
     with pytest.raises(BundleError, match="not a plain name"):
         load_bundle(other)
+
+
+def _cold_user(bundle: Bundle) -> tuple[Encoded, np.ndarray, np.ndarray]:
+    """A golden case's user without behavior, its virtual behavior and gate as ranker.onnx takes them."""
+    case = bundle.manifest.golden[0]
+    cold = replace(case.encoded, behavior=np.zeros_like(case.encoded.behavior), n_history=0)
+    return cold, case.candidates, np.full((1, 1), case.gate, np.float32)
+
+
+def test_a_user_without_behavior_is_scored_by_the_no_history_graph(tiny_bundle: BundleFactory) -> None:
+    bundle = load_bundle(tiny_bundle("mail", "base"))
+    assert bundle.manifest.ranker_no_history == RANKER_NO_HISTORY_FILE
+    assert bundle.cold is not None and bundle.cold.manifest.ranker_no_history == RANKER_NO_HISTORY_FILE
+    towers = Towers(bundle, SessionOptions(device="cpu"))
+    assert towers.ranker_no_history is not None and "ranker_no_history" in towers.sessions()
+    cold, candidates, gates = _cold_user(bundle)
+    virtual = towers.virtual_behavior(cold.user_attrs)
+    full = towers.ranker.run(None, ranker_feeds((cold,), virtual, gates, candidates))[0]
+    served = towers.score(cold, virtual, float(gates[0, 0]), candidates)
+    np.testing.assert_allclose(served, full, atol=1e-6)
+    # a user with a click goes through ranker.onnx: same answer as calling it directly
+    warm = cold.with_history(candidates[:1])
+    direct = towers.ranker.run(None, ranker_feeds((warm,), virtual, gates, candidates))[0]
+    np.testing.assert_array_equal(towers.score(warm, virtual, float(gates[0, 0]), candidates), direct)
+    # off by setting, and for a precision other than fp32 (the graph is fp32)
+    assert Towers(bundle, SessionOptions(device="cpu", no_history_graph=False)).ranker_no_history is None
+    assert Towers(bundle, SessionOptions(device="cpu", ranker_precision="int8")).ranker_no_history is None
+    # DIN's tower has no smaller graph for it
+    assert load_bundle(tiny_bundle("mail", "din")).manifest.ranker_no_history is None
+
+
+def test_a_no_history_graph_that_scores_differently_is_refused(
+    tiny_bundle: BundleFactory, tmp_path: Path
+) -> None:
+    """The cold checkpoint's no-history graph in the parent's place, checksums rewritten to match:
+    a valid file with the wrong weights, which only the golden check can catch."""
+    root = copy_bundle(tiny_bundle("mail", "base"), tmp_path)
+    shutil.copyfile(root / "cold" / RANKER_NO_HISTORY_FILE, root / RANKER_NO_HISTORY_FILE)
+
+    def rehash(m: dict[str, Any]) -> None:
+        m["files"][RANKER_NO_HISTORY_FILE] = sha256_file(root / RANKER_NO_HISTORY_FILE)
+        m["model_version"] = content_version(m["files"])
+
+    rewrite_manifest(root, rehash)
+    bundle = load_bundle(root)
+    towers = Towers(bundle, SessionOptions(device="cpu"))
+    with pytest.raises(BundleError, match="ranker_no_history differs from ranker"):
+        towers.check_golden()
+    Towers(bundle, SessionOptions(device="cpu", no_history_graph=False)).check_golden()

@@ -122,14 +122,16 @@ def test_memcpy_nodes_are_counted() -> None:
 def test_towers_check_placement_of_every_graph_then_stop_profiling(tiny_bundle: Callable[..., Path]) -> None:
     bundle = load_bundle(tiny_bundle("mail", "base"))
     towers = Towers(bundle, SessionOptions(device="cpu", microbatch="on"))
-    assert set(towers.placement) == {"zero_shot", "ranker", "ranker_batch"}
+    assert set(towers.placement) == {"zero_shot", "ranker", "ranker_batch", "ranker_no_history"}
     for placed in towers.placement.values():
         assert placed.provider == CPU and placed.nodes > 0 and placed.elsewhere == ()
     assert all(s.end_profiling() == "" for s in towers.sessions().values())  # profiling is over
     device = towers.describe_device()
     assert device["provider"] == "cpu" and device["inline"] is True and device["golden_atol"] == GOLDEN_ATOL
     assert device["onnxruntime"] == f"{ort.__version__} (onnxruntime)"
-    assert device["provider_options"] == {"zero_shot": {}, "ranker": {}, "ranker_batch": {}}
+    assert device["provider_options"] == {
+        g: {} for g in ("zero_shot", "ranker", "ranker_batch", "ranker_no_history")
+    }
     towers.check_golden()
 
 
