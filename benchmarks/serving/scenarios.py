@@ -99,8 +99,8 @@ def build(bundle: Path, k: int = 10, people: list[dict[str, object]] | None = No
     out = [
         Scenario(
             "cold_cached_100",
-            "new user, the same attributes every request (virtual behavior cached in Redis, cold-score "
-            "memo hit), 100 candidates",
+            "new user, the same attributes every request (virtual behavior cached in Redis; a "
+            "cold-score memo hit where the memo is on), 100 candidates",
             Load(HEADERS, _body(user_id="bench-cold", attributes=ATTRS, candidates=candidates, k=k)),
         ),
         Scenario(
@@ -120,7 +120,8 @@ def build(bundle: Path, k: int = 10, people: list[dict[str, object]] | None = No
         ),
         Scenario(
             "cold_catalog",
-            f"new user, the same attributes every request (cached vector, memo hit), the whole catalog "
+            f"new user, the same attributes every request (cached vector; a memo hit where the memo is on), "
+            f"the whole catalog "
             f"({len(ids)} items) as candidates",
             Load(HEADERS, _body(user_id="bench-cold", attributes=ATTRS, k=k)),
         ),
