@@ -228,7 +228,9 @@ def markdown(report: dict[str, Any]) -> str:
         "Setting: ML-100K, strict protocol, catalog task, the offline benchmark's catalog TrainConfig "
         "and ranking tower (`CATALOG_TRAIN`, `CATALOG_RANKER`); control and MAIL. Each run exported "
         "once (both precisions in one bundle) and evaluated by `evaluate_bundle` through ONNX Runtime "
-        "for each precision. int8: `quantize_dynamic`, QInt8 weights on MatMul/Gemm.",
+        "for each precision. int8: `model_export.quantize.quantize_int8` (`quantize_dynamic`, QInt8 "
+        "weights per output channel on the per-candidate hidden layers only; until 2026-12-03 every "
+        "MatMul/Gemm per tensor: `quantization-all-layers.md`).",
         "",
         f"## Decision: {d['verdict']}",
         "",

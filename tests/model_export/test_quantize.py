@@ -190,3 +190,23 @@ def test_the_cli_exports_a_default_and_evaluates_a_precision(
     assert "ranker precision: int8" in printed and "reported, not held to them" in printed
     assert main(["evaluate", "--bundle", str(out), "--precision", "fp32", "--quiet"]) == 0
     assert "ranker precision: fp32" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("ranker", ["base", "din"])
+def test_int8_quantizes_the_per_candidate_hidden_layers_only(tiny_bundle: BundleFactory, ranker: str) -> None:
+    """The hidden layers (BaseDNN's `top`, DIN's `head`) in int8; the user's projection, the
+    behavior pooling and the output layer, whose error would land on the logit, stay fp32."""
+    import onnx
+
+    bundle = load_bundle(tiny_bundle("mail", ranker))
+    for path in (
+        bundle.path / bundle.precisions["int8"].ranker,
+        bundle.path / str(bundle.precisions["int8"].ranker_batch),
+    ):
+        nodes = onnx.load(str(path)).graph.node
+        quantized = [n.name for n in nodes if n.op_type == "MatMulInteger"]
+        layer = "top" if ranker == "base" else "head"
+        assert quantized and all(f"/{layer}/" in name for name in quantized), quantized
+        dense = [n.name for n in nodes if n.op_type in ("MatMul", "Gemm")]
+        assert any("/out/" in name for name in dense), dense  # the output layer is still fp32
+        assert not any(f"/{layer}/" in name for name in dense), dense
