@@ -43,6 +43,14 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="the ranking tower's hidden layers, widest first (default 256,128; narrower towers were "
         "screened on validation and not adopted: benchmarks/results/catalog-task.md)",
     )
+    p.add_argument(
+        "--virtual-attention",
+        choices=["shared", "own"],
+        default=None,
+        help="--ranker din with --model mail: read the virtual items through the attention unit that "
+        "reads real history (shared, the default and the official code's reading) or through a unit "
+        "of their own (README, 'the DIN tower')",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True, help="run directory to write")
     p.add_argument("--epochs", type=int, default=None)
@@ -210,6 +218,10 @@ def _train(args: argparse.Namespace) -> int:
     model_cfg.ranker.kind = args.ranker
     if args.hidden is not None:
         model_cfg.ranker.hidden = args.hidden
+    if args.virtual_attention is not None:
+        if args.ranker != "din":
+            raise SystemExit("model_export train: --virtual-attention applies to --ranker din only")
+        model_cfg.ranker.virtual_attention = args.virtual_attention
     prior = args.item_prior
     if prior is None and "item_prior" not in overrides.get("model", {}).get("ranker", {}):
         prior = "auto" if args.task == "catalog" else "off"

@@ -59,6 +59,15 @@ class RankerConfig:
     # list; "" = none. With `prior_segment` "auto", chosen (or not) on validation with it
     prior_answer: str = ""
     prior_answer_shrink: float = 0.0
+    # DIN only: the target-attention unit that reads the virtual items. "shared": the unit that
+    # reads real behavior (the official code's reading of Eq. 8), which MAIL's cold rows then train
+    # on virtual sequences too; "own": a second unit of the same shape for the virtual items, so the
+    # way real history is read learns from real history only, as it does in control
+    virtual_attention: str = "shared"
+
+    def __post_init__(self) -> None:
+        if self.virtual_attention not in ("shared", "own"):
+            raise ValueError(f"virtual_attention is 'shared' or 'own', not {self.virtual_attention!r}")
 
 
 @dataclass
@@ -462,6 +471,36 @@ class BaseDNN(Ranker):
         return self.out(self.top(h)).squeeze(-1) + self._bias(items, user.attrs, owner)
 
 
+class TargetAttention(nn.Module):
+    """DIN's activation unit: MLP([e, t, e - t, e * t]) -> a weight per behavior item e for the
+    target t, softmax over the valid items, the weighted sum. Its first layer is split by term,
+    W [e, t, e-t, e*t] = (W1 + W3) e + (W2 - W3) t + W4 (e*t), so e and t project once."""
+
+    def __init__(self, d: int, h: int) -> None:
+        super().__init__()
+        self.key = nn.Linear(d, h)
+        self.query = nn.Linear(d, h, bias=False)
+        self.prod = nn.Linear(d, h, bias=False)
+        self.out = nn.Sequential(nn.LeakyReLU(), nn.Linear(h, 1))
+        self.query_table: Tensor | None = None  # (I+1, h) once frozen for serving
+
+    def freeze_for_serving(self, item_table: Tensor) -> None:
+        with torch.no_grad():
+            self.query_table = _freeze(self.query(item_table))
+
+    def project(self, items: Tensor, z_t: Tensor) -> Tensor:
+        """The target's term, (N, h): once per candidate, shared by every behavior item."""
+        return self.query_table[items] if self.query_table is not None else self.query(z_t)
+
+    def forward(self, seq: Tensor, mask: Tensor, target: Tensor, query: Tensor) -> Tensor:
+        # seq (U, S, d), mask (U, S), target (N, d), query = project(target) (N, h) -> (N, d)
+        logits = self.key(seq) + query[:, None, :]  # (N, S, h)
+        logits = logits + self.prod(seq * target[:, None, :])
+        logits = self.out(logits).squeeze(-1)  # (N, S)
+        alpha = torch.softmax(logits.masked_fill(~mask, NEG), -1) * mask  # (N, S)
+        return torch.einsum("ns,nsd->nd", alpha, seq.expand(alpha.shape[0], -1, -1))
+
+
 class DINRanker(Ranker):
     """DIN-style tower: target attention over the behavior sequence (and the virtual items)."""
 
@@ -470,37 +509,23 @@ class DINRanker(Ranker):
     def __init__(self, cfg: RankerConfig, emb: FeatureEmbeddings) -> None:
         super().__init__(cfg, emb)
         d, h = emb.d, cfg.d_attention
-        # activation unit MLP([e, t, e - t, e * t]) with its first layer split by term:
-        # W [e, t, e-t, e*t] = (W1 + W3) e + (W2 - W3) t + W4 (e*t), so e and t project once
-        self.att_key = nn.Linear(d, h)
-        self.att_query = nn.Linear(d, h, bias=False)
-        self.att_prod = nn.Linear(d, h, bias=False)
-        self.att_out = nn.Sequential(nn.LeakyReLU(), nn.Linear(h, 1))
+        self.attention = TargetAttention(d, h)
         self.head = mlp([4 * d, *cfg.hidden], cfg.dropout)
         self.out = nn.Linear(cfg.hidden[-1], 1)
-        self.query_table: Tensor | None = None  # (I+1, h) once frozen for serving
+        # created last, so a tower without it is initialised exactly as before it existed
+        self.virtual_unit = TargetAttention(d, h) if cfg.virtual_attention == "own" else None
 
     def freeze_for_serving(self) -> None:
         table = self.emb.freeze_for_serving()
-        with torch.no_grad():
-            self.query_table = _freeze(self.att_query(table))
+        self.attention.freeze_for_serving(table)
+        if self.virtual_unit is not None:
+            self.virtual_unit.freeze_for_serving(table)
         self.head = fold_mlp(self.head)
-
-    def _query(self, items: Tensor, z_t: Tensor) -> Tensor:
-        return self.query_table[items] if self.query_table is not None else self.att_query(z_t)
 
     def behavior_target(self, behavior: Tensor) -> tuple[Tensor, Tensor]:
         k = self.virtual_slots
         recent = behavior[:, :k]  # the K most recent items, the code's reading of Eq. 8
         return self.emb.items(recent), recent > 0
-
-    def _attend(self, seq: Tensor, mask: Tensor, target: Tensor, query: Tensor) -> Tensor:
-        # seq (U, S, d), mask (U, S), target (N, d), query = att_query(target) (N, h) -> (N, d)
-        logits = self.att_key(seq) + query[:, None, :]  # (N, S, h)
-        logits = logits + self.att_prod(seq * target[:, None, :])
-        logits = self.att_out(logits).squeeze(-1)  # (N, S)
-        alpha = torch.softmax(logits.masked_fill(~mask, NEG), -1) * mask  # (N, S)
-        return torch.einsum("ns,nsd->nd", alpha, seq.expand(alpha.shape[0], -1, -1))
 
     def forward(self, user: UserInputs, items: Tensor, owner: Tensor | None = None) -> Tensor:
         z_a, z_c = self._groups(user)
@@ -510,10 +535,14 @@ class DINRanker(Ranker):
         if owner is not None:
             z_a, z_c, seq, mask = z_a[owner], z_c[owner], seq[owner], mask[owner]
             virtual, gate = virtual[owner], gate[owner]
-        query = self._query(items, z_t)  # (N, h)
-        real = self._attend(seq, mask, z_t, query)
+        query = self.attention.project(items, z_t)  # (N, h)
+        real = self.attention(seq, mask, z_t, query)
         virtual_mask = torch.ones_like(virtual[..., 0], dtype=torch.bool)  # (U, K)
-        z_v = (1 - gate) * real + gate * self._attend(virtual, virtual_mask, z_t, query)  # (N, d)
+        if self.virtual_unit is None:
+            read = self.attention(virtual, virtual_mask, z_t, query)
+        else:
+            read = self.virtual_unit(virtual, virtual_mask, z_t, self.virtual_unit.project(items, z_t))
+        z_v = (1 - gate) * real + gate * read  # (N, d)
         n = z_t.shape[0]
         z = torch.cat([z_a.expand(n, -1), z_v, z_c.expand(n, -1), z_t], -1)  # (N, 4d)
         return self.out(self.head(z)).squeeze(-1) + self._bias(items, user.attrs, owner)

@@ -144,6 +144,16 @@ def catalog_plan(seeds: tuple[int, ...] = (0, 1, 2, 3, 4), few: tuple[int, ...] 
             # planned at 5 seeds since 2026-12-02 (old users' MAIL-control gap was within noise at 3);
             # a DIN run takes 13-23 min on this machine, so `--seeds` says how many a session runs
             Block("din", "MAIL on the DIN-style tower", (replace(ml, ranker="din"),), CATALOG_CORE, seeds),
+            # why MAIL's old users fall behind control's on DIN and not on BaseDNN: DIN reads the
+            # virtual items through the attention unit that reads real history (BaseDNN mixes the
+            # virtual vector in after its pooling); this gives them a unit of their own
+            Block(
+                "din-attention",
+                "MAIL on the DIN-style tower, the virtual items read by their own attention unit",
+                (replace(ml, ranker="din"),),
+                ("mail-own-attention",),
+                seeds,
+            ),
         ],
         Scale(train=CATALOG_TRAIN, ranker=CATALOG_RANKER),
         tune=False,

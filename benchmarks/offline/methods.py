@@ -68,12 +68,16 @@ def _metaemb(ranker: RankerConfig, zst: ZeroShotConfig, value: Value, seed: int)
 
 
 def _mail(
-    fill: str = "hard", fill_train: bool = True, **change: Any
+    fill: str = "hard", fill_train: bool = True, ranker_change: dict[str, Any] | None = None, **change: Any
 ) -> Callable[[RankerConfig, ZeroShotConfig, Value, int], Built]:
     def build(ranker: RankerConfig, zst: ZeroShotConfig, value: Value, seed: int) -> Built:
         zero_shot = replace(zst, **change)
         model = ModelConfig(
-            model="mail", ranker=ranker, zero_shot=zero_shot, fill=fill, fill_train=fill_train
+            model="mail",
+            ranker=replace(ranker, **(ranker_change or {})),
+            zero_shot=zero_shot,
+            fill=fill,
+            fill_train=fill_train,
         )
         return Built(model, train={} if value is None else {"lr_zst": float(value)})
 
@@ -119,5 +123,8 @@ METHODS: dict[str, Method] = {
                "no training row with empty behavior gets it (new users' rows on the paper's protocol; "
                "the cold rows and first picks on both)",
                None, (None,), _mail(fill_train=False), tuned_as="mail"),
+        Method("mail-own-attention", "MAIL on the DIN tower with a second attention unit for the virtual "
+               "items, so cold rows never train the unit that reads real history", None, (None,),
+               _mail(ranker_change={"virtual_attention": "own"}), tuned_as="mail"),
     )
 }  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,11 @@ def test_every_method_builds_on_both_towers(kind: str) -> None:
         built = METHODS[name].build(RankerConfig(), zst, METHODS[name].values[0], 0)
         assert not built.model.fill_train and built.model.fill == "hard", name
     assert METHODS["mail"].build(RankerConfig(), zst, None, 0).model.fill_train
+    # the DIN tower's virtual items through their own attention unit: only that changes from mail
+    din = RankerConfig(kind="din", item_prior=True)
+    own, shared = (METHODS[m].build(din, zst, None, 0).model for m in ("mail-own-attention", "mail"))
+    assert own.ranker is not None and own.ranker.virtual_attention == "own"
+    assert replace(own, ranker=replace(own.ranker, virtual_attention="shared")) == shared
     assert METHODS["mean-fill"].build(RankerConfig(), zst, True, 0).model.fill_train
 
 

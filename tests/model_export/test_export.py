@@ -75,6 +75,23 @@ def test_a_one_layer_ranker_trains_from_the_cli_and_exports_with_parity(tmp_path
     Towers(bundle, SessionOptions(device="cpu")).check_golden()
 
 
+def test_a_din_tower_with_a_unit_for_virtual_items_trains_from_the_cli_and_serves(tmp_path: Path) -> None:
+    """`--virtual-attention own` (DIN with MAIL): the run records it, the bundle exports with the
+    usual parity, and the service's sessions pass the golden check; on another tower it is refused."""
+    from model_export.cli import main
+
+    run_dir, bundle_dir = tmp_path / "run", tmp_path / "bundle"
+    args = ["train", "--dataset", "synthetic", "--model", "mail", "--epochs", "1", "--quiet"]
+    assert main([*args, "--ranker", "din", "--virtual-attention", "own", "--out", str(run_dir)]) == 0
+    assert json.loads((run_dir / "config.json").read_text())["model"]["ranker"]["virtual_attention"] == "own"
+    assert main(["export", "--run", str(run_dir), "--out", str(bundle_dir)]) == 0
+    bundle = load_bundle(bundle_dir)
+    assert bundle.manifest.parity.scores_max_abs_diff <= 1e-5
+    Towers(bundle, SessionOptions(device="cpu")).check_golden()
+    with pytest.raises(SystemExit, match="--ranker din only"):
+        main([*args, "--virtual-attention", "own", "--out", str(tmp_path / "base")])
+
+
 def test_ranker_scores_the_whole_catalog_and_more_in_one_call(tiny_bundle: BundleFactory) -> None:
     bundle = load_bundle(tiny_bundle("mail", "din"))
     towers = Towers(bundle)

@@ -12,6 +12,7 @@ from model_export import data as datasets
 from model_export.batches import Batches
 from model_export.features import EncodedData, encode_data
 from model_export.model import (
+    DINRanker,
     MailModel,
     ModelConfig,
     RankerConfig,
@@ -118,6 +119,54 @@ def test_one_zst_class_serves_both_rankers() -> None:
         assert cold.shape == (32,) and torch.isfinite(cold).all()
         zst_losses = zst_step_losses(model, attrs, beh, torch.zeros(32, dtype=torch.bool))
         assert zst_losses is not None and torch.isfinite(zst_losses.l_d)
+
+
+def _din(virtual_attention: str, encoded: EncodedData) -> MailModel:
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        model="mail",
+        ranker=RankerConfig(kind="din", hidden=(16, 8), d_attention=8, virtual_attention=virtual_attention),
+        zero_shot=ZeroShotConfig(d_hidden=16, width=32, d_attention=8, dropout=0.0),
+    )
+    return MailModel(cfg, encoded.schema, torch.from_numpy(encoded.catalog.features))
+
+
+def test_din_virtual_items_with_their_own_attention_unit_never_train_the_real_one() -> None:
+    """`virtual_attention="own"`: a cold row (no history, gate 1) reads its virtual items through a
+    second unit, so its loss leaves the unit that reads real history untouched; shared, it moves
+    it. A warm row (gate 0) trains only the real unit either way."""
+    encoded = _synthetic(virtual_slots=4)
+    attrs, ctx, beh, item, label, _ = _batch(encoded, 64)
+    empty = torch.zeros_like(beh)
+    for mode in ("shared", "own"):
+        model = _din(mode, encoded)
+        ranker = model.ranker
+        assert isinstance(ranker, DINRanker)
+        virtual = model.virtual_behavior(attrs).detach()
+        for behavior, gate in ((empty, torch.ones(64, 1)), (beh, torch.zeros(64, 1))):
+            model.zero_grad()
+            logits = ranker(UserInputs(attrs, ctx, behavior, virtual, gate), item)
+            torch.nn.functional.binary_cross_entropy_with_logits(logits, label).backward()
+            grads = [p.grad for p in ranker.attention.parameters() if p.grad is not None]
+            real_grad = sum(float(g.abs().sum()) for g in grads)
+            cold = bool(gate[0, 0] == 1)
+            assert (real_grad > 0) == (mode == "shared" or not cold), (mode, cold)
+            if ranker.virtual_unit is not None:
+                own = [p.grad for p in ranker.virtual_unit.parameters()]
+                assert any(g is not None and bool(g.abs().sum() > 0) for g in own) == cold
+        assert (ranker.virtual_unit is None) == (mode == "shared")
+
+
+def test_din_own_attention_unit_leaves_the_rest_of_the_tower_initialised_as_before() -> None:
+    """The second unit is created last: under one seed, every parameter the shared tower has starts
+    with the same values in the tower with the unit (so control and MAIL-shared are unchanged)."""
+    encoded = _synthetic(virtual_slots=4)
+    shared = dict(_din("shared", encoded).ranker.named_parameters())
+    own = dict(_din("own", encoded).ranker.named_parameters())
+    assert set(own) - set(shared) == {n for n in own if n.startswith("virtual_unit.")} != set()
+    assert all(torch.equal(p, own[n]) for n, p in shared.items())
+    with pytest.raises(ValueError, match="virtual_attention"):
+        RankerConfig(virtual_attention="separate")
 
 
 @pytest.mark.parametrize("kind", ["base", "din"])
