@@ -45,11 +45,12 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument(
         "--virtual-attention",
-        choices=["shared", "own"],
+        choices=["shared", "own", "own-detached"],  # model.VIRTUAL_ATTENTION (torch not imported here)
         default=None,
         help="--ranker din with --model mail: read the virtual items through the attention unit that "
-        "reads real history (shared, the default and the official code's reading) or through a unit "
-        "of their own (README, 'the DIN tower')",
+        "reads real history (shared, the default and the official code's reading), through a unit "
+        "of their own (own), or through their own unit without training the embeddings (own-detached; "
+        "README, 'the DIN tower')",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True, help="run directory to write")

@@ -32,6 +32,9 @@ from service.contract import Schema
 NEG = -1e9  # logit of a masked position
 
 
+VIRTUAL_ATTENTION = ("shared", "own", "own-detached")  # RankerConfig.virtual_attention
+
+
 @dataclass
 class RankerConfig:
     kind: str = "base"  # "base" (BaseDNN) | "din" (DIN-style target attention)
@@ -62,12 +65,16 @@ class RankerConfig:
     # DIN only: the target-attention unit that reads the virtual items. "shared": the unit that
     # reads real behavior (the official code's reading of Eq. 8), which MAIL's cold rows then train
     # on virtual sequences too; "own": a second unit of the same shape for the virtual items, so the
-    # way real history is read learns from real history only, as it does in control
+    # way real history is read learns from real history only, as it does in control;
+    # "own-detached": that unit, and the virtual read trains no embedding (its target item's
+    # embedding detached), so cold rows reach the rest of the tower through the head alone
     virtual_attention: str = "shared"
 
     def __post_init__(self) -> None:
-        if self.virtual_attention not in ("shared", "own"):
-            raise ValueError(f"virtual_attention is 'shared' or 'own', not {self.virtual_attention!r}")
+        if self.virtual_attention not in VIRTUAL_ATTENTION:
+            raise ValueError(
+                f"virtual_attention is one of {VIRTUAL_ATTENTION}, not {self.virtual_attention!r}"
+            )
 
 
 @dataclass
@@ -513,7 +520,8 @@ class DINRanker(Ranker):
         self.head = mlp([4 * d, *cfg.hidden], cfg.dropout)
         self.out = nn.Linear(cfg.hidden[-1], 1)
         # created last, so a tower without it is initialised exactly as before it existed
-        self.virtual_unit = TargetAttention(d, h) if cfg.virtual_attention == "own" else None
+        self.virtual_unit = TargetAttention(d, h) if cfg.virtual_attention != "shared" else None
+        self.detach_virtual_target = cfg.virtual_attention == "own-detached"
 
     def freeze_for_serving(self) -> None:
         table = self.emb.freeze_for_serving()
@@ -541,7 +549,8 @@ class DINRanker(Ranker):
         if self.virtual_unit is None:
             read = self.attention(virtual, virtual_mask, z_t, query)
         else:
-            read = self.virtual_unit(virtual, virtual_mask, z_t, self.virtual_unit.project(items, z_t))
+            t = z_t.detach() if self.detach_virtual_target else z_t
+            read = self.virtual_unit(virtual, virtual_mask, t, self.virtual_unit.project(items, t))
         z_v = (1 - gate) * real + gate * read  # (N, d)
         n = z_t.shape[0]
         z = torch.cat([z_a.expand(n, -1), z_v, z_c.expand(n, -1), z_t], -1)  # (N, 4d)

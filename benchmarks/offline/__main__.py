@@ -146,12 +146,13 @@ def catalog_plan(seeds: tuple[int, ...] = (0, 1, 2, 3, 4), few: tuple[int, ...] 
             Block("din", "MAIL on the DIN-style tower", (replace(ml, ranker="din"),), CATALOG_CORE, seeds),
             # why MAIL's old users fall behind control's on DIN and not on BaseDNN: DIN reads the
             # virtual items through the attention unit that reads real history (BaseDNN mixes the
-            # virtual vector in after its pooling); this gives them a unit of their own
+            # virtual vector in after its pooling); this gives them a unit of their own, and then
+            # also keeps that reading from training the embeddings
             Block(
                 "din-attention",
                 "MAIL on the DIN-style tower, the virtual items read by their own attention unit",
                 (replace(ml, ranker="din"),),
-                ("mail-own-attention",),
+                ("mail-own-attention", "mail-own-attention-detached"),
                 seeds,
             ),
         ],

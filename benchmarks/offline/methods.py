@@ -126,5 +126,8 @@ METHODS: dict[str, Method] = {
         Method("mail-own-attention", "MAIL on the DIN tower with a second attention unit for the virtual "
                "items, so cold rows never train the unit that reads real history", None, (None,),
                _mail(ranker_change={"virtual_attention": "own"}), tuned_as="mail"),
+        Method("mail-own-attention-detached", "the same, and the virtual items' reading trains no embedding: "
+               "cold rows reach the rest of the tower through its head alone", None, (None,),
+               _mail(ranker_change={"virtual_attention": "own-detached"}), tuned_as="mail"),
     )
 }  # fmt: skip

@@ -56,9 +56,11 @@ def test_every_method_builds_on_both_towers(kind: str) -> None:
     assert METHODS["mail"].build(RankerConfig(), zst, None, 0).model.fill_train
     # the DIN tower's virtual items through their own attention unit: only that changes from mail
     din = RankerConfig(kind="din", item_prior=True)
-    own, shared = (METHODS[m].build(din, zst, None, 0).model for m in ("mail-own-attention", "mail"))
-    assert own.ranker is not None and own.ranker.virtual_attention == "own"
-    assert replace(own, ranker=replace(own.ranker, virtual_attention="shared")) == shared
+    shared = METHODS["mail"].build(din, zst, None, 0).model
+    for name, mode in (("mail-own-attention", "own"), ("mail-own-attention-detached", "own-detached")):
+        own = METHODS[name].build(din, zst, None, 0).model
+        assert own.ranker is not None and own.ranker.virtual_attention == mode
+        assert replace(own, ranker=replace(own.ranker, virtual_attention="shared")) == shared
     assert METHODS["mean-fill"].build(RankerConfig(), zst, True, 0).model.fill_train
 
 

@@ -157,6 +157,31 @@ def test_din_virtual_items_with_their_own_attention_unit_never_train_the_real_on
         assert (ranker.virtual_unit is None) == (mode == "shared")
 
 
+def test_din_own_detached_unit_trains_no_embedding_through_the_virtual_read() -> None:
+    """ "own-detached": the same weights as "own"; a cold row's gradient on the embeddings differs
+    (its virtual read no longer reaches the target item's embedding), a warm row's is the same."""
+    encoded = _synthetic(virtual_slots=4)
+    attrs, ctx, beh, item, label, _ = _batch(encoded, 64)
+    own, detached = _din("own", encoded), _din("own-detached", encoded)
+    detached.load_state_dict(own.state_dict())
+    own.eval(), detached.eval()  # no dropout: the same function but for the detach
+    virtual = own.virtual_behavior(attrs).detach()
+
+    def embedding_grads(model: MailModel, behavior: torch.Tensor, gate: torch.Tensor) -> list[torch.Tensor]:
+        model.zero_grad()
+        logits = model.ranker(UserInputs(attrs, ctx, behavior, virtual, gate), item)
+        torch.nn.functional.binary_cross_entropy_with_logits(logits, label).backward()
+        return [p.grad.clone() for p in model.emb.parameters() if p.grad is not None]
+
+    for behavior, gate, same in (
+        (torch.zeros_like(beh), torch.ones(64, 1), False),
+        (beh, torch.zeros(64, 1), True),
+    ):
+        a, b = embedding_grads(own, behavior, gate), embedding_grads(detached, behavior, gate)
+        assert len(a) == len(b) > 0
+        assert all(torch.allclose(x, y) for x, y in zip(a, b, strict=True)) == same
+
+
 def test_din_own_attention_unit_leaves_the_rest_of_the_tower_initialised_as_before() -> None:
     """The second unit is created last: under one seed, every parameter the shared tower has starts
     with the same values in the tower with the unit (so control and MAIL-shared are unchanged)."""
