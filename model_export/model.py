@@ -523,6 +523,15 @@ class DINRanker(Ranker):
         self.virtual_unit = TargetAttention(d, h) if cfg.virtual_attention != "shared" else None
         self.detach_virtual_target = cfg.virtual_attention == "own-detached"
 
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        # run directories written before the activation unit was a module of its own name its
+        # layers att_key, att_query, att_prod, att_out: the same weights under other names
+        for name in ("key", "query", "prod", "out"):
+            old = f"{prefix}att_{name}."
+            for key in [k for k in state_dict if k.startswith(old)]:
+                state_dict[f"{prefix}attention.{name}.{key[len(old) :]}"] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
     def freeze_for_serving(self) -> None:
         table = self.emb.freeze_for_serving()
         self.attention.freeze_for_serving(table)

@@ -182,6 +182,21 @@ def test_din_own_detached_unit_trains_no_embedding_through_the_virtual_read() ->
         assert all(torch.allclose(x, y) for x, y in zip(a, b, strict=True)) == same
 
 
+def test_a_din_checkpoint_from_before_the_attention_module_still_loads() -> None:
+    """Run directories written before `TargetAttention` name DIN's activation unit att_key,
+    att_query, att_prod, att_out; their weights load into the same places, and nothing is left."""
+    encoded = _synthetic(virtual_slots=4)
+    trained, fresh = _din("shared", encoded), _din("shared", encoded)
+    with torch.no_grad():
+        for p in trained.ranker.parameters():
+            p.add_(1.0)
+    state = trained.state_dict()
+    old = {k.replace("ranker.attention.", "ranker.att_"): v for k, v in state.items()}  # att_key.weight, ...
+    assert any(k.startswith("ranker.att_query.") for k in old) and not any(".attention." in k for k in old)
+    fresh.load_state_dict(old)  # strict: no key missing, none unexpected
+    assert all(torch.equal(p, state[n]) for n, p in fresh.state_dict().items())
+
+
 def test_din_own_attention_unit_leaves_the_rest_of_the_tower_initialised_as_before() -> None:
     """The second unit is created last: under one seed, every parameter the shared tower has starts
     with the same values in the tower with the unit (so control and MAIL-shared are unchanged)."""
