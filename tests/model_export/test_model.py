@@ -34,10 +34,14 @@ def _synthetic(virtual_slots: int = 1):  # type: ignore[no-untyped-def]
 
 
 def _model(
-    encoded: EncodedData, kind: str = "base", zst: ZeroShotConfig | None = None, item_bias: bool = False
+    encoded: EncodedData,
+    kind: str = "base",
+    zst: ZeroShotConfig | None = None,
+    item_bias: bool = False,
+    virtual_attention: str = "shared",
 ) -> MailModel:
     """A small MAIL model; `item_bias`: with both item terms (a learned bias and the fixed prior,
-    by the synthetic users' "segment")."""
+    by the synthetic users' "segment"); `virtual_attention`: as `RankerConfig` (DIN)."""
     cfg = ModelConfig(
         model="mail",
         ranker=RankerConfig(
@@ -47,6 +51,7 @@ def _model(
             item_bias=item_bias,
             item_prior=item_bias,
             prior_segment="segment" if item_bias else "",
+            virtual_attention=virtual_attention,
         ),
         zero_shot=zst or ZeroShotConfig(d_hidden=16, width=32, d_attention=8, dropout=0.0),
     )
@@ -121,16 +126,6 @@ def test_one_zst_class_serves_both_rankers() -> None:
         assert zst_losses is not None and torch.isfinite(zst_losses.l_d)
 
 
-def _din(virtual_attention: str, encoded: EncodedData) -> MailModel:
-    torch.manual_seed(0)
-    cfg = ModelConfig(
-        model="mail",
-        ranker=RankerConfig(kind="din", hidden=(16, 8), d_attention=8, virtual_attention=virtual_attention),
-        zero_shot=ZeroShotConfig(d_hidden=16, width=32, d_attention=8, dropout=0.0),
-    )
-    return MailModel(cfg, encoded.schema, torch.from_numpy(encoded.catalog.features))
-
-
 def test_din_virtual_items_with_their_own_attention_unit_never_train_the_real_one() -> None:
     """`virtual_attention="own"`: a cold row (no history, gate 1) reads its virtual items through a
     second unit, so its loss leaves the unit that reads real history untouched; shared, it moves
@@ -139,7 +134,7 @@ def test_din_virtual_items_with_their_own_attention_unit_never_train_the_real_on
     attrs, ctx, beh, item, label, _ = _batch(encoded, 64)
     empty = torch.zeros_like(beh)
     for mode in ("shared", "own"):
-        model = _din(mode, encoded)
+        model = _model(encoded, "din", virtual_attention=mode)
         ranker = model.ranker
         assert isinstance(ranker, DINRanker)
         virtual = model.virtual_behavior(attrs).detach()
@@ -162,7 +157,7 @@ def test_din_own_detached_unit_trains_no_embedding_through_the_virtual_read() ->
     (its virtual read no longer reaches the target item's embedding), a warm row's is the same."""
     encoded = _synthetic(virtual_slots=4)
     attrs, ctx, beh, item, label, _ = _batch(encoded, 64)
-    own, detached = _din("own", encoded), _din("own-detached", encoded)
+    own, detached = (_model(encoded, "din", virtual_attention=m) for m in ("own", "own-detached"))
     detached.load_state_dict(own.state_dict())
     own.eval(), detached.eval()  # no dropout: the same function but for the detach
     virtual = own.virtual_behavior(attrs).detach()
@@ -186,7 +181,7 @@ def test_a_din_checkpoint_from_before_the_attention_module_still_loads() -> None
     """Run directories written before `TargetAttention` name DIN's activation unit att_key,
     att_query, att_prod, att_out; their weights load into the same places, and nothing is left."""
     encoded = _synthetic(virtual_slots=4)
-    trained, fresh = _din("shared", encoded), _din("shared", encoded)
+    trained, fresh = _model(encoded, "din"), _model(encoded, "din")
     with torch.no_grad():
         for p in trained.ranker.parameters():
             p.add_(1.0)
@@ -201,8 +196,10 @@ def test_din_own_attention_unit_leaves_the_rest_of_the_tower_initialised_as_befo
     """The second unit is created last: under one seed, every parameter the shared tower has starts
     with the same values in the tower with the unit (so control and MAIL-shared are unchanged)."""
     encoded = _synthetic(virtual_slots=4)
-    shared = dict(_din("shared", encoded).ranker.named_parameters())
-    own = dict(_din("own", encoded).ranker.named_parameters())
+    torch.manual_seed(0)
+    shared = dict(_model(encoded, "din").ranker.named_parameters())
+    torch.manual_seed(0)
+    own = dict(_model(encoded, "din", virtual_attention="own").ranker.named_parameters())
     assert set(own) - set(shared) == {n for n in own if n.startswith("virtual_unit.")} != set()
     assert all(torch.equal(p, own[n]) for n, p in shared.items())
     with pytest.raises(ValueError, match="virtual_attention"):
