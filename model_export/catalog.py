@@ -20,7 +20,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -145,9 +145,14 @@ CatalogScorer = Callable[[IntArray], npt.NDArray[np.floating]]  # case indices (
 
 
 def ranking_metrics(
-    cases: RankingSet, score: CatalogScorer, n_items: int, tie_rank: IntArray
+    cases: RankingSet,
+    score: CatalogScorer,
+    n_items: int,
+    tie_rank: IntArray,
+    groups: Mapping[str, BoolArray] | None = None,
 ) -> dict[str, dict[str, float | int]]:
-    """HR@10, precision@10, NDCG@10, Recall@50 by group (new, old, all), one value per user.
+    """HR@10, precision@10, NDCG@10, Recall@50 by group (new, old, all, and any of `groups`: a
+    name and a mask over the cases), one value per user.
 
     `score(idx)` returns the scores of catalog rows 1..I for cases `idx`; ties are broken by
     `tie_rank` (rank of each row's raw id, rows 1..I), as the service breaks them.
@@ -171,6 +176,7 @@ def ranking_metrics(
         ("new", cases.is_new),
         ("old", ~cases.is_new),
         ("all", np.ones(len(cases.is_new), bool)),
+        *(groups or {}).items(),
     ):
         values = per_user[mask]
         out[group] = {

@@ -134,9 +134,11 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument(
         "--select",
-        choices=["ndcg", "auc"],
+        choices=["ndcg", "ndcg-served", "auc"],
         default=None,
-        help="catalog: the checkpoint early stopping keeps, by validation NDCG@10 (default) or AUC",
+        help="catalog: the checkpoint early stopping keeps, by validation NDCG@10 of all users "
+        "(default), of the users those weights will score (ndcg-served: beside a cold checkpoint, "
+        "the known users), or by AUC",
     )
     p.add_argument(
         "--item-prior",

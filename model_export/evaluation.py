@@ -4,6 +4,7 @@ R^2 diagnostics of virtual behavior, and the metrics.json report that gathers th
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -153,13 +154,22 @@ def rank_part(
     part: int,
     cases: task.RankingSet | None = None,
     cold: Cold | None = None,
+    groups: Mapping[str, npt.NDArray[np.bool_]] | None = None,
 ) -> dict[str, Any]:
     """Whole-catalog ranking metrics by group for the part's cases (or the given ones); `cold`
-    scores the cases of unseen users."""
+    scores the cases of unseen users; `groups`: more groups, each a mask over the cases."""
     data = batches.data
     cases = cases if cases is not None else data.ranking[part]
     score = catalog_scorer(model, batches, cases, cold)
-    return task.ranking_metrics(cases, score, len(data.catalog), tie_rank(data))
+    return task.ranking_metrics(cases, score, len(data.catalog), tie_rank(data), groups)
+
+
+def served_cases(batches: Batches, cases: task.RankingSet, clicks: int) -> npt.NDArray[np.bool_]:
+    """Which ranking cases a main checkpoint scores beside a cold checkpoint that takes the unseen
+    users' (`unseen` with `clicks`): an id in vocabulary, or at least `clicks` items of history."""
+    rows = torch.from_numpy(cases.rows)
+    slot = task.user_id_slot(batches.data.schema)
+    return ~unseen(batches.attrs[rows], batches.behavior[rows], slot, clicks).numpy()
 
 
 def behavior_targets(

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from model_export import catalog as task
 from model_export.batches import Batches, user_inputs
-from model_export.evaluation import evaluate_part, rank_part
+from model_export.evaluation import evaluate_part, rank_part, served_cases
 from model_export.features import EncodedData
 from model_export.model import MailModel, ModelConfig, UserInputs, zst_step_losses
 from model_export.protocol import TRAIN, VAL
@@ -47,7 +47,10 @@ class TrainConfig:
     embed_l2: float = 1e-5  # L2 on the embeddings looked up in a batch
     patience: int = 2  # epochs without a better validation score (`select`) before stopping
     # what early stopping keeps: "ndcg" (validation whole-catalog NDCG@10 of all users, the
-    # catalog task's product metric) | "auc" (validation AUC); the rating task always uses AUC
+    # catalog task's product metric) | "ndcg-served" (the same over the validation users the
+    # kept weights will score: where a cold checkpoint takes the unseen users, those it leaves,
+    # the known users on the strict protocol; all users otherwise) | "auc" (validation AUC); the
+    # rating task always uses AUC
     select: str = "ndcg"
     seed: int = 0
     threads: int = 2
@@ -129,9 +132,9 @@ class TrainConfig:
 
     @property
     def by_ndcg(self) -> bool:
-        """Whether validation is whole-catalog NDCG@10 (catalog task, `select` ndcg): the scores
+        """Whether validation is whole-catalog NDCG@10 (catalog task, `select` ndcg[-served]): the scores
         early stopping, `freeze_cold` and `cold_checkpoint` read."""
-        return self.task == "catalog" and self.select == "ndcg"
+        return self.task == "catalog" and self.select in ("ndcg", "ndcg-served")
 
     @property
     def keeps_cold_checkpoint(self) -> bool:
@@ -175,7 +178,7 @@ class TrainConfig:
 CATALOG_COLD_ROWS = 0.2
 COLD_SCALE = 0.25  # `TrainConfig.cold_scale`'s default, chosen on validation (cold-scale.md)
 COLD_CLICKS = 6  # `TrainConfig.cold_clicks`'s default, chosen on validation (first-clicks.md)
-SELECT = ("ndcg", "auc")
+SELECT = ("ndcg", "ndcg-served", "auc")
 LOSSES = ("bce", "softmax")
 
 
@@ -322,6 +325,14 @@ def train(
     # `cold_score`) and trains known users' id rows only, tracking all users' score.
     warm, cold_score = None, -math.inf
     new_best = -math.inf  # cold_checkpoint: new users' best validation NDCG@10 so far
+    # select ndcg-served beside a cold checkpoint: the validation cases the kept weights score
+    served = (
+        {"served": served_cases(batches, data.ranking[VAL], tcfg.cold_clicks_resolved)}
+        if tcfg.select == "ndcg-served" and tcfg.keeps_cold_checkpoint
+        else None
+    )
+    if served is not None and not served["served"].any():
+        raise ValueError("select ndcg-served: no validation user is left to the kept weights (all unseen)")
     started = time.perf_counter()
     from tqdm import tqdm
 
@@ -358,10 +369,14 @@ def train(
         }
         score, ndcg = val["all"]["auc"], ""
         if tcfg.by_ndcg:
-            ranked = rank_part(model, batches, VAL)
+            ranked = rank_part(model, batches, VAL, groups=served)
             record.update(val_ndcg=ranked["all"]["ndcg@10"], val_ndcg_new=ranked["new"]["ndcg@10"])
             score = ranked["all"]["ndcg@10"]
-            ndcg = f"  val NDCG@10 {score:.4f} (new {record['val_ndcg_new']:.4f})"
+            if served is not None:
+                score = record["val_ndcg_served"] = ranked["served"]["ndcg@10"]
+            ndcg = f"  val NDCG@10 {record['val_ndcg']:.4f} (new {record['val_ndcg_new']:.4f}" + (
+                f", served {score:.4f})" if served is not None else ")"
+            )
         if tcfg.freeze_cold:
             record["phase"] = 1 if warm is None else 2
         history.epochs.append(record)

@@ -42,6 +42,7 @@ from benchmarks.offline.suite import (
 )
 from model_export.model import RankerConfig, ZeroShotConfig
 from model_export.protocol import PROTOCOLS
+from model_export.train import SELECT
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 ORDER = tuple(METHODS)
@@ -266,6 +267,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=min(4, os.cpu_count() or 1),
         help="worker processes, one torch thread each (default: the cores, at most 4)",
     )
+    parser.add_argument(
+        "--select",
+        choices=list(SELECT),
+        default=None,
+        help="what early stopping keeps in every run (TrainConfig.select; default: the plan's); "
+        "the cells do not name it, so write another --out",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     catalog = args.task == "catalog"
@@ -290,6 +298,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not plan.blocks:
             parser.error(f"no block left has a setting of protocol {sorted(keep)}")
     plan.scale = replace(plan.scale, behavior=args.behavior)
+    if args.select is not None:
+        plan.scale = replace(plan.scale, train={**plan.scale.train, "select": args.select})
     name = "offline-catalog" if catalog else "offline"
     name += "-smoke" if args.smoke else "-quick" if args.quick else ""
     name += "" if args.behavior == "clicks" else f"-{args.behavior}"

@@ -42,6 +42,16 @@ def test_ranking_metrics_match_hand_computed_values() -> None:
     # user 1: rows 59 and 60 are last of 60: no hit in the top 50
     assert out["old"] == {"hr@10": 0.0, "precision@10": 0.0, "ndcg@10": 0.0, "recall@50": 0.0, "users": 1}
     assert out["all"]["ndcg@10"] == pytest.approx(out["new"]["ndcg@10"] / 2)
+    # a group of one's own: a mask over the cases, averaged the same way
+    both = task.ranking_metrics(
+        cases,
+        lambda idx: np.tile(scores, (len(idx), 1)),
+        n_items,
+        np.arange(n_items),
+        {"second": np.array([False, True]), "both": np.array([True, True])},
+    )
+    assert both["second"] == out["old"] and both["both"] == out["all"]
+    assert {k: both[k] for k in ("new", "old", "all")} == out
 
 
 def test_ties_are_broken_by_the_raw_id_order_given() -> None:
@@ -366,6 +376,47 @@ def test_cold_checkpoint_scores_unseen_users_with_their_best_epoch_and_no_one_el
         TrainConfig(cold_clicks=0)
     with pytest.raises(ValueError, match="needs one"):
         TrainConfig(cold_checkpoint=False, cold_clicks=3)
+
+
+def test_ndcg_served_keeps_the_epoch_best_for_the_users_the_kept_weights_score(encoded, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from model_export import train as train_module
+    from model_export.batches import Batches
+    from model_export.evaluation import cold_model, rank_part, served_cases
+
+    _, _, enc = encoded
+    batches = Batches(enc, False)
+    cases = enc.ranking[VAL]
+    # on the strict protocol a validation new user is unseen (no id, no history): the cold
+    # checkpoint's; the kept weights score the known users, whatever the clicks threshold
+    for clicks in (1, COLD_CLICKS):
+        assert np.array_equal(served_cases(batches, cases, clicks), ~cases.is_new)
+    model, history = _small_control(
+        enc, epochs=6, patience=3, cold_checkpoint=True, cold_scale=1.0, select="ndcg-served"
+    )
+    epochs = history.epochs
+    assert history.best_epoch == max(epochs, key=lambda e: e["val_ndcg_served"])["epoch"]
+    assert history.cold_epoch == max(epochs, key=lambda e: e["val_ndcg_new"])["epoch"]
+    final = rank_part(model, batches, VAL, cold=cold_model(model, history))
+    assert final["old"]["ndcg@10"] == pytest.approx(
+        epochs[history.best_epoch - 1]["val_ndcg_served"], abs=1e-12
+    )
+    assert final["new"]["ndcg@10"] == pytest.approx(epochs[history.cold_epoch - 1]["val_ndcg_new"], abs=1e-12)
+    # the score read is the served group's alone: told that only five known users are served
+    # (a noisy score, so another epoch than all users' best on this seed), it keeps their epoch
+    few = np.zeros(len(cases.rows), bool)
+    few[np.flatnonzero(~cases.is_new)[:5]] = True
+    monkeypatch.setattr(train_module, "served_cases", lambda batches, cases, clicks: few)
+    _, five = _small_control(
+        enc, epochs=6, patience=6, cold_checkpoint=True, cold_scale=1.0, select="ndcg-served"
+    )
+    assert five.best_epoch == max(five.epochs, key=lambda e: e["val_ndcg_served"])["epoch"]
+    assert five.best_epoch != max(five.epochs, key=lambda e: e["val_ndcg"])["epoch"]
+    monkeypatch.undo()
+    # without a cold checkpoint the kept weights score everyone: the same as `ndcg`
+    assert TrainConfig(select="ndcg-served").by_ndcg
+    _, alone = _small_control(enc, epochs=2, patience=3, cold_checkpoint=False, select="ndcg-served")
+    assert all("val_ndcg_served" not in e for e in alone.epochs)
+    assert alone.best_epoch == max(alone.epochs, key=lambda e: e["val_ndcg"])["epoch"]
 
 
 def test_cold_scale_shrinks_only_new_users_learned_logit_towards_the_prior(encoded) -> None:  # type: ignore[no-untyped-def]
