@@ -136,9 +136,9 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--select",
         choices=["ndcg", "ndcg-served", "auc"],
         default=None,
-        help="catalog: the checkpoint early stopping keeps, by validation NDCG@10 of all users "
-        "(default), of the users those weights will score (ndcg-served: beside a cold checkpoint, "
-        "the known users), or by AUC",
+        help="catalog: the checkpoint early stopping keeps, by validation NDCG@10 of the users "
+        "those weights will score (ndcg-served, the default: beside a cold checkpoint, the known "
+        "users), of all users (ndcg), or by AUC",
     )
     p.add_argument(
         "--item-prior",

@@ -46,12 +46,13 @@ class TrainConfig:
     weight_decay: float = 0.0
     embed_l2: float = 1e-5  # L2 on the embeddings looked up in a batch
     patience: int = 2  # epochs without a better validation score (`select`) before stopping
-    # what early stopping keeps: "ndcg" (validation whole-catalog NDCG@10 of all users, the
-    # catalog task's product metric) | "ndcg-served" (the same over the validation users the
-    # kept weights will score: where a cold checkpoint takes the unseen users, those it leaves,
-    # the known users on the strict protocol; all users otherwise) | "auc" (validation AUC); the
+    # what early stopping keeps: "ndcg-served" (validation whole-catalog NDCG@10, the catalog
+    # task's product metric, of the users the kept weights will score: where a cold checkpoint
+    # takes the unseen users, those it leaves, the known users on the strict protocol; all users
+    # otherwise) | "ndcg" (the same over all validation users, new users included; the default
+    # before 2026-12-03: benchmarks/results/select-served.md) | "auc" (validation AUC); the
     # rating task always uses AUC
-    select: str = "ndcg"
+    select: str = "ndcg-served"
     seed: int = 0
     threads: int = 2
     progress: bool = True
