@@ -83,7 +83,8 @@ class TrainConfig:
     # Tried, not adopted: old users lose 14-44% on validation (catalog-task.md)
     freeze_cold: bool = False
     # catalog task, selected on NDCG: beside the weights early stopping keeps (the best
-    # validation NDCG@10 of the users they serve, `select`), keep those of the epoch where new users' own validation NDCG@10 peaked;
+    # validation NDCG@10 of the users they serve, `select`), keep those of the epoch where new
+    # users' own validation NDCG@10 peaked;
     # a user with an unknown id and few clicks (`cold_clicks`) is then scored with them
     # (`History.cold_state`; exported as the bundle's cold checkpoint). None: on wherever it
     # applies (catalog task selected on NDCG, no freeze_cold); chosen on validation
