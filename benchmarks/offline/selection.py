@@ -155,10 +155,7 @@ def compare(
             gap: dict[str, Any] = {"ranker": ranker, "method": "mail vs control", "seeds": both}
             for part in ("val", "test"):
                 for group in GROUPS:
-                    for rule, rows in (
-                        ("ndcg-served", {c: served[c] for c in served}),
-                        ("ndcg", {c: paired[c][0] for c in paired}),
-                    ):
+                    for rule, rows in (("ndcg-served", served), ("ndcg", {c: paired[c][0] for c in paired})):
                         a = [_ndcg(rows[(ranker, "mail", s)], part, group) for s in both]
                         b = [_ndcg(rows[(ranker, "control", s)], part, group) for s in both]
                         lift, p = _rel(a, b)

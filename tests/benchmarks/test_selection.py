@@ -69,20 +69,12 @@ def test_rows_of_the_same_epochs_are_replayed_others_needed_and_a_contradiction_
     # the all-users row of the mail cell, trained: now both pair, and the table says so
     trained = _row("mail", 0, every, every, new, 4, 0.1)
     out = tmp_path / "cmp"
-    assert (
-        main(
-            [
-                "--served",
-                str(served),
-                "--all",
-                str(_write(tmp_path / "a.jsonl", [trained])),
-                "--out",
-                str(out),
-                *cap,
-            ]
-        )
-        == 0
-    )
+
+    def compare(every_rule: list[dict[str, Any]]) -> int:
+        rows = _write(tmp_path / "a.jsonl", every_rule)
+        return main(["--served", str(served), "--all", str(rows), "--out", str(out), *cap])
+
+    assert compare([trained]) == 0
     report = json.loads(out.with_suffix(".json").read_text())
     mail = next(r for r in report["records"] if r["method"] == "mail")
     assert mail["kept"] == {"ndcg": [4], "ndcg-served": [3]} and mail["source"] == ["trained"]
@@ -91,18 +83,5 @@ def test_rows_of_the_same_epochs_are_replayed_others_needed_and_a_contradiction_
     assert control["source"] == ["replayed"] and control["test_old"]["lift_pct"] == 0.0
     # a trained all-users row that replays to the served row's epochs must equal it
     wrong = _row("control", 0, every, every, new, 4, 0.25)
-    assert (
-        main(
-            [
-                "--served",
-                str(served),
-                "--all",
-                str(_write(tmp_path / "a.jsonl", [wrong])),
-                "--out",
-                str(out),
-                *cap,
-            ]
-        )
-        == 1
-    )
+    assert compare([wrong]) == 1
     assert "disagree" in out.with_suffix(".md").read_text()
