@@ -82,9 +82,10 @@ CATALOG_CORE = ("control", "popularity", "popularity-segment", "oracle", "mail")
 CATALOG_BASELINES = ("mean-fill", "dropoutnet", "mail-mse", "llae", "metaemb")
 # the catalog task's budget and set-up (chosen on validation: benchmarks/results/catalog-task.md)
 # up to 12 epochs, early stopping on validation NDCG@10 (best epochs seen: 5-12)
-# `select` ndcg: every row of offline-catalog.jsonl was trained under it, and a rerun resumes by
-# cell (cells do not name the rule), so the plan keeps it until every block is rerun under the
-# product's default, ndcg-served (select-served.md); `--select ndcg-served` runs it now
+# `select` ndcg: every row of offline-catalog.jsonl was trained under it (a row that records no
+# rule predates rows recording theirs, and counts as ndcg), so the plan keeps it until every block
+# is rerun under the product's default, ndcg-served (select-served.md); `--select ndcg-served` runs
+# it now. A run resumes from, and reports, only rows of its own rule (`Suite.of_rule`)
 CATALOG_TRAIN = {"task": "catalog", "epochs": 12, "threads": 1, "select": "ndcg"}
 # the catalog task's tower: the popularity prior of the user's segment on its logit, the segment
 # chosen on each run's validation (the prior itself chosen on validation, as above)
@@ -275,7 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         choices=list(SELECT),
         default=None,
         help="what early stopping keeps in every run (TrainConfig.select; default: the plan's); "
-        "the cells do not name it, so write another --out",
+        "each trained row records it, and a run resumes from and reports only rows of its own",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -339,10 +340,12 @@ def assemble(plan: Plan, suite: Suite, rows: list[dict[str, Any]], argv: Sequenc
         "date": time.strftime("%Y-%m-%d"),
         "machine": machine(),
         "runs_this_invocation": suite.ran,
+        "rows_of_another_rule": suite.other_rule,
         "seconds_all_runs": round(sum(r["seconds"] for r in suite.rows.values()), 1),
         "budget": {
             "train": {
                 **plan.scale.train,
+                **({"select": suite.select} if suite.select is not None else {}),  # the rule, always named
                 "note": "TrainConfig defaults otherwise, the same for every method",
             },
             "behavior": plan.scale.behavior,
@@ -521,6 +524,12 @@ def _header(result: dict[str, Any], out: Path, title: str) -> list[str]:
         ),
         "",
     ]
+    if other := result.get("rows_of_another_rule"):
+        text += [
+            f"The results file also holds {other} rows kept by another early-stopping rule than this "
+            f"plan's (`select` {result['budget']['train'].get('select')}): they are not reported here.",
+            "",
+        ]
     reading = out.with_name(out.name + "-reading.md")
     if reading.exists():
         text += [reading.read_text().strip(), ""]

@@ -8,6 +8,8 @@ never choose anything.
 
 Rows are the grid runner's rows (`runner.Cell` and metrics) plus the knob value, so
 `report.summarize` reads them; one JSON line per run, keyed by cell and value, so a rerun resumes.
+A trained catalog-task row records the early-stopping rule it kept its weights by (`select`); a
+row of another rule than the plan's is neither resumed from nor reported (it stays in the file).
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ FEWSHOT_N = (1, 3, 5)
 FEWSHOT_N_CATALOG = (1, 3, 5, 10)
 FEWSHOT_METHODS = ("control", "oracle", "mail", "mail-blend", "popularity", "popularity-segment")
 POPULAR = popular.METHODS  # no model: scored from the training counts
+# the rule of a catalog-task row that records none: every such row was trained before rows recorded
+# it (2026-12-03), under the default of the time
+UNRECORDED_SELECT = "ndcg"
 LOSS_CURVES = ("mail", "mail-mse")  # runs whose per-batch losses are kept (first seed, tuning setting)
 
 
@@ -133,7 +138,18 @@ class Suite:
         self.plan, self.data_dir, self.rows_path = plan, data_dir, rows_path
         self.progress, self.jobs = progress, jobs
         rows = [json.loads(line) for line in rows_path.read_text().splitlines()] if rows_path.exists() else []
-        self.rows = {row_key(Cell(**r["cell"]), r["value"]): r for r in rows}
+        train = TrainConfig(**plan.scale.train)
+        self.select = train.select if train.task == "catalog" else None  # None: the rule does not apply
+        kept = [r for r in rows if self.of_rule(r)]
+        self.other_rule = len(rows) - len(kept)  # rows of another early-stopping rule, not used
+        if self.other_rule:
+            log.warning(
+                "%d rows in %s were kept by another early-stopping rule than %s: not used",
+                self.other_rule,
+                rows_path,
+                self.select,
+            )
+        self.rows = {row_key(Cell(**r["cell"]), r["value"]): r for r in kept}
         self.chosen: dict[str, Value] = {}
         self.tuning: list[dict[str, Any]] = []
         self.ran = 0
@@ -165,6 +181,11 @@ class Suite:
                 if pool is not None:
                     pool.shutdown(cancel_futures=True)
         return [self.rows[row_key(c, self.value(c.method))] for c in cells]
+
+    def of_rule(self, row: dict[str, Any]) -> bool:
+        """Whether a row was kept by the plan's early-stopping rule (a list, with no training, always)."""
+        trained = row["cell"]["method"] not in POPULAR
+        return self.select is None or not trained or row.get("select", UNRECORDED_SELECT) == self.select
 
     def value(self, method: str) -> Value:
         m = METHODS[method]
@@ -242,6 +263,8 @@ def run_job(job: Job) -> dict[str, Any]:
     started = time.perf_counter()
     model, report, history = run_with_history(spec, None, prepared, built.hooks)
     row = result_row(cell, time.perf_counter() - started, report, value=job.value)
+    if spec.train.task == "catalog":
+        row["select"] = spec.train.select  # what early stopping kept the weights by
     if job.fewshot and prepared.interactions.timestamp is not None:  # "first n" needs time
         if spec.train.task == "catalog":
             cold = cold_model(model, history)

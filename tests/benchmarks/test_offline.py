@@ -192,3 +192,37 @@ def test_protocols_keep_only_those_settings(tmp_path: Path) -> None:
         with pytest.raises(SystemExit):
             main(["--smoke", "--protocols", bad, "--out", str(tmp_path / "x"), "--jobs", "1"])
     assert not list(tmp_path.iterdir())
+
+
+def test_rows_of_another_early_stopping_rule_are_neither_resumed_nor_reported(tmp_path: Path) -> None:
+    """Cells do not name the rule early stopping keeps weights by (`select`), so a rerun under
+    another rule must not resume from, or report, rows kept by the first: each trained row records
+    its rule, a row that records none counts as the old default's, and a list has no rule."""
+    from benchmarks.offline.__main__ import smoke_plan
+    from benchmarks.offline.suite import UNRECORDED_SELECT, Block, Plan, Setting, Suite
+
+    base = smoke_plan(catalog=True).scale
+    block = Block("b", "b", (Setting("synthetic", "strict"),), ("control", "popularity"), (0,))
+    rows_path = tmp_path / "rows.jsonl"
+
+    def suite(select: str) -> Suite:
+        scale = replace(base, train={**base.train, "select": select})
+        return Suite(Plan([block], scale, tune=False), None, rows_path, progress=False)
+
+    served = suite("ndcg-served")
+    first = served.execute()
+    assert [r.get("select") for r in first] == ["ndcg-served", None] and served.ran == 2
+    old = suite("ndcg")
+    assert old.other_rule == 1  # control's row; popularity's serves every rule
+    assert [r["cell"]["method"] for r in old.execute(run=False)] == ["popularity"]
+    again = old.execute()
+    same = json.dumps  # rows hold NaN (no old user in a few-shot case), which equals nothing
+    assert old.ran == 1 and again[0]["select"] == "ndcg" and same(again[1]) == same(first[1])
+    lines = rows_path.read_text().splitlines()
+    assert len(lines) == 3  # both control rows stay in the file; each rule finds its own
+    assert same(suite("ndcg-served").execute(run=False)[0]) == same(first[0])
+    assert same(suite("ndcg").execute(run=False)[0]) == same(again[0])
+    unrecorded = {k: v for k, v in json.loads(lines[2]).items() if k != "select"}
+    rows_path.write_text(json.dumps(unrecorded) + "\n")
+    assert UNRECORDED_SELECT == "ndcg" and suite("ndcg").other_rule == 0
+    assert suite("ndcg-served").other_rule == 1
