@@ -208,6 +208,11 @@ class TrainHooks:
         """Runs after both optimizers stepped on `batch`; returns losses to log."""
         return {}
 
+    def after_epoch(self, model: MailModel, record: dict[str, float]) -> None:
+        """Runs after each epoch's validation (`record`: the epoch's losses and validation scores),
+        before early stopping reads it; must not change `model` or draw from any random stream (a
+        screen reads the weights of every epoch here: `benchmarks.offline.budget`)."""
+
 
 @dataclass
 class History:
@@ -382,6 +387,7 @@ def train(
         if tcfg.freeze_cold:
             record["phase"] = 1 if warm is None else 2
         history.epochs.append(record)
+        hooks.after_epoch(model, record)
         log.info(
             "epoch %d  L_rt %.4f  L_a %.4f  L_v %.4f  L_d %.4f  val AUC %.4f (new %.4f)%s",
             epoch,
