@@ -54,7 +54,13 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True, help="run directory to write")
-    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=None, help="at most this many epochs (default 20)")
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=None,
+        help="stop after this many epochs without a better validation score (default 3)",
+    )
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--align", choices=["mmd", "mse"], default=None, help="ZST alignment loss")
@@ -189,6 +195,7 @@ CATALOG_FLAGS = (
 # TrainConfig fields with a flag of their own (`--cold-rows` sets `cold_rows`)
 TRAIN_FLAGS = (
     "epochs",
+    "patience",
     "batch_size",
     "lr",
     "positives",

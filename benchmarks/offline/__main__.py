@@ -42,7 +42,7 @@ from benchmarks.offline.suite import (
 )
 from model_export.model import RankerConfig, ZeroShotConfig
 from model_export.protocol import PROTOCOLS
-from model_export.train import SELECT
+from model_export.train import SELECT, TrainConfig
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 ORDER = tuple(METHODS)
@@ -74,7 +74,7 @@ def full_plan(seeds: tuple[int, ...] = (0, 1, 2, 3, 4), few: tuple[int, ...] = (
             Block("din", "MAIL on the DIN-style tower", (replace(ml, ranker="din"),), DIN, few),
             Block("onboarding", "declared genres (semi-synthetic), noise swept", sweep, ONBOARDING, few),
         ],
-        Scale(train={"task": "rating", "epochs": 8, "threads": 1}),
+        Scale(train={"task": "rating", "epochs": 8, "patience": 2, "threads": 1}),
     )
 
 
@@ -86,7 +86,9 @@ CATALOG_BASELINES = ("mean-fill", "dropoutnet", "mail-mse", "llae", "metaemb")
 # rule predates rows recording theirs, and counts as ndcg), so the plan keeps it until every block
 # is rerun under the product's default, ndcg-served (select-served.md); `--select ndcg-served` runs
 # it now. A run resumes from, and reports, only rows of its own rule (`Suite.of_rule`)
-CATALOG_TRAIN = {"task": "catalog", "epochs": 12, "threads": 1, "select": "ndcg"}
+# the budget its rows were trained with (TrainConfig's defaults are 20 and 3 since 2026-12-03:
+# train-budget.md), kept until every block is rerun, as the early-stopping rule is
+CATALOG_TRAIN = {"task": "catalog", "epochs": 12, "patience": 2, "threads": 1, "select": "ndcg"}
 # the catalog task's tower: the popularity prior of the user's segment on its logit, the segment
 # chosen on each run's validation (the prior itself chosen on validation, as above)
 CATALOG_RANKER = RankerConfig(item_prior=True, prior_segment="auto")
@@ -691,7 +693,10 @@ def _noise(r: dict[str, Any]) -> str:
 
 def _budget(result: dict[str, Any]) -> str:
     train = {k: v for k, v in result["budget"]["train"].items() if k != "note"}
-    return ", ".join(f"{k}={v}" for k, v in train.items()) or "its defaults: at most 12 epochs, patience 2"
+    default = TrainConfig()
+    return ", ".join(f"{k}={v}" for k, v in train.items()) or (
+        f"its defaults: at most {default.epochs} epochs, patience {default.patience}"
+    )
 
 
 def _setting_name(s: dict[str, Any]) -> str:

@@ -31,6 +31,7 @@ import copy
 import logging
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -44,13 +45,21 @@ from benchmarks.offline.runner import METHODS
 from benchmarks.offline.selection import replay
 from model_export.batches import Batches
 from model_export.evaluation import rank_part
-from model_export.model import MailModel
+from model_export.model import MailModel, ModelConfig, RankerConfig, ZeroShotConfig
 from model_export.pipeline import Prepared, RunSpec, prepare, run_with_history
 from model_export.protocol import TEST
 from model_export.train import TrainConfig, TrainHooks
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
-MODELS = ("control", "mail")
+MODELS = ("control", "mail")  # the decision reads these
+# diagnostics beside them (`--models`), never part of the decision: MAIL whose training rows shown
+# as a new user keep empty behavior, as control's do (virtual behavior at inference only, the
+# official code's reading): whether those rows are what MAIL's old users pay for
+VARIANTS: dict[str, Callable[[RankerConfig], ModelConfig]] = {
+    "mail-fill-inference": lambda ranker: ModelConfig(
+        model="mail", ranker=ranker, zero_shot=ZeroShotConfig(), fill_train=False
+    ),
+}
 TOWERS = {"base": "BaseDNN", "din": "DIN"}
 CURRENT = (12, 2)  # TrainConfig's epochs and patience
 RULES = ((12, 2), (12, 3), (20, 2), (20, 3), (30, 2), (30, 3))
@@ -94,7 +103,7 @@ def run_seed(
 
     train: dict[str, Any] = {**CATALOG_TRAIN, "select": "ndcg-served", "epochs": cap, "patience": patience}
     tcfg = TrainConfig(**train, seed=seed, progress=False)
-    cfg = METHODS[model_name](replace(CATALOG_RANKER, kind=ranker))
+    cfg = {**METHODS, **VARIANTS}[model_name](replace(CATALOG_RANKER, kind=ranker))
     spec = RunSpec(
         dataset="ml-100k",
         data_dir=data_dir,
@@ -157,7 +166,8 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Per model and rule: per-seed figures, means, changes against CURRENT (paired p), the check
     that the probe reproduces the run's own report at its rule, and the decision."""
     out: dict[str, Any] = {"models": {}, "check": []}
-    for model in MODELS:
+    present = {r["model"] for r in rows}
+    for model in [*(m for m in MODELS if m in present), *sorted(present - set(MODELS))]:
         rs = sorted((r for r in rows if r["model"] == model), key=lambda r: r["seed"])
         rules: dict[str, Any] = {}
         for cap, patience in RULES:
@@ -186,6 +196,7 @@ def decide(models: dict[str, Any]) -> dict[str, Any]:
     base = f"{CURRENT[0]},{CURRENT[1]}"
     passing = []
     changes: dict[str, Any] = {}
+    models = {k: v for k, v in models.items() if k in MODELS}
     for name in (f"{c},{p}" for c, p in RULES):
         if name == base or not all(name in m["rules"] for m in models.values()):
             continue
@@ -208,10 +219,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cap", type=int, default=30, help="the run's epoch cap (the longest rule read)")
     parser.add_argument("--patience", type=int, default=3, help="the run's patience (the longest rule read)")
     parser.add_argument("--ranker", choices=("base", "din"), default="base", help="the ranking tower")
+    parser.add_argument(
+        "--models", nargs="+", choices=(*MODELS, *VARIANTS), default=list(MODELS), help="the models to train"
+    )
+    parser.add_argument("--note", action="append", default=[], help="a line for the report, kept across runs")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     started = time.perf_counter()
-    wanted = [(m, s) for s in args.seeds for m in MODELS]
+    wanted = [(m, s) for s in args.seeds for m in args.models]
 
     rows, computed = resume(
         args.out, wanted, _Compute(args.cap, args.patience, args.ranker), args.data_dir, args.jobs
@@ -219,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     command = " ".join(["python -m benchmarks.offline.budget", *(argv if argv is not None else sys.argv[1:])])
     result = {
         **header(args.out, command, computed, started),
-        "notes": earlier(args.out).get("notes", []),
+        "notes": [*earlier(args.out).get("notes", []), *args.note],
         "ranker": args.ranker,
         **summarize(rows),
         "rows": sorted(rows, key=lambda r: (r["model"], r["seed"])),
@@ -260,6 +275,7 @@ def markdown(result: dict[str, Any]) -> str:
         "NDCG@10 at those epochs; change = mean over seeds against the current rule, p = paired "
         "t-test over seeds; epochs = epochs the rule trains (its cost) / the epoch it keeps.",
         "",
+        *(line for note in result.get("notes", []) for line in (note, "")),
     ]
     for model, m in result["models"].items():
         rules = m["rules"]
@@ -288,17 +304,18 @@ def markdown(result: dict[str, Any]) -> str:
             lines.append(f"| {label} | {epochs} | " + " | ".join(cells) + " |")
         lines.append("")
     models = result["models"]
-    if all(m in models for m in MODELS):
+    for other in (m for m in models if m != "control" and "control" in models):
+        title = "MAIL" if other == "mail" else other
         lines += [
-            "## MAIL against control, per rule (paired by seed)",
+            f"## {title} against control, per rule (paired by seed)",
             "",
             "| cap, patience | val old | test old NDCG@10 (p) | test new NDCG@10 (p) |",
             "|---|---:|---:|---:|",
         ]
         for name in models["control"]["rules"]:
-            if name not in models["mail"]["rules"]:
+            if name not in models[other]["rules"] or models[other]["seeds"] != models["control"]["seeds"]:
                 continue
-            c, m = models["control"]["rules"][name], models["mail"]["rules"][name]
+            c, m = models["control"]["rules"][name], models[other]["rules"][name]
             vo = 100 * (_mean(m, "val_old") / _mean(c, "val_old") - 1)
             cells = []
             for group in ("old", "new"):

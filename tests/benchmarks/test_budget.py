@@ -102,9 +102,21 @@ def test_a_longer_rule_is_chosen_only_if_both_models_gain_on_validation_and_the_
     assert (
         decision["chosen"] == "20,2" and "30,3" in decision["passing"] and "12,3" not in decision["passing"]
     )
-    # one model flat: no longer rule passes, the current one stays
+    # one model flat: no longer rule passes, the current one stays; a diagnostic variant, flat or
+    # not, never enters the decision
     mixed = [_row("control", s, rising, new) for s in (0, 1)] + [_row("mail", s, flat, new) for s in (0, 1)]
     assert decide(summarize(mixed)["models"])["chosen"] == "12,2"
+    variant = [_row("mail-fill-inference", s, flat, new) for s in (0, 1)]
+    assert summarize(gain + variant)["decision"]["chosen"] == "20,2"
+    assert (
+        decide(summarize(mixed + [_row("mail-fill-inference", s, rising, new) for s in (0, 1)])["models"])[
+            "chosen"
+        ]
+        == "12,2"
+    )
     text = markdown({"commands": ["c"], "machine": {"cores": 2, "torch": "t"}, **result})
     assert "**Chosen on validation: cap, patience = 20,2**" in text and "| **20,2** |" in text
     assert "## MAIL against control, per rule (paired by seed)" in text
+    with_variant = summarize(gain + variant)
+    text = markdown({"commands": ["c"], "machine": {"cores": 2, "torch": "t"}, **with_variant})
+    assert "## mail-fill-inference against control, per rule (paired by seed)" in text
