@@ -180,7 +180,7 @@ def quick_plan() -> Plan:
         replace(b, settings=tuple(s for s in b.settings if s.onboarding_noise != 0.5))
         for b in full_plan((0,), (0,)).blocks
     ]
-    return Plan(blocks, Scale(train={"task": "rating", "epochs": 1, "threads": 1}), tune=False)
+    return Plan(blocks, Scale(train={"task": "rating", "epochs": 1, "patience": 2, "threads": 1}), tune=False)
 
 
 def only_protocols(blocks: list[Block], keep: set[str]) -> list[Block]:
@@ -528,8 +528,10 @@ def _header(result: dict[str, Any], out: Path, title: str) -> list[str]:
     ]
     if other := result.get("rows_of_another_rule"):
         text += [
-            f"The results file also holds {other} rows kept by another early-stopping rule than this "
-            f"plan's (`select` {result['budget']['train'].get('select')}): they are not reported here.",
+            f"The results file also holds {other} rows kept by another early-stopping rule or trained "
+            f"with another budget than this plan's (`select` {result['budget']['train'].get('select')}, "
+            f"epochs {result['budget']['train'].get('epochs')}, patience "
+            f"{result['budget']['train'].get('patience')}): they are not reported here.",
             "",
         ]
     reading = out.with_name(out.name + "-reading.md")

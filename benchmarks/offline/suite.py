@@ -8,8 +8,9 @@ never choose anything.
 
 Rows are the grid runner's rows (`runner.Cell` and metrics) plus the knob value, so
 `report.summarize` reads them; one JSON line per run, keyed by cell and value, so a rerun resumes.
-A trained catalog-task row records the early-stopping rule it kept its weights by (`select`); a
-row of another rule than the plan's is neither resumed from nor reported (it stays in the file).
+A trained catalog-task row records the early-stopping rule it kept its weights by (`select`), and
+every trained row its budget (`budget`: epochs, patience); a row of another rule or budget than the
+plan's is neither resumed from nor reported (it stays in the file).
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ POPULAR = popular.METHODS  # no model: scored from the training counts
 # the rule of a catalog-task row that records none: every such row was trained before rows recorded
 # it (2026-12-03), under the default of the time
 UNRECORDED_SELECT = "ndcg"
+# the patience of a trained row that records no budget: TrainConfig's until rows recorded it
+# (2026-12-03); its epochs were always the plan's own (every plan names them)
+UNRECORDED_PATIENCE = 2
 LOSS_CURVES = ("mail", "mail-mse")  # runs whose per-batch losses are kept (first seed, tuning setting)
 
 
@@ -140,14 +144,16 @@ class Suite:
         rows = [json.loads(line) for line in rows_path.read_text().splitlines()] if rows_path.exists() else []
         train = TrainConfig(**plan.scale.train)
         self.select = train.select if train.task == "catalog" else None  # None: the rule does not apply
+        self.budget = {"epochs": train.epochs, "patience": train.patience}
         kept = [r for r in rows if self.of_rule(r)]
-        self.other_rule = len(rows) - len(kept)  # rows of another early-stopping rule, not used
+        self.other_rule = len(rows) - len(kept)  # rows of another early-stopping rule or budget, not used
         if self.other_rule:
             log.warning(
-                "%d rows in %s were kept by another early-stopping rule than %s: not used",
+                "%d rows in %s were kept by another early-stopping rule or budget than %s, %s: not used",
                 self.other_rule,
                 rows_path,
                 self.select,
+                self.budget,
             )
         self.rows = {row_key(Cell(**r["cell"]), r["value"]): r for r in kept}
         self.chosen: dict[str, Value] = {}
@@ -183,9 +189,14 @@ class Suite:
         return [self.rows[row_key(c, self.value(c.method))] for c in cells]
 
     def of_rule(self, row: dict[str, Any]) -> bool:
-        """Whether a row was kept by the plan's early-stopping rule (a list, with no training, always)."""
-        trained = row["cell"]["method"] not in POPULAR
-        return self.select is None or not trained or row.get("select", UNRECORDED_SELECT) == self.select
+        """Whether a row was trained with the plan's budget and kept by its early-stopping rule (a
+        list, with no training, always)."""
+        if row["cell"]["method"] in POPULAR:
+            return True
+        budget = {"epochs": self.budget["epochs"], "patience": UNRECORDED_PATIENCE, **row.get("budget", {})}
+        if budget != self.budget:
+            return False
+        return self.select is None or row.get("select", UNRECORDED_SELECT) == self.select
 
     def value(self, method: str) -> Value:
         m = METHODS[method]
@@ -263,6 +274,7 @@ def run_job(job: Job) -> dict[str, Any]:
     started = time.perf_counter()
     model, report, history = run_with_history(spec, None, prepared, built.hooks)
     row = result_row(cell, time.perf_counter() - started, report, value=job.value)
+    row["budget"] = {"epochs": spec.train.epochs, "patience": spec.train.patience}
     if spec.train.task == "catalog":
         row["select"] = spec.train.select  # what early stopping kept the weights by
     if job.fewshot and prepared.interactions.timestamp is not None:  # "first n" needs time

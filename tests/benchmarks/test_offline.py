@@ -226,3 +226,34 @@ def test_rows_of_another_early_stopping_rule_are_neither_resumed_nor_reported(tm
     rows_path.write_text(json.dumps(unrecorded) + "\n")
     assert UNRECORDED_SELECT == "ndcg" and suite("ndcg").other_rule == 0
     assert suite("ndcg-served").other_rule == 1
+
+
+def test_rows_of_another_budget_are_neither_resumed_nor_reported(tmp_path: Path) -> None:
+    """Cells do not name the budget either (TrainConfig's epochs and patience, whose defaults
+    changed on 2026-12-03): each trained row records it, and a row that records none counts as
+    patience 2 and the plan's epochs (every plan names its epochs)."""
+    from benchmarks.offline.__main__ import smoke_plan
+    from benchmarks.offline.suite import UNRECORDED_PATIENCE, Block, Plan, Setting, Suite
+
+    base = smoke_plan(catalog=True).scale
+    block = Block("b", "b", (Setting("synthetic", "strict"),), ("control", "popularity"), (0,))
+    rows_path = tmp_path / "rows.jsonl"
+
+    def suite(**budget: int) -> Suite:
+        scale = replace(base, train={**base.train, **budget})
+        return Suite(Plan([block], scale, tune=False), None, rows_path, progress=False)
+
+    first = suite(patience=2).execute()
+    assert first[0]["budget"] == {"epochs": 1, "patience": 2} and "budget" not in first[1]
+    longer = suite(patience=3)
+    assert longer.other_rule == 1  # control's row; popularity's has no training
+    again = longer.execute()
+    assert longer.ran == 1 and again[0]["budget"] == {"epochs": 1, "patience": 3}
+    assert suite(epochs=2, patience=2).other_rule == 2  # neither control row
+    assert suite(patience=2).other_rule == 1
+    unrecorded = {k: v for k, v in json.loads(rows_path.read_text().splitlines()[0]).items() if k != "budget"}
+    rows_path.write_text(json.dumps(unrecorded) + "\n")
+    assert UNRECORDED_PATIENCE == 2 and suite(patience=2).other_rule == 0
+    assert suite(patience=3).other_rule == 1
+    # its epochs are taken to be the plan's (the committed results files record them since)
+    assert suite(epochs=2, patience=2).other_rule == 0
