@@ -20,9 +20,10 @@ that), new users' validation NDCG@10 at their checkpoint no lower than 0.5% belo
 that pass, the shortest. Writes benchmarks/results/train-budget.jsonl (resumable, one row per
 model and seed), .json and .md.
 
-Why: the catalog task trains at most 12 epochs and stops after 2 without a better validation
-score. Both bind: in the offline benchmark's runs most reach epoch 12, many keep it, and old
-users' validation NDCG@10 still rises there (MAIL's curve about an epoch behind control's).
+Why: the catalog task trained at most 12 epochs and stopped after 2 without a better validation
+score (until this screen chose 20 and 3). Both bound: in the offline benchmark's runs most
+reached epoch 12, many kept it, and old users' validation NDCG@10 still rose there (MAIL's curve
+about an epoch behind control's).
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ VARIANTS: dict[str, Callable[[RankerConfig], ModelConfig]] = {
     ),
 }
 TOWERS = {"base": "BaseDNN", "din": "DIN"}
-CURRENT = (12, 2)  # TrainConfig's epochs and patience
+CURRENT = (12, 2)  # the budget the screen weighs others against (TrainConfig's until 2026-12-03)
 RULES = ((12, 2), (12, 3), (20, 2), (20, 3), (30, 2), (30, 3))
 VAL_MARGIN = 0.02  # old users' validation NDCG@10, relative, for control and MAIL alike
 NEW_TOLERANCE = -0.005  # new users' validation NDCG@10 at their checkpoint, relative
