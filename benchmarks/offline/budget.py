@@ -34,6 +34,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -188,8 +189,8 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _mean(got: list[dict[str, Any]], key: str, metric: str | None = None) -> float:
-    return float(np.mean([g[key] if metric is None else g[key][metric] for g in got]))
+def _mean(got: list[dict[str, Any]], key: str) -> float:
+    return float(np.mean([g[key] for g in got]))
 
 
 def decide(models: dict[str, Any]) -> dict[str, Any]:
@@ -230,7 +231,11 @@ def main(argv: list[str] | None = None) -> int:
     wanted = [(m, s) for s in args.seeds for m in args.models]
 
     rows, computed = resume(
-        args.out, wanted, _Compute(args.cap, args.patience, args.ranker), args.data_dir, args.jobs
+        args.out,
+        wanted,
+        partial(run_seed, cap=args.cap, patience=args.patience, ranker=args.ranker),
+        args.data_dir,
+        args.jobs,
     )
     command = " ".join(["python -m benchmarks.offline.budget", *(argv if argv is not None else sys.argv[1:])])
     result = {
@@ -243,16 +248,6 @@ def main(argv: list[str] | None = None) -> int:
     write(args.out, result, markdown(result))
     print(f"chosen on validation: cap, patience = {result['decision']['chosen']}")
     return 0
-
-
-class _Compute:
-    """`run_seed` with the run's cap and patience, picklable for the worker processes."""
-
-    def __init__(self, cap: int, patience: int, ranker: str) -> None:
-        self.cap, self.patience, self.ranker = cap, patience, ranker
-
-    def __call__(self, model: str, seed: int, data_dir: str | None) -> dict[str, Any]:
-        return run_seed(model, seed, data_dir, self.cap, self.patience, self.ranker)
 
 
 def markdown(result: dict[str, Any]) -> str:
