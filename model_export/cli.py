@@ -47,10 +47,10 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--virtual-attention",
         choices=["shared", "own", "own-detached"],  # model.VIRTUAL_ATTENTION (torch not imported here)
         default=None,
-        help="--ranker din with --model mail: read the virtual items through the attention unit that "
-        "reads real history (shared, the default and the official code's reading), through a unit "
-        "of their own (own), or through their own unit without training the embeddings (own-detached; "
-        "README, 'the DIN tower')",
+        help="--model mail: read the virtual behavior with the weights that read real history "
+        "(shared, the default and the official code's reading) or with weights of its own (own: "
+        "DIN's second attention unit, BaseDNN's own columns of the first layer); --ranker din also "
+        "takes own-detached, its own unit without training the embeddings (README, 'the DIN tower')",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True, help="run directory to write")
@@ -229,8 +229,8 @@ def _train(args: argparse.Namespace) -> int:
     if args.hidden is not None:
         model_cfg.ranker.hidden = args.hidden
     if args.virtual_attention is not None:
-        if args.ranker != "din":
-            raise SystemExit("model_export train: --virtual-attention applies to --ranker din only")
+        if args.ranker != "din" and args.virtual_attention == "own-detached":
+            raise SystemExit("model_export train: --virtual-attention own-detached is --ranker din's")
         model_cfg.ranker.virtual_attention = args.virtual_attention
     prior = args.item_prior
     if prior is None and "item_prior" not in overrides.get("model", {}).get("ranker", {}):

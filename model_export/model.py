@@ -62,12 +62,14 @@ class RankerConfig:
     # list; "" = none. With `prior_segment` "auto", chosen (or not) on validation with it
     prior_answer: str = ""
     prior_answer_shrink: float = 0.0
-    # DIN only: the target-attention unit that reads the virtual items. "shared": the unit that
-    # reads real behavior (the official code's reading of Eq. 8), which MAIL's cold rows then train
-    # on virtual sequences too; "own": a second unit of the same shape for the virtual items, so the
-    # way real history is read learns from real history only, as it does in control;
-    # "own-detached": that unit, and the virtual read trains no embedding (its target item's
-    # embedding detached), so cold rows reach the rest of the tower through the head alone
+    # the weights that read the virtual behavior. "shared": those that read real behavior (the
+    # official code's reading of Eq. 8: DIN's target-attention unit, BaseDNN's behavior columns of
+    # the first layer), which MAIL's cold rows then train on virtual behavior too; "own": weights
+    # of their own (DIN: a second unit of the same shape; BaseDNN: d more columns of the first
+    # layer, the real slot empty for a user without history), so the way real history is read
+    # learns from real history only, as it does in control; "own-detached" (DIN only): its own
+    # unit, and the virtual read trains no embedding (its target item's embedding detached), so
+    # cold rows reach the rest of the tower through the head alone
     virtual_attention: str = "shared"
 
     def __post_init__(self) -> None:
@@ -75,6 +77,8 @@ class RankerConfig:
             raise ValueError(
                 f"virtual_attention is one of {VIRTUAL_ATTENTION}, not {self.virtual_attention!r}"
             )
+        if self.kind == "base" and self.virtual_attention == "own-detached":
+            raise ValueError("virtual_attention 'own-detached' is DIN's (BaseDNN reads no target item)")
 
 
 @dataclass
@@ -427,6 +431,12 @@ class BaseDNN(Ranker):
         self.top = mlp(list(cfg.hidden), cfg.dropout)
         self.out = nn.Linear(cfg.hidden[-1], 1)
         self.item_hidden_table: Tensor | None = None  # (I+1, H0) once frozen for serving
+        # cfg.virtual_attention "own": the virtual behavior's own columns of the first layer (the
+        # behavior group's columns then read real history only); created last, so every other
+        # weight starts as it does in the shared tower
+        self.virtual_proj: nn.Linear | None = (
+            nn.Linear(d, cfg.hidden[0], bias=False) if cfg.virtual_attention == "own" else None
+        )
 
     def freeze_for_serving(self) -> None:
         table = self.emb.freeze_for_serving()
@@ -437,6 +447,10 @@ class BaseDNN(Ranker):
             proj = nn.Linear(self.user_proj.in_features, self.user_proj.out_features)
             proj.weight.copy_(self.user_proj.weight * scale[:, None])
             proj.bias.copy_(self.user_proj.bias * scale + shift)
+            if self.virtual_proj is not None:
+                virtual = nn.Linear(self.virtual_proj.in_features, self.virtual_proj.out_features, bias=False)
+                virtual.weight.copy_(self.virtual_proj.weight * scale[:, None])
+                self.virtual_proj = virtual
         self.user_proj = proj
         self.bn = nn.Identity()  # type: ignore[assignment]
         self.top = fold_mlp(self.top)
@@ -460,18 +474,29 @@ class BaseDNN(Ranker):
     def forward(self, user: UserInputs, items: Tensor, owner: Tensor | None = None) -> Tensor:
         z_a, z_c = self._groups(user)
         real, _ = self.behavior_target(user.behavior)
-        z_v = (1 - user.gate) * real[:, 0] + user.gate * user.virtual[:, 0]  # (U, d)
-        return self._head(user, torch.cat([z_a, z_v, z_c], -1), items, owner)
+        real_part, virtual_part = (1 - user.gate) * real[:, 0], user.gate * user.virtual[:, 0]  # (U, d)
+        if self.virtual_proj is not None:
+            z = torch.cat([z_a, real_part, z_c], -1)
+            return self._head(user, z, items, owner, virtual_part)
+        return self._head(user, torch.cat([z_a, real_part + virtual_part, z_c], -1), items, owner)
 
     def forward_no_history(self, user: UserInputs, items: Tensor) -> Tensor:
         z_a, z_c = self._groups(user)
-        # no behavior pools to zeros (every slot masked), so z_v is the gated virtual behavior
-        z_v = user.gate * user.virtual[:, 0]  # (U, d)
-        return self._head(user, torch.cat([z_a, z_v, z_c], -1), items, None)
+        # no behavior pools to zeros (every slot masked), so only the gated virtual behavior is left
+        virtual_part = user.gate * user.virtual[:, 0]  # (U, d)
+        if self.virtual_proj is not None:
+            z = torch.cat([z_a, torch.zeros_like(virtual_part), z_c], -1)
+            return self._head(user, z, items, None, virtual_part)
+        return self._head(user, torch.cat([z_a, virtual_part, z_c], -1), items, None)
 
-    def _head(self, user: UserInputs, z: Tensor, items: Tensor, owner: Tensor | None) -> Tensor:
-        """Logits (N,) from the user's pooled groups `z` (U, 3d), as `forward` says."""
+    def _head(
+        self, user: UserInputs, z: Tensor, items: Tensor, owner: Tensor | None, virtual: Tensor | None = None
+    ) -> Tensor:
+        """Logits (N,) from the user's pooled groups `z` (U, 3d) and, with `virtual_proj`, the
+        gated virtual behavior `virtual` (U, d), as `forward` says."""
         u = self.user_proj(self.drop(z))  # (U, H0)
+        if virtual is not None and self.virtual_proj is not None:
+            u = u + self.virtual_proj(self.drop(virtual))
         if owner is not None:
             u = u[owner]  # (N, H0)
         h = F.leaky_relu(self.bn(u + self._item_hidden(items)))  # (N, H0)

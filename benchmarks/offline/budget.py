@@ -56,10 +56,15 @@ RESULTS = Path(__file__).resolve().parent.parent / "results"
 MODELS = ("control", "mail")  # the decision reads these
 # diagnostics beside them (`--models`), never part of the decision: MAIL whose training rows shown
 # as a new user keep empty behavior, as control's do (virtual behavior at inference only, the
-# official code's reading): whether those rows are what MAIL's old users pay for
+# official code's reading): whether those rows are what MAIL's old users pay for; MAIL whose
+# virtual behavior is read by weights of its own (`RankerConfig.virtual_attention` "own"), so those
+# rows never train the weights that read real history (the screen of 2026-12-04: README)
 VARIANTS: dict[str, Callable[[RankerConfig], ModelConfig]] = {
     "mail-fill-inference": lambda ranker: ModelConfig(
         model="mail", ranker=ranker, zero_shot=ZeroShotConfig(), fill_train=False
+    ),
+    "mail-own-virtual": lambda ranker: ModelConfig(
+        model="mail", ranker=replace(ranker, virtual_attention="own"), zero_shot=ZeroShotConfig()
     ),
 }
 TOWERS = {"base": "BaseDNN", "din": "DIN"}

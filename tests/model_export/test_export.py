@@ -75,21 +75,28 @@ def test_a_one_layer_ranker_trains_from_the_cli_and_exports_with_parity(tmp_path
     Towers(bundle, SessionOptions(device="cpu")).check_golden()
 
 
-def test_a_din_tower_with_a_unit_for_virtual_items_trains_from_the_cli_and_serves(tmp_path: Path) -> None:
-    """`--virtual-attention own` (DIN with MAIL): the run records it, the bundle exports with the
-    usual parity, and the service's sessions pass the golden check; on another tower it is refused."""
+@pytest.mark.parametrize("ranker", ["din", "base"])
+def test_a_tower_with_weights_of_its_own_for_virtual_behavior_trains_from_the_cli_and_serves(
+    tmp_path: Path, ranker: str
+) -> None:
+    """`--virtual-attention own` (MAIL; DIN: a second attention unit, BaseDNN: columns of its own in
+    the first layer): the run records it, the bundle exports with the usual parity, and the
+    service's sessions pass the golden check (BaseDNN's: ranker_no_history.onnx against
+    ranker.onnx too); own-detached is DIN's alone."""
     from model_export.cli import main
 
     run_dir, bundle_dir = tmp_path / "run", tmp_path / "bundle"
     args = ["train", "--dataset", "synthetic", "--model", "mail", "--epochs", "1", "--quiet"]
-    assert main([*args, "--ranker", "din", "--virtual-attention", "own", "--out", str(run_dir)]) == 0
+    assert main([*args, "--ranker", ranker, "--virtual-attention", "own", "--out", str(run_dir)]) == 0
     assert json.loads((run_dir / "config.json").read_text())["model"]["ranker"]["virtual_attention"] == "own"
     assert main(["export", "--run", str(run_dir), "--out", str(bundle_dir)]) == 0
     bundle = load_bundle(bundle_dir)
     assert bundle.manifest.parity.scores_max_abs_diff <= 1e-5
+    assert (bundle_dir / "ranker_no_history.onnx").exists() == (ranker == "base")
     Towers(bundle, SessionOptions(device="cpu")).check_golden()
-    with pytest.raises(SystemExit, match="--ranker din only"):
-        main([*args, "--virtual-attention", "own", "--out", str(tmp_path / "base")])
+    if ranker == "base":
+        with pytest.raises(SystemExit, match="own-detached is --ranker din's"):
+            main([*args, "--virtual-attention", "own-detached", "--out", str(tmp_path / "detached")])
 
 
 def test_ranker_scores_the_whole_catalog_and_more_in_one_call(tiny_bundle: BundleFactory) -> None:

@@ -12,6 +12,7 @@ from model_export import data as datasets
 from model_export.batches import Batches
 from model_export.features import EncodedData, encode_data
 from model_export.model import (
+    BaseDNN,
     DINRanker,
     MailModel,
     ModelConfig,
@@ -175,6 +176,59 @@ def test_din_own_detached_unit_trains_no_embedding_through_the_virtual_read() ->
         a, b = embedding_grads(own, behavior, gate), embedding_grads(detached, behavior, gate)
         assert len(a) == len(b) > 0
         assert all(torch.allclose(x, y) for x, y in zip(a, b, strict=True)) == same
+
+
+def test_basednn_virtual_behavior_with_columns_of_its_own_never_trains_the_real_ones() -> None:
+    """BaseDNN, `virtual_attention="own"`: a cold row (no history, gate 1) reaches the first layer
+    through `virtual_proj` alone, so its loss leaves the columns that read real behavior (d:2d of
+    `user_proj`) untouched, as a warm row (gate 0) leaves `virtual_proj`; shared, a cold row moves
+    those columns. Everything the shared tower has starts with the same values (created last)."""
+    encoded = _synthetic()
+    d = encoded.schema.d_embed
+    attrs, ctx, beh, item, label, _ = _batch(encoded, 64)
+    empty = torch.zeros_like(beh)
+    for mode in ("shared", "own"):
+        model = _model(encoded, "base", virtual_attention=mode)
+        ranker = model.ranker
+        assert isinstance(ranker, BaseDNN) and (ranker.virtual_proj is None) == (mode == "shared")
+        virtual = model.virtual_behavior(attrs).detach()
+        for behavior, gate in ((empty, torch.ones(64, 1)), (beh, torch.zeros(64, 1))):
+            model.zero_grad()
+            logits = ranker(UserInputs(attrs, ctx, behavior, virtual, gate), item)
+            torch.nn.functional.binary_cross_entropy_with_logits(logits, label).backward()
+            grad = ranker.user_proj.weight.grad
+            assert grad is not None
+            behavior_columns = float(grad[:, d : 2 * d].abs().sum())
+            cold = bool(gate[0, 0] == 1)
+            assert (behavior_columns > 0) == (mode == "shared" or not cold), (mode, cold)
+            if ranker.virtual_proj is not None:
+                own = ranker.virtual_proj.weight.grad
+                assert (own is not None and bool(own.abs().sum() > 0)) == cold
+    torch.manual_seed(0)
+    shared = dict(_model(encoded, "base").ranker.named_parameters())
+    torch.manual_seed(0)
+    own_params = dict(_model(encoded, "base", virtual_attention="own").ranker.named_parameters())
+    assert set(own_params) - set(shared) == {"virtual_proj.weight"}
+    assert all(torch.equal(p, own_params[n]) for n, p in shared.items())
+    with pytest.raises(ValueError, match="DIN's"):
+        RankerConfig(kind="base", virtual_attention="own-detached")
+
+
+@pytest.mark.parametrize("mode", ["shared", "own"])
+def test_basednn_no_history_graph_is_the_same_function(mode: str) -> None:
+    """`forward_no_history` (ranker_no_history.onnx's graph) equals `forward` with an empty history,
+    both ways of reading the virtual behavior, before and after folding for serving."""
+    encoded = _synthetic()
+    model = _model(encoded, "base", virtual_attention=mode).eval()
+    attrs, ctx, beh, _, _, _ = _batch(encoded, 1)
+    user = UserInputs(attrs, ctx, torch.zeros_like(beh), model.virtual_behavior(attrs), torch.ones(1, 1))
+    cands = torch.arange(1, 41)
+    with torch.no_grad():
+        full = model.ranker(user, cands)
+        assert torch.allclose(model.ranker.forward_no_history(user, cands), full, atol=1e-6)
+        model.ranker.freeze_for_serving()
+        assert torch.allclose(model.ranker(user, cands), full, atol=1e-5)
+        assert torch.allclose(model.ranker.forward_no_history(user, cands), full, atol=1e-5)
 
 
 def test_a_din_checkpoint_from_before_the_attention_module_still_loads() -> None:
