@@ -316,6 +316,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     suite = Suite(plan, args.data_dir, rows_path, progress=not args.smoke, jobs=args.jobs)
     rows = suite.execute(run=not args.report_only)
+    if args.report_only and not rows:
+        raise SystemExit(
+            f"benchmarks.offline --report-only: {rows_path} holds no row of this plan (task "
+            f"{args.task}{', quick' if args.quick else ''}, its blocks, budget and early-stopping rule): "
+            "nothing to report (run without --report-only to train them, or name the plan that trained them)"
+        )
     result = assemble(plan, suite, rows, argv if argv is not None else sys.argv[1:])
     result["jobs"] = args.jobs
     result["wall_seconds"] = round(time.perf_counter() - started, 1)

@@ -257,3 +257,14 @@ def test_rows_of_another_budget_are_neither_resumed_nor_reported(tmp_path: Path)
     assert suite(patience=3).other_rule == 1
     # its epochs are taken to be the plan's (the committed results files record them since)
     assert suite(epochs=2, patience=2).other_rule == 0
+
+
+def test_report_only_without_rows_of_the_plan_says_so(tmp_path: Path) -> None:
+    """`--report-only` on a file that holds no row of the plan (here the rating task's quick rows,
+    committed) exits saying so, and writes no report (it used to fail drawing an empty plot)."""
+    out = tmp_path / "offline-catalog-quick"
+    committed = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "offline-quick.jsonl"
+    out.with_name(out.name + ".jsonl").write_text(committed.read_text().splitlines()[0] + "\n")
+    with pytest.raises(SystemExit, match="holds no row of this plan"):
+        main(["--report-only", "--quick", "--out", str(out), "--jobs", "1"])
+    assert not out.with_name(out.name + ".json").exists() and not out.with_name(out.name + ".md").exists()
