@@ -94,6 +94,17 @@ CATALOG_TRAIN = {"task": "catalog", "epochs": 12, "patience": 2, "threads": 1, "
 CATALOG_RANKER = RankerConfig(item_prior=True, prior_segment="auto")
 
 
+def _budget_arg(text: str) -> tuple[int, int]:
+    """`--budget`: "EPOCHS,PATIENCE", both positive integers."""
+    try:
+        epochs, patience = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"EPOCHS,PATIENCE, two integers (e.g. 20,3), not {text!r}") from None
+    if epochs < 1 or patience < 1:
+        raise argparse.ArgumentTypeError(f"epochs and patience are at least 1, not {text!r}")
+    return epochs, patience
+
+
 def catalog_plan(seeds: tuple[int, ...] = (0, 1, 2, 3, 4), few: tuple[int, ...] = (0, 1, 2)) -> Plan:
     """The catalog task, blocks in priority order (run them with --blocks as time allows): the
     main comparison, the onboarding sweep and the paper's protocol at 5 seeds (the issue's
@@ -280,6 +291,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="what early stopping keeps in every run (TrainConfig.select; default: the plan's); "
         "each trained row records it, and a run resumes from and reports only rows of its own",
     )
+    parser.add_argument(
+        "--budget",
+        type=_budget_arg,
+        default=None,
+        metavar="EPOCHS,PATIENCE",
+        help="every run's epoch cap and early stopping's patience (default: the plan's, 12,2 for the "
+        "catalog task; the product trains 20,3); rows record it, and a run resumes from and reports "
+        "only rows of its own, as with --select",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     catalog = args.task == "catalog"
@@ -306,6 +326,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan.scale = replace(plan.scale, behavior=args.behavior)
     if args.select is not None:
         plan.scale = replace(plan.scale, train={**plan.scale.train, "select": args.select})
+    if args.budget is not None:
+        if args.quick or args.smoke:
+            parser.error("--budget sets the full plan's budget (--quick and --smoke train 1 epoch)")
+        epochs, patience = args.budget
+        plan.scale = replace(plan.scale, train={**plan.scale.train, "epochs": epochs, "patience": patience})
     name = "offline-catalog" if catalog else "offline"
     name += "-smoke" if args.smoke else "-quick" if args.quick else ""
     name += "" if args.behavior == "clicks" else f"-{args.behavior}"

@@ -268,3 +268,18 @@ def test_report_only_without_rows_of_the_plan_says_so(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="holds no row of this plan"):
         main(["--report-only", "--quick", "--out", str(out), "--jobs", "1"])
     assert not out.with_name(out.name + ".json").exists() and not out.with_name(out.name + ".md").exists()
+
+
+def test_budget_flag_parses_and_is_the_full_plans_alone(tmp_path: Path) -> None:
+    """`--budget EPOCHS,PATIENCE` sets every run's cap and patience (the rows then record it);
+    malformed values and the 1-epoch modes are refused before anything trains."""
+    from benchmarks.offline.__main__ import _budget_arg
+
+    assert _budget_arg("20,3") == (20, 3)
+    for bad in ("20", "20,x", "0,3", "20,3,1"):
+        with pytest.raises(Exception, match="EPOCHS,PATIENCE|at least 1"):
+            _budget_arg(bad)
+    for mode in ("--quick", "--smoke"):
+        with pytest.raises(SystemExit):
+            main([mode, "--budget", "20,3", "--out", str(tmp_path / "x"), "--jobs", "1"])
+    assert not list(tmp_path.iterdir())
