@@ -48,9 +48,10 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         choices=["shared", "own", "own-detached"],  # model.VIRTUAL_ATTENTION (torch not imported here)
         default=None,
         help="--model mail: read the virtual behavior with the weights that read real history "
-        "(shared, the default and the official code's reading) or with weights of its own (own: "
-        "DIN's second attention unit, BaseDNN's own columns of the first layer); --ranker din also "
-        "takes own-detached, its own unit without training the embeddings (README, 'the DIN tower')",
+        "(shared, the official code's reading) or with weights of its own (own: BaseDNN's own columns "
+        "of the first layer, DIN's second attention unit); own-detached: DIN's own unit without training "
+        "the embeddings (BaseDNN: the same as own). Default: own for BaseDNN on the catalog task "
+        "(chosen on validation, README 'MAIL's old users'), shared otherwise",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True, help="run directory to write")
@@ -228,10 +229,14 @@ def _train(args: argparse.Namespace) -> int:
     model_cfg.ranker.kind = args.ranker
     if args.hidden is not None:
         model_cfg.ranker.hidden = args.hidden
-    if args.virtual_attention is not None:
-        if args.ranker != "din" and args.virtual_attention == "own-detached":
-            raise SystemExit("model_export train: --virtual-attention own-detached is --ranker din's")
-        model_cfg.ranker.virtual_attention = args.virtual_attention
+    reading = args.virtual_attention
+    if reading is None and "virtual_attention" not in overrides.get("model", {}).get("ranker", {}):
+        # MAIL on BaseDNN, catalog task: the virtual behavior's own columns (chosen on validation:
+        # benchmarks/results/train-budget.md); DIN and the rating task keep the paper's reading
+        own = args.model == "mail" and args.ranker == "base" and args.task == "catalog"
+        reading = "own" if own else None
+    if reading is not None:
+        model_cfg.ranker.virtual_attention = reading
     prior = args.item_prior
     if prior is None and "item_prior" not in overrides.get("model", {}).get("ranker", {}):
         prior = "auto" if args.task == "catalog" else "off"

@@ -67,9 +67,10 @@ class RankerConfig:
     # the first layer), which MAIL's cold rows then train on virtual behavior too; "own": weights
     # of their own (DIN: a second unit of the same shape; BaseDNN: d more columns of the first
     # layer, the real slot empty for a user without history), so the way real history is read
-    # learns from real history only, as it does in control; "own-detached" (DIN only): its own
-    # unit, and the virtual read trains no embedding (its target item's embedding detached), so
-    # cold rows reach the rest of the tower through the head alone
+    # learns from real history only, as it does in control; "own-detached": DIN's own unit, and
+    # the virtual read trains no embedding (its target item's embedding detached), so cold rows
+    # reach the rest of the tower through the head alone (BaseDNN: "own", whose virtual read
+    # reaches no embedding either way: the virtual behavior is an input, and no target is read)
     virtual_attention: str = "shared"
 
     def __post_init__(self) -> None:
@@ -77,8 +78,6 @@ class RankerConfig:
             raise ValueError(
                 f"virtual_attention is one of {VIRTUAL_ATTENTION}, not {self.virtual_attention!r}"
             )
-        if self.kind == "base" and self.virtual_attention == "own-detached":
-            raise ValueError("virtual_attention 'own-detached' is DIN's (BaseDNN reads no target item)")
 
 
 @dataclass
@@ -435,7 +434,7 @@ class BaseDNN(Ranker):
         # behavior group's columns then read real history only); created last, so every other
         # weight starts as it does in the shared tower
         self.virtual_proj: nn.Linear | None = (
-            nn.Linear(d, cfg.hidden[0], bias=False) if cfg.virtual_attention == "own" else None
+            nn.Linear(d, cfg.hidden[0], bias=False) if cfg.virtual_attention != "shared" else None
         )
 
     def freeze_for_serving(self) -> None:

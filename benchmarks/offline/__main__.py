@@ -116,7 +116,9 @@ def catalog_plan(seeds: tuple[int, ...] = (0, 1, 2, 3, 4), few: tuple[int, ...] 
                 "main",
                 "new users never seen in training (the online case)",
                 (ml,),
-                (*CATALOG_CORE, "mail-blend"),  # the blend: for the few-shot curve
+                # MAIL as the product trains BaseDNN's (its own columns for the virtual behavior);
+                # the blend: for the few-shot curve
+                (*CATALOG_CORE, "mail-own", "mail-blend"),
                 seeds,
             ),
             Block(

@@ -17,8 +17,11 @@ longer rule replaces (12, 2) as the default only if its mean validation NDCG@10 
 (the score early stopping reads) is at least 2% higher for control and for MAIL alike (a longer
 window's maximum is biased upward by the noise of the extra epochs it reads: the margin is for
 that), new users' validation NDCG@10 at their checkpoint no lower than 0.5% below; among those
-that pass, the shortest. Writes benchmarks/results/train-budget.jsonl (resumable, one row per
-model and seed), .json and .md.
+that pass, the shortest. `--models` adds variants beside them (`VARIANTS`), which never enter
+that decision; one that would replace the model it names (`CANDIDATES`: MAIL with its own columns
+for the virtual behavior, `mail-own-virtual`) is weighed against it at the product's budget by the
+same margins, on validation: old users at least 2% higher, new users no lower than 0.5% below.
+Writes benchmarks/results/train-budget.jsonl (resumable, one row per model and seed), .json and .md.
 
 Why: the catalog task trained at most 12 epochs and stopped after 2 without a better validation
 score (until this screen chose 20 and 3). Both bound: in the offline benchmark's runs most
@@ -67,6 +70,11 @@ VARIANTS: dict[str, Callable[[RankerConfig], ModelConfig]] = {
         model="mail", ranker=replace(ranker, virtual_attention="own"), zero_shot=ZeroShotConfig()
     ),
 }
+# a variant that would replace the model it names, by a rule declared before its runs were read
+# (2026-12-04): at the product's budget (PRODUCT), on validation, old users' NDCG@10 at least
+# VAL_MARGIN above that model's and new users' no lower than NEW_TOLERANCE below
+CANDIDATES = {"mail-own-virtual": "mail"}
+PRODUCT = (20, 3)
 TOWERS = {"base": "BaseDNN", "din": "DIN"}
 CURRENT = (12, 2)  # the budget the screen weighs others against (TrainConfig's until 2026-12-03)
 RULES = ((12, 2), (12, 3), (20, 2), (20, 3), (30, 2), (30, 3))
@@ -191,6 +199,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
                 max(abs(g[group]["ndcg@10"] - own[group]["ndcg@10"]) for group in ("old", "new"))
             )
     out["decision"] = decide(out["models"])
+    out["candidates"] = decide_candidates(out["models"])
     return out
 
 
@@ -219,6 +228,36 @@ def decide(models: dict[str, Any]) -> dict[str, Any]:
     # the shortest: the lowest cap, then the lowest patience
     chosen = min(passing, key=lambda n: tuple(map(int, n.split(","))), default=base)
     return {"chosen": chosen, "passing": passing, "val_changes": changes}
+
+
+def decide_candidates(models: dict[str, Any]) -> dict[str, Any]:
+    """Each of CANDIDATES trained on the same seeds as the model it would replace: the declared
+    rule on validation at PRODUCT, and test's paired changes beside it (which choose nothing)."""
+    rule = f"{PRODUCT[0]},{PRODUCT[1]}"
+    out: dict[str, Any] = {}
+    for variant, against in CANDIDATES.items():
+        if (
+            variant not in models
+            or against not in models
+            or models[variant]["seeds"] != models[against]["seeds"]
+        ):
+            continue
+        v, a = models[variant]["rules"].get(rule), models[against]["rules"].get(rule)
+        if v is None or a is None:
+            continue
+        val = {key: _mean(v, key) / _mean(a, key) - 1 for key in ("val_old", "val_new")}
+        test = {}
+        for group in ("old", "new"):
+            t, r = [g[group]["ndcg@10"] for g in v], [g[group]["ndcg@10"] for g in a]
+            test[group] = {"change": float(np.mean(np.array(t) / np.array(r) - 1)), "p": paired_p(t, r)}
+        out[variant] = {
+            "against": against,
+            "rule": rule,
+            "val_changes": val,
+            "test_changes": test,
+            "adopted": val["val_old"] >= VAL_MARGIN and val["val_new"] >= NEW_TOLERANCE,
+        }
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -278,6 +317,18 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         *(line for note in result.get("notes", []) for line in (note, "")),
     ]
+    for variant, c in result.get("candidates", {}).items():
+        val, test = c["val_changes"], c["test_changes"]
+        verdict = "adopted" if c["adopted"] else "not adopted"
+        lines += [
+            f"**{variant} in place of {c['against']}: {verdict}**, by the rule declared before its runs "
+            f"were read (at {c['rule']}, validation: old users at least {100 * VAL_MARGIN:+.0f}%, new "
+            f"users no lower than {100 * NEW_TOLERANCE:+.1f}%): old users {100 * val['val_old']:+.1f}%, "
+            f"new users {100 * val['val_new']:+.1f}%. On test, for the record (paired by seed): old users "
+            f"{100 * test['old']['change']:+.2f}% (p {test['old']['p']:.3f}), new users "
+            f"{100 * test['new']['change']:+.2f}% (p {test['new']['p']:.3f}).",
+            "",
+        ]
     for model, m in result["models"].items():
         rules = m["rules"]
         if base not in rules:

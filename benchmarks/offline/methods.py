@@ -123,6 +123,10 @@ METHODS: dict[str, Method] = {
                "no training row with empty behavior gets it (new users' rows on the paper's protocol; "
                "the cold rows and first picks on both)",
                None, (None,), _mail(fill_train=False), tuned_as="mail"),
+        Method("mail-own", "MAIL whose virtual behavior is read by weights of its own (BaseDNN: its own "
+               "columns of the first layer), so cold rows never train the weights that read real "
+               "history; the product's BaseDNN MAIL since 2026-12-04 (train-budget.md)", None, (None,),
+               _mail(ranker_change={"virtual_attention": "own"}), tuned_as="mail"),
         Method("mail-own-attention", "MAIL on the DIN tower with a second attention unit for the virtual "
                "items, so cold rows never train the unit that reads real history", None, (None,),
                _mail(ranker_change={"virtual_attention": "own"}), tuned_as="mail"),

@@ -120,3 +120,30 @@ def test_a_longer_rule_is_chosen_only_if_both_models_gain_on_validation_and_the_
     with_variant = summarize(gain + variant)
     text = markdown({"commands": ["c"], "machine": {"cores": 2, "torch": "t"}, **with_variant})
     assert "## mail-fill-inference against control, per rule (paired by seed)" in text
+
+
+def test_a_candidate_replaces_the_model_it_names_only_by_the_declared_rule_at_the_products_budget() -> None:
+    """`CANDIDATES`: mail-own-virtual against mail, at 20,3 on validation: old users at least +2%
+    and new users no lower than -0.5%; test is reported beside it and chooses nothing."""
+    rising = [0.10 + 0.01 * i for i in range(14)] + [0.22] * 4  # 20,3 keeps 14: 0.23
+    flat = [0.10 + 0.01 * i for i in range(12)] + [0.2] * 6  # 20,3 keeps 12: 0.21 (+9.5% for rising)
+    new = [0.40, 0.45] + [0.41] * 16
+    lower = [0.40, 0.44] + [0.41] * 16  # new users' checkpoint: 0.44 against 0.45, -2.2%
+    base = [_row("control", s, flat, new) for s in (0, 1)] + [_row("mail", s, flat, new) for s in (0, 1)]
+    got = summarize(base + [_row("mail-own-virtual", s, rising, new) for s in (0, 1)])["candidates"]
+    own = got["mail-own-virtual"]
+    assert own["adopted"] and own["rule"] == "20,3" and own["against"] == "mail"
+    assert own["val_changes"]["val_old"] == pytest.approx(0.23 / 0.21 - 1)
+    assert own["test_changes"]["old"]["change"] == pytest.approx(0.23 / 0.21 - 1)
+    assert not summarize(base + [_row("mail-own-virtual", s, rising, lower) for s in (0, 1)])["candidates"][
+        "mail-own-virtual"
+    ]["adopted"]
+    assert not summarize(base + [_row("mail-own-virtual", s, flat, new) for s in (0, 1)])["candidates"][
+        "mail-own-virtual"
+    ]["adopted"]
+    # on other seeds than MAIL's it is not weighed at all, and the budget's decision never reads it
+    assert summarize(base + [_row("mail-own-virtual", 5, rising, new)])["candidates"] == {}
+    result = summarize(base + [_row("mail-own-virtual", s, rising, new) for s in (0, 1)])
+    assert result["decision"] == summarize(base)["decision"]
+    text = markdown({"commands": ["c"], "machine": {"cores": 2, "torch": "t"}, **result})
+    assert "**mail-own-virtual in place of mail: adopted**, by the rule" in text

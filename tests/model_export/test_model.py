@@ -210,8 +210,12 @@ def test_basednn_virtual_behavior_with_columns_of_its_own_never_trains_the_real_
     own_params = dict(_model(encoded, "base", virtual_attention="own").ranker.named_parameters())
     assert set(own_params) - set(shared) == {"virtual_proj.weight"}
     assert all(torch.equal(p, own_params[n]) for n, p in shared.items())
-    with pytest.raises(ValueError, match="DIN's"):
-        RankerConfig(kind="base", virtual_attention="own-detached")
+    # own-detached is DIN's distinction: BaseDNN's virtual read reaches no embedding either way
+    torch.manual_seed(0)
+    detached = dict(_model(encoded, "base", virtual_attention="own-detached").ranker.named_parameters())
+    assert all(torch.equal(p, detached[n]) for n, p in own_params.items()) and set(detached) == set(
+        own_params
+    )
 
 
 @pytest.mark.parametrize("mode", ["shared", "own"])
