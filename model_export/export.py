@@ -393,7 +393,10 @@ def _manifest(
             onboarding_noise=run.get("onboarding_noise"),
         ),
         fill=Fill(
-            mode=cfg["fill"] if has_zst else "off", tau=cfg["blend_tau"], in_training=cfg["fill_train"]
+            mode=cfg["fill"] if has_zst else "off",
+            tau=cfg["blend_tau"],
+            in_training=cfg["fill_train"],
+            reading=cfg["ranker"].get("virtual_attention", "shared"),
         ),
         zero_shot=ZERO_SHOT_FILE if has_zst else None,
         ranker_batch=RANKER_BATCH_FILE,

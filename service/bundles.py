@@ -146,6 +146,8 @@ class ServedModel:
             "dataset": man.dataset,
             "protocol": man.protocol,
             "fill": self.towers.fill_mode,
+            # the ranker's weights that read the virtual behavior: shared with real history, or own
+            "virtual_reading": man.fill.virtual_reading if self.towers.zero_shot is not None else None,
             "microbatch": self.batcher is not None,
             "zero_shot": self.towers.zero_shot is not None and self.kind == "model",
             "catalog_items": len(self.bundle.catalog),

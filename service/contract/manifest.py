@@ -51,10 +51,25 @@ class Fill:
     mode: str  # "hard", "blend" or "off"
     tau: float
     in_training: bool
+    # which ranker weights read the virtual behavior: "shared" with real history (the paper's
+    # reading) or "own" weights ("own-detached": DIN's own unit, its read training no embedding);
+    # model_export.model.RankerConfig.virtual_attention. None: a bundle from before this field,
+    # all of them "shared" (`virtual_reading`)
+    reading: str | None = None
+
+    @property
+    def virtual_reading(self) -> str:
+        return self.reading or "shared"
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        if self.reading is None:
+            del out["reading"]  # an older manifest round-trips unchanged
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Fill:
-        return cls(d["mode"], d["tau"], d["in_training"])
+        return cls(d["mode"], d["tau"], d["in_training"], d.get("reading"))
 
 
 @dataclass(frozen=True)
@@ -316,7 +331,7 @@ class Manifest:
             "protocol": self.protocol,
             "split_seed": self.split_seed,
             "behavior": asdict(self.behavior),
-            "fill": asdict(self.fill),
+            "fill": self.fill.to_dict(),
             "zero_shot": _file(self.zero_shot),
             "ranker_batch": _file(self.ranker_batch),
             "zero_shot_absent_reason": self.zero_shot_absent_reason,

@@ -22,6 +22,7 @@ from service.contract import (
     BundleError,
     ColdCheckpoint,
     Encoded,
+    Fill,
     content_version,
     load_bundle,
     ranker_feeds,
@@ -94,7 +95,10 @@ def test_a_tower_with_weights_of_its_own_for_virtual_behavior_trains_from_the_cl
     bundle = load_bundle(bundle_dir)
     assert bundle.manifest.parity.scores_max_abs_diff <= 1e-5
     assert (bundle_dir / "ranker_no_history.onnx").exists() == (ranker == "base")
+    assert bundle.manifest.fill.virtual_reading == "own"  # /models shows it
     Towers(bundle, SessionOptions(device="cpu")).check_golden()
+    older = {"mode": "hard", "tau": 3.0, "in_training": True}  # a manifest from before the field
+    assert Fill.from_dict(older).virtual_reading == "shared" and Fill.from_dict(older).to_dict() == older
 
 
 @pytest.mark.parametrize(

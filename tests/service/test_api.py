@@ -271,6 +271,7 @@ def test_probes_models_and_metrics(client: httpx.Client) -> None:
     assert {m["provider"] for m in models["models"]} == {"cpu"}
     assert {m["ranker_precision"] for m in models["models"]} == {"fp32"}  # the bundles' default
     assert [m["zero_shot"] for m in models["models"]] == [False, True]
+    assert [m["virtual_reading"] for m in models["models"]] == [None, "shared"]  # the test bundles'
     graphs_by_model = (["ranker", "ranker_no_history"], ["zero_shot", "ranker", "ranker_no_history"])
     for m, graphs in zip(models["models"], graphs_by_model, strict=True):
         device = m["device"]  # read from the sessions: every node that ran is on the CPU provider
