@@ -3,8 +3,8 @@
 
 Keys written since format 1 began are required; those added later within format 1 (`task`,
 `ranking_metrics`, `ranker_batch`, the batch graph's parity, `precisions`, `default_precision`,
-`item_vectors`, `cold_checkpoint`, `item_prior` and `ranker_no_history`) read as their defaults
-from older bundles.
+`item_vectors`, `cold_checkpoint`, `item_prior`, `ranker_no_history` and `fill.reading`) read as
+their defaults from older bundles.
 `to_dict` writes the keys in the order export always wrote them, the later ones only when the
 bundle has them (an older manifest round-trips unchanged).
 
