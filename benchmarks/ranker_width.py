@@ -16,6 +16,15 @@ shipped tower's), measured in the same run. Which width serves is decided on val
 times instead the first width's two graphs for a user with no behavior (that golden user with its
 behavior emptied): `ranker.onnx` against `ranker_no_history.onnx`, each through `Towers.score` as
 the service calls it (`SessionOptions.no_history_graph` off and on); writes ranker-no-history.md.
+
+    python -m benchmarks.ranker_width --data-dir DIR --readings [--rounds 15]
+
+times instead MAIL at the first width trained with each reading of the virtual behavior (`train
+--virtual-attention shared`, the paper's, and `own`, the product's on BaseDNN since 2026-12-04:
+columns of its own in the first layer), as the service calls the ranker (its defaults: a user with no
+behavior through `ranker_no_history.onnx`) for a known user (the golden user) and a new one (its
+behavior emptied), the readings alternating; writes ranker-reading.md (issue 12: serving cost
+unchanged).
 """
 
 from __future__ import annotations
@@ -45,16 +54,21 @@ RESULTS = ROOT / "benchmarks" / "results"
 WIDTHS = ("256,128", "256", "128", "128,64")
 
 
-def build(width: str, data_dir: str | None) -> Path:
-    """Train (one epoch) and export the tower of this width; the bundle's directory."""
-    run_dir, bundle = CACHE / "runs" / width, CACHE / "bundles" / width
+READINGS = ("shared", "own")
+
+
+def build(width: str, data_dir: str | None, reading: str | None = None) -> Path:
+    """Train (one epoch) and export the tower of this width (MAIL's virtual behavior read as
+    `reading`, else train's default); the bundle's directory."""
+    name = width if reading is None else f"{width}-{reading}"
+    run_dir, bundle = CACHE / "runs" / name, CACHE / "bundles" / name
     if (bundle / "manifest.json").exists():
         return bundle
     py = sys.executable
     train = [py, "-m", "model_export", "train", "--model", "mail", "--behavior", "clicks"]
-    train += ["--epochs", "1", "--hidden", width]
+    train += ["--epochs", "1", "--hidden", width, *(["--virtual-attention", reading] if reading else [])]
     train += ["--out", str(run_dir), "--quiet", *(["--data-dir", data_dir] if data_dir else [])]
-    log.info("training width %s (one epoch)", width)
+    log.info("training width %s%s (one epoch)", width, f", {reading} reading" if reading else "")
     subprocess.run(train, check=True, cwd=ROOT)
     export = [py, "-m", "model_export", "export", "--run", str(run_dir), "--out", str(bundle)]
     subprocess.run(export, check=True, cwd=ROOT)
@@ -91,6 +105,28 @@ def no_history_speed(bundle_dir: Path, rounds: int) -> list[dict[str, Any]]:
     case = bundle.manifest.golden[0]
     cold = replace(case.encoded, behavior=np.zeros_like(case.encoded.behavior), n_history=0)
     return time_calls(towers, cold, case.gate, rounds)
+
+
+def reading_speed(bundles: dict[str, Path], rounds: int) -> list[dict[str, Any]]:
+    """Each bundle's ranker call as the service makes it, for the golden user as known (its
+    behavior) and as new (behavior emptied): `time_calls`'s rows, each with its `user`."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from service.contract import load_bundle
+    from service.inference import SessionOptions, Towers
+
+    loaded = {r: load_bundle(b) for r, b in bundles.items()}
+    towers = {r: Towers(b, SessionOptions(device="cpu", microbatch="off")) for r, b in loaded.items()}
+    case = next(iter(loaded.values())).manifest.golden[0]
+    if case.encoded.n_history == 0:
+        raise SystemExit("the golden user has no behavior: nothing to time as a known user")
+    cold = replace(case.encoded, behavior=np.zeros_like(case.encoded.behavior), n_history=0)
+    rows = []
+    for user, encoded in (("known", case.encoded), ("new", cold)):
+        rows += [{"user": user, **c} for c in time_calls(towers, encoded, case.gate, rounds)]
+    return rows
 
 
 def time_calls(towers: dict[str, Towers], encoded: Encoded, gate: float, rounds: int) -> list[dict[str, Any]]:
@@ -142,7 +178,17 @@ def markdown(result: dict[str, Any]) -> str:
         "process (wall time in brackets: on a loaded host it counts the time the process waited for "
         "a core); x = against the first column in the same run."
     )
-    if result.get("graphs"):
+    if result.get("readings"):
+        title = "# MAIL's readings of the virtual behavior: cost of the ranker call"
+        what = (
+            f"The service's ranker call (`Towers.score`, one ONNX Runtime thread, fp32, the service's "
+            f"defaults) of a one-epoch `mail` tower ({widths[0]}) trained with each reading "
+            "(`train --virtual-attention`), for the golden user as known (its behavior) and as new "
+            "(behavior emptied: `ranker_no_history.onnx`), the readings alternating, "
+        )
+        header = [f"`{r}`" for r in result["readings"]]
+        columns = list(result["readings"])
+    elif result.get("graphs"):
         title = "# A user with no behavior: ranker.onnx against ranker_no_history.onnx"
         what = (
             "The service's ranker call (`Towers.score`, one ONNX Runtime thread, fp32) of the first "
@@ -168,15 +214,16 @@ def markdown(result: dict[str, Any]) -> str:
         + what
         + timing,
         "",
-        "| candidates | " + " | ".join(header) + " |",
-        "|---|" + "---:|" * len(columns),
+        "| " + ("user | " if result.get("readings") else "") + "candidates | " + " | ".join(header) + " |",
+        "|---|" + ("---|" if result.get("readings") else "") + "---:|" * len(columns),
     ]
     for case in result["cases"]:
         cells = [
             f"{case['cpu_us'][c]:.1f} us (x{case['cpu_ratio_to_first'][c]:.2f}) [{case['us'][c]:.0f}]"
             for c in columns
         ]
-        lines.append(f"| {case['candidates']:,} | " + " | ".join(cells) + " |")
+        user = f"{case['user']} | " if result.get("readings") else ""
+        lines.append(f"| {user}{case['candidates']:,} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -193,13 +240,28 @@ def main(argv: list[str] | None = None) -> int:
         help="time the first width's ranker.onnx against ranker_no_history.onnx for a user with no "
         "behavior, instead of the widths",
     )
-    parser.add_argument("--out", type=Path, default=None, help="default: results/ranker-width(-no-history)")
+    parser.add_argument(
+        "--readings",
+        action="store_true",
+        help="time MAIL at the first width trained with each reading of the virtual behavior "
+        "(shared, own), for a known and a new user, instead of the widths",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="default: results/ranker-width(-no-history, -reading)"
+    )
     args = parser.parse_args(argv)
+    if args.no_history and args.readings:
+        parser.error("--no-history and --readings are two different comparisons: give one")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    widths = args.widths[:1] if args.no_history else args.widths
-    bundles = {w: build(w, args.data_dir) for w in widths}
+    widths = args.widths[:1] if args.no_history or args.readings else args.widths
+    if args.readings:
+        bundles = {r: build(widths[0], args.data_dir, r) for r in READINGS}
+    else:
+        bundles = {w: build(w, args.data_dir) for w in widths}
     started = [round(x, 2) for x in os.getloadavg()]
-    if args.no_history:
+    if args.readings:
+        cases = reading_speed(bundles, args.rounds)
+    elif args.no_history:
         cases = no_history_speed(bundles[widths[0]], args.rounds)
     else:
         cases = speed(bundles, args.rounds)
@@ -209,13 +271,17 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "widths": widths,
         "graphs": list(cases[0]["us"]) if args.no_history else None,
+        "readings": list(READINGS) if args.readings else None,
         "rounds": args.rounds,
         "loadavg_at_start": started,
         "cases": cases,
         "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
     }
     if args.out is None:
-        args.out = RESULTS / ("ranker-no-history" if args.no_history else "ranker-width")
+        name = (
+            "ranker-no-history" if args.no_history else "ranker-reading" if args.readings else "ranker-width"
+        )
+        args.out = RESULTS / name
     args.out.parent.mkdir(parents=True, exist_ok=True)
     text = markdown(result)
     write(args.out, result, text)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.ranker_width import markdown, no_history_speed, speed
+from benchmarks.ranker_width import markdown, no_history_speed, reading_speed, speed
 
 
 def test_speed_times_every_width_against_the_first(tiny_bundle: Callable[..., Path]) -> None:
@@ -55,3 +55,26 @@ def test_no_history_times_both_graphs_for_a_user_without_behavior(tiny_bundle: C
     assert "| candidates | `ranker.onnx` | `ranker_no_history.onnx` |" in text and "(256,128)" in text
     with pytest.raises(SystemExit, match="no ranker_no_history.onnx"):
         no_history_speed(tiny_bundle("mail", "din"), rounds=1)
+
+
+def test_readings_time_a_known_and_a_new_user_per_bundle(tiny_bundle: Callable[..., Path]) -> None:
+    cases = reading_speed(
+        {"shared": tiny_bundle("mail", "base"), "own": tiny_bundle("control", "base")}, rounds=2
+    )
+    assert [c["user"] for c in cases] == ["known", "known", "new", "new"]
+    assert [c["candidates"] for c in cases][::2] == [100, 100]
+    for case in cases:
+        assert list(case["cpu_us"]) == ["shared", "own"] and case["cpu_ratio_to_first"]["shared"] == 1.0
+    result = {
+        "command": "python -m benchmarks.ranker_width --readings",
+        "date": "2026-12-04",
+        "machine": {"cores": 2},
+        "widths": ["256,128"],
+        "readings": ["shared", "own"],
+        "rounds": 2,
+        "loadavg_at_start": [0.1],
+        "loadavg_at_end": [0.2],
+        "cases": cases,
+    }
+    text = markdown(result)
+    assert "| user | candidates | `shared` | `own` |" in text and "\n| new | 100 | " in text
