@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 FEWSHOT_N = (1, 3, 5)
 FEWSHOT_N_CATALOG = (1, 3, 5, 10)
-FEWSHOT_METHODS = ("control", "oracle", "mail", "mail-blend", "popularity", "popularity-segment")
+FEWSHOT_METHODS = ("control", "oracle", "mail", "mail-own", "mail-blend", "popularity", "popularity-segment")
 POPULAR = popular.METHODS  # no model: scored from the training counts
 # the rule of a catalog-task row that records none: every such row was trained before rows recorded
 # it (2026-12-03), under the default of the time
