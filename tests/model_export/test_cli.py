@@ -100,3 +100,20 @@ def test_bad_hidden_widths_are_refused_before_any_work(
     assert exc.value.code == 2
     assert "--hidden" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_train_help_states_the_defaults_training_uses(capsys: pytest.CaptureFixture[str]) -> None:
+    """The help names the budget and widths as text (to stay light: no torch at --help), so it is
+    checked against the configs' defaults here."""
+    import re
+
+    from model_export.model import RankerConfig
+    from model_export.train import TrainConfig
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"at most this many epochs (default {TrainConfig().epochs})" in text
+    assert f"better validation score (default {TrainConfig().patience})" in text
+    widths = re.search(r"hidden layers, widest first \(default ([0-9,]+)", text)
+    assert widths is not None and widths.group(1) == ",".join(map(str, RankerConfig().hidden))
