@@ -125,14 +125,14 @@ def catalog_plan(seeds: tuple[int, ...] = (0, 1, 2, 3, 4), few: tuple[int, ...] 
                 "onboarding",
                 "declared genres (semi-synthetic), clean",
                 (Setting("ml-100k", "strict", "base", 0.0),),
-                CATALOG_CORE,
+                (*CATALOG_CORE, "mail-own"),  # MAIL as the product trains it, too
                 seeds,
             ),
             Block(
                 "onboarding-noisy",
                 "declared genres (semi-synthetic), half of them random",
                 (Setting("ml-100k", "strict", "base", 0.5),),
-                CATALOG_CORE,
+                (*CATALOG_CORE, "mail-own"),  # MAIL as the product trains it, too
                 seeds,
             ),
             Block("baselines", "the other cold-start methods", (ml,), CATALOG_BASELINES, few),
