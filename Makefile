@@ -64,7 +64,7 @@ format: venv
 
 bench: bench-offline bench-serve ## every benchmark
 
-bench-offline: venv ## catalog task: MAIL vs popularity, control, oracle; main + onboarding, 5 seeds (about an hour on 2 cores)
+bench-offline: venv ## catalog task: MAIL vs popularity, control, oracle; main + onboarding, 5 seeds (about 70 min on 2 cores, not yet timed with mail-own)
 	$(PY) -m benchmarks.offline --blocks main,onboarding
 
 bench-offline-all: venv ## catalog task, every block (baselines, paper protocol, Book-Crossing, DIN)
