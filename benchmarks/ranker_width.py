@@ -178,10 +178,11 @@ def markdown(result: dict[str, Any]) -> str:
         "process (wall time in brackets: on a loaded host it counts the time the process waited for "
         "a core); x = against the first column in the same run."
     )
-    if result.get("readings"):
+    by_user = bool(result.get("readings"))  # rows per user (known, new) and candidate count
+    if by_user:
         title = "# MAIL's readings of the virtual behavior: cost of the ranker call"
         what = (
-            f"The service's ranker call (`Towers.score`, one ONNX Runtime thread, fp32, the service's "
+            "The service's ranker call (`Towers.score`, one ONNX Runtime thread, fp32, the service's "
             f"defaults) of a one-epoch `mail` tower ({widths[0]}) trained with each reading "
             "(`train --virtual-attention`), for the golden user as known (its behavior) and as new "
             "(behavior emptied: `ranker_no_history.onnx`), the readings alternating, "
@@ -214,15 +215,15 @@ def markdown(result: dict[str, Any]) -> str:
         + what
         + timing,
         "",
-        "| " + ("user | " if result.get("readings") else "") + "candidates | " + " | ".join(header) + " |",
-        "|---|" + ("---|" if result.get("readings") else "") + "---:|" * len(columns),
+        "| " + ("user | " if by_user else "") + "candidates | " + " | ".join(header) + " |",
+        "|---|" + ("---|" if by_user else "") + "---:|" * len(columns),
     ]
     for case in result["cases"]:
         cells = [
             f"{case['cpu_us'][c]:.1f} us (x{case['cpu_ratio_to_first'][c]:.2f}) [{case['us'][c]:.0f}]"
             for c in columns
         ]
-        user = f"{case['user']} | " if result.get("readings") else ""
+        user = f"{case['user']} | " if by_user else ""
         lines.append(f"| {user}{case['candidates']:,} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
