@@ -21,7 +21,9 @@ the zero-shot tower's virtual behavior) is served in-process:
 Medians (and p90, and the fastest call, which a shared machine's other work disturbs least) over
 --calls calls each, one core (intra-op threads 1, as the service). The reference, measured in the
 same run: the whole-catalog ranker call at the real catalog's size.
-Writes benchmarks/results/catalog-size.{json,md,png}.
+Writes benchmarks/results/catalog-size.{json,md,png}; `--keep` leaves each size's bundle under --work
+(`bundle-SIZE/`), to be served over HTTP (the serving benchmark's `--bundles` takes a folder with
+`control/` and `mail/`).
 """
 
 from __future__ import annotations
@@ -132,7 +134,9 @@ def measure(bundle_dir: Path, calls: int, options: Any) -> dict[str, Any]:
     assert stage is not None
     bundle = model.bundle
     context = {"timestamp": int(time.time())}
-    enc = encode(bundle.schema, bundle.catalog, "new-user", USER, (), context)
+    known = {f.source for f in bundle.schema.user_fields}  # MovieLens' attributes; other data: those it has
+    user = {name: value for name, value in USER.items() if name in known}
+    enc = encode(bundle.schema, bundle.catalog, "new-user", user, (), context)
     virtual = towers.virtual_behavior(enc.user_attrs)
 
     def whole() -> Any:
@@ -146,7 +150,7 @@ def measure(bundle_dir: Path, calls: int, options: Any) -> dict[str, Any]:
         ]
 
     def call() -> list[str]:
-        e = encode(bundle.schema, bundle.catalog, "new-user", USER, (), context)
+        e = encode(bundle.schema, bundle.catalog, "new-user", user, (), context)
         v = towers.virtual_behavior(e.user_attrs)
         probe_scores = towers.score(e, v, 1.0, stage.probes)
         found = stage.search(probe_scores)
@@ -156,7 +160,7 @@ def measure(bundle_dir: Path, calls: int, options: Any) -> dict[str, Any]:
         return [str(i) for i in model.item_ids[best]]
 
     def whole_call() -> list[str]:
-        e = encode(bundle.schema, bundle.catalog, "new-user", USER, (), context)
+        e = encode(bundle.schema, bundle.catalog, "new-user", user, (), context)
         v = towers.virtual_behavior(e.user_attrs)
         scores = towers.score(e, v, 1.0, model.all_rows)
         best = model.all_rows[top_k(scores, model.all_rows, 10, model.tie_rank)]
@@ -267,6 +271,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=30)
     parser.add_argument("--work", type=Path, default=Path(".cache/catalog-size"))
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep each size's bundle under --work (bundle-SIZE/), to serve it: e.g. the serving "
+        "benchmark's --bundles",
+    )
     args = parser.parse_args(argv)
 
     import onnxruntime as ort
@@ -298,8 +308,9 @@ def main(argv: list[str] | None = None) -> int:
             f"recall@100 {row['recall_of_top100']:.2f}  build {row['stage_build_s']:.2f} s",
             flush=True,
         )
-        shutil.rmtree(bundle, ignore_errors=True)
         shutil.rmtree(run, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(bundle, ignore_errors=True)
     result = {
         "command": "python -m benchmarks.catalog_size " + " ".join(sys.argv[1:] if argv is None else argv),
         "date": time.strftime("%Y-%m-%d"),
